@@ -1,0 +1,113 @@
+"""What an engine asked the OCI runtime to do, read from the command line it sent.
+
+Engines call the runtime as runc would be called: global flags, a subcommand, its flags, then
+the container id. Only create/run need understanding (to find the bundle and the id); the
+argv itself is always passed to the real runtime unchanged.
+"""
+
+from __future__ import annotations
+
+
+# Global flags of runc and crun that take a value. Any other flag is treated as a switch;
+# `--flag=value` is understood for every flag.
+_GLOBAL_VALUE_FLAGS = frozenset(
+    {"--root", "--log", "--log-format", "--log-level", "--criu", "--rootless", "--cgroup-manager"}
+)
+# create/run flags (runc and crun) that take a value.
+_CREATE_VALUE_FLAGS = frozenset(
+    {"--bundle", "-b", "--console-socket", "--pid-file", "--preserve-fds"}
+)
+SPEC_SUBCOMMANDS = frozenset({"create", "run"})
+
+
+class Invocation:
+    """The parts of a runtime command line flexai cares about.
+
+    A plain immutable class rather than a dataclass: importing dataclasses costs ~6 ms, paid on
+    every container start, pass-through ones included.
+    """
+
+    __slots__ = ("subcommand", "container_id", "bundle", "log_path", "log_format", "root")
+
+    def __init__(
+        self,
+        subcommand: str | None,
+        container_id: str | None = None,
+        bundle: str | None = None,  # None: the current directory, as runc does
+        log_path: str | None = None,
+        log_format: str = "text",
+        root: str | None = None,
+    ):
+        for name, value in zip(self.__slots__, (subcommand, container_id, bundle, log_path, log_format, root)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Invocation is immutable")
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Invocation) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "Invocation(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+
+    @property
+    def edits_spec(self) -> bool:
+        return self.subcommand in SPEC_SUBCOMMANDS and self.container_id is not None
+
+
+def _split(arg: str) -> tuple[str, str | None]:
+    if arg.startswith("--") and "=" in arg:
+        name, _, value = arg.partition("=")
+        return name, value
+    return arg, None
+
+
+def parse(argv: list[str] | tuple[str, ...]) -> Invocation:
+    """Parse runtime arguments (without the program name). Never raises."""
+    globals_: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        name, value = _split(argv[i])
+        if value is None and name in _GLOBAL_VALUE_FLAGS and i + 1 < len(argv):
+            value = argv[i + 1]
+            i += 1
+        if value is not None:
+            globals_[name.lstrip("-")] = value
+        i += 1
+    common = dict(
+        log_path=globals_.get("log"),
+        log_format=globals_.get("log-format", "text"),
+        root=globals_.get("root"),
+    )
+    if i >= len(argv):
+        return Invocation(subcommand=None, **common)
+    subcommand = argv[i]
+    i += 1
+    if subcommand not in SPEC_SUBCOMMANDS:
+        return Invocation(subcommand=subcommand, **common)
+
+    bundle = None
+    container_id = None
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            if i + 1 < len(argv) and container_id is None:
+                container_id = argv[i + 1]
+            break
+        if arg.startswith("-") and arg != "-":
+            name, value = _split(arg)
+            if value is None and name in _CREATE_VALUE_FLAGS and i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+            if name in ("--bundle", "-b"):
+                bundle = value
+        elif container_id is None:
+            container_id = arg
+        i += 1
+    return Invocation(subcommand=subcommand, container_id=container_id, bundle=bundle, **common)

@@ -1,0 +1,191 @@
+"""Who holds which part of which card: a pure ledger, and the file that makes it survive restarts.
+
+The core (`Ledger`, `reserve`, `release`) is plain data in, plain data out; `LedgerFile` is the
+thin shell that loads it and writes it atomically (temp file, fsync, rename, fsync of the
+directory) before a change is acknowledged, so a crash at any point leaves either the old or
+the new ledger on disk, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from . import placement
+from .atomicfile import write_atomically
+from .devices import Card
+from .request import Request
+from .reservation import Reservation
+
+LEDGER_VERSION = 1
+
+
+class PlacementError(RuntimeError):
+    """The request cannot be placed; str() is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Ledger:
+    reservations: Mapping[str, Reservation] = field(default_factory=dict)  # by container id
+
+    def on_card(self, index: int) -> list[Reservation]:
+        return sorted(
+            (r for r in self.reservations.values() if r.card_index == index),
+            key=lambda r: (r.created, r.slice_id),
+        )
+
+    def used(self, index: int) -> tuple[int, int]:
+        """(memory bytes, compute percent) reserved on card `index`."""
+        held = self.on_card(index)
+        return sum(r.memory_bytes for r in held), sum(r.compute for r in held)
+
+
+def card_states(ledger: Ledger, cards: Sequence[Card], request: Request) -> list[placement.CardState]:
+    """The cards as the placement functions see them, in the units this request is measured in.
+
+    A request sized as a share of a card is compared in thousandths of each card's memory so
+    that cards of different sizes are ranked fairly; an absolute size is compared in bytes.
+    """
+    relative = request.memory_bytes is None
+    states = []
+    for card in cards:
+        mem_used, compute_used = ledger.used(card.index)
+        total, free = card.memory, card.memory - mem_used
+        if relative and card.memory:
+            total, free = 1000, max(0, free) * 1000 // card.memory
+        states.append(
+            placement.CardState(
+                index=card.index,
+                uuid=card.uuid,
+                model=card.name,
+                memory_total=total,
+                memory_free=max(0, free),
+                compute_free=max(0, (100 - compute_used) * 10),
+                whole_free=not ledger.on_card(card.index),
+            )
+        )
+    return states
+
+
+def _demand(request: Request, cards: Sequence[Card]) -> placement.Demand:
+    if request.memory_bytes is not None:
+        memory = request.memory_bytes
+        # Compute follows memory per card when unset; use the smallest card's figure for ranking
+        # and check the exact figure on the chosen card afterwards.
+        compute = max(request.resolve(c.memory)[1] for c in cards) if cards else 100
+    else:
+        memory, compute = request.resolve(1000)
+    return placement.Demand(memory=memory, compute=compute * 10, pin=request.device)
+
+
+def _no_fit_message(request: Request, ledger: Ledger, cards: Sequence[Card]) -> str:
+    parts = []
+    for card in cards:
+        mem_used, compute_used = ledger.used(card.index)
+        need_mem, need_compute = request.resolve(card.memory)
+        parts.append(
+            f"card {card.index} ({card.uuid}) has {_gib(card.memory - mem_used)} and "
+            f"{100 - compute_used}% compute free, needs {_gib(need_mem)} and {need_compute}%"
+        )
+    pin = f" pinned to {request.device}" if request.device is not None else ""
+    return "no card can fit the slice" + pin + ": " + "; ".join(parts)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def reserve(
+    ledger: Ledger,
+    cards: Sequence[Card],
+    container_id: str,
+    request: Request,
+    *,
+    policy: str,
+    slice_root: str,
+    now: float,
+    new_id: Callable[[], str] = lambda: secrets.token_hex(6),
+) -> tuple[Ledger, Reservation]:
+    """Place `request` for `container_id`. Idempotent: a known container gets its reservation."""
+    existing = ledger.reservations.get(container_id)
+    if existing is not None:
+        return ledger, existing
+    if request.device is not None and not any(
+        request.device in (str(c.index), c.uuid) for c in cards
+    ):
+        known = ", ".join(f"{c.index} ({c.uuid})" for c in cards)
+        raise PlacementError(f"no card {request.device!r} on this host; cards are: {known}")
+    chosen = placement.choose(card_states(ledger, cards, request), _demand(request, cards), policy)
+    card = next((c for c in cards if chosen and c.index == chosen[0]), None)
+    if card is None:
+        raise PlacementError(_no_fit_message(request, ledger, cards))
+    memory, compute = request.resolve(card.memory)
+    mem_used, compute_used = ledger.used(card.index)
+    if mem_used + memory > card.memory or compute_used + compute > 100:
+        raise PlacementError(_no_fit_message(request, ledger, cards))
+    slice_id = new_id()
+    reservation = Reservation(
+        container_id=container_id,
+        slice_id=slice_id,
+        card_index=card.index,
+        card_uuid=card.uuid,
+        card_name=card.name,
+        card_memory=card.memory,
+        memory_bytes=memory,
+        compute=compute,
+        priority=request.priority,
+        device_paths=card.device_paths,
+        slice_dir=os.path.join(slice_root, slice_id),
+        created=now,
+        request=request.to_json(),
+    )
+    return replace(ledger, reservations={**ledger.reservations, container_id: reservation}), reservation
+
+
+def release(ledger: Ledger, container_id: str) -> tuple[Ledger, Reservation | None]:
+    """Drop `container_id`'s reservation. Idempotent: releasing twice returns None the second time."""
+    if container_id not in ledger.reservations:
+        return ledger, None
+    remaining = dict(ledger.reservations)
+    gone = remaining.pop(container_id)
+    return replace(ledger, reservations=remaining), gone
+
+
+class LedgerCorrupt(RuntimeError):
+    pass
+
+
+class LedgerFile:
+    """The ledger on disk: JSON, replaced atomically on every change."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> Ledger:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return Ledger()
+        try:
+            data = json.loads(raw)
+            if data.get("version") != LEDGER_VERSION:
+                raise ValueError(f"unknown version {data.get('version')!r}")
+            reservations = [Reservation.from_json(r) for r in data["reservations"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LedgerCorrupt(
+                f"ledger {self.path} is unreadable ({type(exc).__name__}: {exc}); flexaid will not "
+                f"start empty and forget live slices: restore the file, or move it aside to start "
+                f"with no reservations"
+            ) from None
+        return Ledger({r.container_id: r for r in reservations})
+
+    def save(self, ledger: Ledger) -> None:
+        data = {
+            "version": LEDGER_VERSION,
+            "reservations": [r.to_json() for r in ledger.reservations.values()],
+        }
+        write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")

@@ -1,0 +1,23 @@
+"""Choosing the card(s) for a slice so that the least capacity is stranded.
+
+Pure functions over immutable state (no I/O): `choose()` picks cards on one node for the daemon,
+`choose_node()` picks a node and its cards across a cluster for a scheduler extender.
+Policies: best-fit, fgd (Weng et al., USENIX ATC'23) and flexai (the default); see
+docs/placement.md for how each works and how they compare on the Alibaba openb trace.
+"""
+
+from .model import CardState, Demand, Node
+from .policies import DEFAULT_POLICY, POLICIES, choose, choose_node
+from .workload import TaskType, Workload
+
+__all__ = [
+    "CardState",
+    "DEFAULT_POLICY",
+    "Demand",
+    "Node",
+    "POLICIES",
+    "TaskType",
+    "Workload",
+    "choose",
+    "choose_node",
+]

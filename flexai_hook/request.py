@@ -1,0 +1,246 @@
+"""A container's flexai request: FLEXAI_* env and flexai.io/* annotations become one typed value.
+
+This module is on the runtime's start path, so it imports only the standard library: the
+patterns come from the shipped JSON Schema (schemas/request.schema.json) and are matched with
+`re`, which keeps one source of truth without paying ~90 ms to import jsonschema per container.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+import os
+from collections.abc import Iterable, Mapping
+
+ENV_PREFIX = "FLEXAI_"
+ANNOTATION_PREFIX = "flexai.io/"
+PRIORITIES = ("high", "normal", "low")
+DEFAULT_PRIORITY = "normal"
+
+# Suffix -> multiplier. Binary everywhere, as Docker's --memory does (there "1g" is 1 GiB too).
+_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_MAX_BYTES = (1 << 63) - 1  # what an int64 in the region and the driver APIs can hold
+_VALUE_PREVIEW = 40
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    name: str
+    env: str
+    annotation: str
+    max_length: int
+    pattern: re.Pattern[str] | None
+    choices: tuple[str, ...]
+    allowed: str
+
+
+def _load_rules() -> dict[str, FieldRule]:
+    # A plain path, not importlib.resources: this runs on every sliced container start.
+    with open(os.path.join(os.path.dirname(__file__), "schemas", "request.schema.json")) as f:
+        schema = json.load(f)
+    rules = {}
+    for name, prop in schema["properties"].items():
+        rules[name] = FieldRule(
+            name=name,
+            env=prop["x-env"],
+            annotation=prop["x-annotation"],
+            max_length=prop.get("maxLength", 64),
+            pattern=re.compile(prop["pattern"], re.ASCII) if "pattern" in prop else None,
+            choices=tuple(prop.get("enum", ())),
+            allowed=prop["x-allowed"],
+        )
+    return rules
+
+
+RULES: dict[str, FieldRule] = _load_rules()
+ENV_NAMES = {rule.env: rule for rule in RULES.values()}
+ANNOTATION_NAMES = {rule.annotation: rule for rule in RULES.values()}
+
+
+class RequestError(ValueError):
+    """A rejected request field. str() is the one line the user sees."""
+
+    def __init__(self, source: str, value: str, allowed: str):
+        self.source = source
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {source}={show_value(value)}: expected {allowed}")
+
+
+def show_value(value: str) -> str:
+    """Quote a user value for a one-line message: escaped, and cut short if huge."""
+    if len(value) > _VALUE_PREVIEW:
+        return f"{value[:_VALUE_PREVIEW]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a container asked for, normalised. Shares are in hundredths (30 means 0.30)."""
+
+    fraction: int | None = None  # share of one card, 1..100 hundredths
+    memory_bytes: int | None = None  # absolute memory limit
+    memory_fraction: int | None = None  # memory as a share of the card, 1..100 hundredths
+    compute: int | None = None  # percent of the card's compute, 1..100
+    device: str | None = None  # pin: card index or UUID
+    priority: str = DEFAULT_PRIORITY
+
+    def resolve(self, card_memory: int) -> tuple[int, int]:
+        """Memory bytes and compute percent this request takes on a card of `card_memory` bytes.
+
+        A part not given follows the other part's share of the card, so FLEXAI_MEMORY=4GiB on a
+        16 GiB card also gets 25 % compute; a request that names no size takes the whole card.
+        """
+        if self.memory_bytes is not None:
+            memory = self.memory_bytes
+        elif self.memory_fraction is not None:
+            memory = card_memory * self.memory_fraction // 100
+        elif self.fraction is not None:
+            memory = card_memory * self.fraction // 100
+        elif self.compute is not None:
+            memory = card_memory * self.compute // 100
+        else:
+            memory = card_memory
+        if self.compute is not None:
+            compute = self.compute
+        elif self.fraction is not None:
+            compute = self.fraction
+        else:
+            compute = max(1, min(100, math.ceil(memory * 100 / card_memory))) if card_memory else 100
+        return memory, compute
+
+    def to_json(self) -> dict:
+        """Wire form for flexaid (validated there against protocol.schema.json#/$defs/request)."""
+        return {
+            key: value
+            for key, value in (
+                ("fraction", self.fraction),
+                ("memory_bytes", self.memory_bytes),
+                ("memory_fraction", self.memory_fraction),
+                ("compute", self.compute),
+                ("device", self.device),
+                ("priority", self.priority),
+            )
+            if value is not None
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Request":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def to_fields(self) -> dict[str, str]:
+        """Back to the raw strings a user would write (parse_fields(to_fields(r)) == r)."""
+        fields: dict[str, str] = {}
+        if self.fraction is not None:
+            fields["fraction"] = _render_share(self.fraction)
+        if self.memory_bytes is not None:
+            fields["memory"] = f"{self.memory_bytes}B"
+        elif self.memory_fraction is not None:
+            fields["memory"] = _render_share(self.memory_fraction)
+        if self.compute is not None:
+            fields["compute"] = str(self.compute)
+        if self.device is not None:
+            fields["device"] = self.device
+        if self.priority != DEFAULT_PRIORITY:
+            fields["priority"] = self.priority
+        return fields
+
+
+def _render_share(hundredths: int) -> str:
+    return "1" if hundredths == 100 else f"0.{hundredths:02d}"
+
+
+def _parse_share(text: str) -> int:
+    """'0.3' -> 30, '.05' -> 5, '1.00' -> 100. `text` already matched the schema pattern."""
+    whole, _, frac = text.partition(".")
+    return int(whole or "0") * 100 + int((frac + "00")[:2])
+
+
+def parse_memory(text: str) -> tuple[int | None, int | None]:
+    """-> (bytes, None) for a size, (None, hundredths) for a share of the card."""
+    match = re.fullmatch(r"([0-9]+)(?:\.([0-9]+))? ?([A-Za-z]+)", text, re.ASCII)
+    if match is None:
+        return None, _parse_share(text)
+    whole, frac, unit = match.groups()
+    scale = _UNITS[unit[0].lower()]
+    frac = frac or ""
+    # Exact integer arithmetic: '1.5GiB' must be 1610612736, not a float's approximation.
+    total = (int(whole) * 10 ** len(frac) + int(frac or "0")) * scale // 10 ** len(frac)
+    return total, None
+
+
+def check_field(rule: FieldRule, source: str, raw: str) -> str:
+    """The value with surrounding blanks removed, or RequestError naming `source`."""
+    value = raw.strip(" \t")
+    ok = 0 < len(value) <= rule.max_length and (
+        (rule.pattern is not None and rule.pattern.fullmatch(value) is not None)
+        or value in rule.choices
+    )
+    if not ok:
+        raise RequestError(source, raw, rule.allowed)
+    return value
+
+
+def parse_fields(fields: Mapping[str, str], sources: Mapping[str, str] | None = None) -> Request:
+    """Build a Request from raw field strings keyed by field name (fraction, memory, ...).
+
+    `sources` maps a field name to what the user wrote it as (an env name or annotation key),
+    so an error names what the user can fix.
+    """
+    sources = sources or {}
+    values = {}
+    for name, raw in fields.items():
+        rule = RULES[name]
+        values[name] = check_field(rule, sources.get(name, rule.env), raw)
+
+    memory_bytes = memory_fraction = None
+    if "memory" in values:
+        memory_bytes, memory_fraction = parse_memory(values["memory"])
+        if memory_bytes is not None and not 0 < memory_bytes <= _MAX_BYTES:
+            rule = RULES["memory"]
+            raise RequestError(sources.get("memory", rule.env), fields["memory"], rule.allowed)
+    return Request(
+        fraction=_parse_share(values["fraction"]) if "fraction" in values else None,
+        memory_bytes=memory_bytes,
+        memory_fraction=memory_fraction,
+        compute=int(values["compute"].rstrip("%")) if "compute" in values else None,
+        device=values.get("device"),
+        priority=values.get("priority", DEFAULT_PRIORITY),
+    )
+
+
+def from_container(env: Iterable[str], annotations: Mapping[str, str]) -> Request | None:
+    """The request of an OCI process env list and spec annotations, or None when it has none.
+
+    Annotations win over env. An unknown flexai.io/* annotation is an error (a typo such as
+    flexai.io/fractoin must not silently start an unlimited container); unknown FLEXAI_* env
+    names are left alone because the runtime itself writes FLEXAI_* variables for the library.
+    """
+    fields: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    seen_env: set[str] = set()
+    for entry in env:
+        if not entry.startswith(ENV_PREFIX):
+            continue
+        name, _, value = entry.partition("=")
+        rule = ENV_NAMES.get(name)
+        # getenv() returns the first of duplicate entries, so the first is what the process sees.
+        if rule is None or name in seen_env:
+            continue
+        seen_env.add(name)
+        fields[rule.name] = value
+        sources[rule.name] = name
+    for key, value in annotations.items():
+        if not key.startswith(ANNOTATION_PREFIX):
+            continue
+        rule = ANNOTATION_NAMES.get(key)
+        if rule is None:
+            known = ", ".join(sorted(ANNOTATION_NAMES))
+            raise RequestError(f"annotation {key}", value, f"a known annotation key ({known})")
+        fields[rule.name] = value
+        sources[rule.name] = f"annotation {key}"
+    if not fields:
+        return None
+    return parse_fields(fields, sources)

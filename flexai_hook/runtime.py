@@ -1,0 +1,255 @@
+"""flexai-runtime: an OCI runtime that gives containers with a flexai request their slice.
+
+Engines call it exactly as they call runc. For `create`/`run` of a container whose config.json
+carries a request, it reserves a slice from flexaid, edits config.json (spec.apply) and then
+runs the real runtime; everything else is handed to the real runtime untouched. A bad request,
+an unreachable daemon or a full card stops the container here, before it exists.
+
+This is on every container start, so imports are kept to the standard library and the heavy
+modules are only loaded once a request is found.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import argv as argv_mod
+
+DEFAULT_RUNTIME_CONFIG = "/etc/flexai/runtime.json"
+# Cheap markers that a config.json may hold a request; without them we never parse it.
+_REQUEST_MARKERS = (b"FLEXAI_", b"flexai.io/")
+
+
+class Failure(Exception):
+    """Stops the container; str() is the one line the user sees."""
+
+
+def runtime_settings() -> dict:
+    """{"runtime": real runtime, "socket": flexaid socket}: env wins over /etc/flexai/runtime.json."""
+    settings = {}
+    path = os.environ.get("FLEXAI_RUNTIME_CONFIG", DEFAULT_RUNTIME_CONFIG)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raw = None
+    except OSError as exc:
+        raise Failure(f"cannot read flexai runtime config {path}: {exc}") from None
+    if raw is not None:
+        import json  # only when the file exists: ~3 ms on every start otherwise
+
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise Failure(f"cannot read flexai runtime config {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise Failure(f"flexai runtime config {path} must hold a JSON object")
+        settings.update(loaded)
+    if os.environ.get("FLEXAI_RUNTIME"):
+        settings["runtime"] = os.environ["FLEXAI_RUNTIME"]
+    if os.environ.get("FLEXAI_SOCKET"):
+        settings["socket"] = os.environ["FLEXAI_SOCKET"]
+    settings.setdefault("runtime", "runc")
+    return settings
+
+
+def resolve_binary(name: str) -> str:
+    """Absolute path of the real runtime; never this program itself (that would loop)."""
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d, name) for d in os.environ.get("PATH", "/usr/sbin:/usr/bin").split(":") if d]
+    me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    for path in candidates:
+        if os.access(path, os.X_OK) and not os.path.isdir(path) and os.path.realpath(path) != me:
+            return path
+    raise Failure(
+        f"the real OCI runtime {name!r} was not found (set \"runtime\" in {DEFAULT_RUNTIME_CONFIG} "
+        f"or FLEXAI_RUNTIME to runc's path)"
+    )
+
+
+def report(invocation: argv_mod.Invocation, message: str) -> None:
+    """Tell the user why the container did not start: on stderr and in the engine's --log file."""
+    import json
+    import time
+
+    line = f"flexai: {message}"
+    sys.stderr.write(line + "\n")
+    if not invocation.log_path:
+        return
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    stamp = stamp[:-2] + ":" + stamp[-2:]  # RFC 3339 offset, as runc's logrus writes it
+    if invocation.log_format == "json":
+        entry = json.dumps({"level": "error", "msg": line, "time": stamp})
+    else:
+        entry = f"time={json.dumps(stamp)} level=error msg={json.dumps(line)}"
+    try:
+        with open(invocation.log_path, "a") as f:
+            f.write(entry + "\n")
+    except OSError as exc:
+        sys.stderr.write(f"flexai: could not write the runtime log {invocation.log_path}: {exc}\n")
+
+
+def run_child(binary: str, args: list[str]) -> int:
+    """Run the real runtime and return its exit status, forwarding signals sent to us."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv(binary, [binary] + args)
+        finally:
+            os._exit(127)
+    interactive = os.isatty(0)
+
+    def forward(signum, _frame):
+        # A terminal's ^C already reaches the whole foreground group, the real runtime included.
+        if not (signum == signal.SIGINT and interactive):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    return os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 128 + os.WTERMSIG(status)
+
+
+def _release(container_id: str, socket: str | None) -> None:
+    from . import client
+
+    try:
+        client.call({"op": "release", "container_id": container_id}, socket)
+    except (client.DaemonUnavailable, client.DaemonRefused) as exc:
+        sys.stderr.write(f"flexai: could not release the slice of {container_id}: {exc}\n")
+
+
+def slice_container(invocation: argv_mod.Invocation, config_path: str, raw: bytes, settings: dict) -> bool:
+    """Reserve and inject a slice if config.json asks for one. False: no request, pass through."""
+    import json
+
+    from . import client, spec as spec_mod
+    from .request import RequestError, from_container
+    from .reservation import Reservation
+
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        return False  # not ours to judge: the real runtime reports a broken config.json
+    if not isinstance(spec, dict):
+        return False
+    process = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+    env = [e for e in process.get("env") or [] if isinstance(e, str)]
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    try:
+        request = from_container(env, {k: str(v) for k, v in annotations.items()})
+    except RequestError as exc:
+        raise Failure(str(exc)) from None
+    if request is None:
+        return False
+
+    socket = settings.get("socket")
+    try:
+        reply = client.call(
+            {"op": "reserve", "container_id": invocation.container_id, "request": request.to_json()}, socket
+        )
+    except client.DaemonUnavailable as exc:
+        raise Failure(str(exc)) from None
+    except client.DaemonRefused as exc:
+        raise Failure(f"flexaid could not reserve a slice for {invocation.container_id}: {exc}") from None
+    try:
+        reservation = Reservation.from_json(reply["reservation"])
+        nodes = tuple(device_node(path) for path in reservation.device_paths)
+        hook_env = (f"FLEXAI_SOCKET={socket}",) if socket else ()
+        hook = spec_mod.Hook(path=hook_binary(), args=("flexai-hook", "poststop"), env=hook_env)
+        edited = spec_mod.apply(spec, spec_mod.injection_for(reservation, nodes, hook))
+        from .atomicfile import write_atomically
+
+        st = os.stat(config_path)
+        write_atomically(
+            config_path,
+            json.dumps(edited, indent=2).encode(),
+            mode=st.st_mode & 0o7777,
+            owner=(st.st_uid, st.st_gid),
+        )
+    except (OSError, Failure) as exc:
+        _release(invocation.container_id, socket)
+        raise Failure(f"could not prepare {invocation.container_id} for its slice: {exc}") from None
+    return True
+
+
+def device_node(path: str):
+    """The spec entry for a host device node, read from the node itself."""
+    import stat
+
+    from .spec import DeviceNode
+
+    st = os.stat(path)
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise Failure(f"{path} is not a device node")
+    return DeviceNode(path=path, type=kind, major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
+                      file_mode=st.st_mode & 0o777)
+
+
+def hook_binary() -> str:
+    """flexai-hook installed beside this program (or on PATH): the poststop hook's path."""
+    here = os.path.dirname(os.path.abspath(sys.argv[0]))
+    candidate = os.path.join(here, "flexai-hook")
+    if os.access(candidate, os.X_OK):
+        return candidate
+    for d in os.environ.get("PATH", "").split(":"):
+        candidate = os.path.join(d, "flexai-hook")
+        if d and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+    raise Failure("flexai-hook was not found beside flexai-runtime or on PATH; reinstall flexai")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    invocation = argv_mod.parse(args)
+    try:
+        settings = runtime_settings()
+        binary = resolve_binary(settings["runtime"])
+    except Failure as exc:
+        report(invocation, str(exc))
+        return 1
+    if not invocation.edits_spec:
+        os.execv(binary, [binary] + args)
+
+    config_path = os.path.join(invocation.bundle or ".", "config.json")
+    try:
+        with open(config_path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        raw = b""  # the real runtime says what is wrong with the bundle
+    if not any(marker in raw for marker in _REQUEST_MARKERS):
+        os.execv(binary, [binary] + args)
+    try:
+        sliced = slice_container(invocation, config_path, raw, settings)
+    except Failure as exc:
+        report(invocation, str(exc))
+        return 1
+    if not sliced:
+        os.execv(binary, [binary] + args)
+    status = run_child(binary, args)
+    if status != 0:
+        # The container did not start or ended in error; poststop may not have run (runc skips
+        # hooks when it fails before the container exists). Releasing twice is harmless.
+        _release(invocation.container_id, settings.get("socket"))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

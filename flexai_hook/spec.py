@@ -1,0 +1,135 @@
+"""Editing an OCI runtime spec (a bundle's config.json) for a slice: pure functions over dicts.
+
+The spec is handled as raw JSON so fields this module does not know survive untouched. Every
+edit replaces an earlier one with the same key (device path, mount destination, env name, hook
+path), so editing a spec twice (a bundle started again) gives the same result as once.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from .reservation import Reservation
+
+# Where the slice's files appear inside the container; libflexai reads these defaults when its
+# environment was emptied (runc exec --env-clear, sudo), so they are part of the contract.
+SLICE_FILE_IN_CONTAINER = "/run/flexai/slice.conf"
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    path: str
+    type: str  # "c" or "b"
+    major: int
+    minor: int
+    file_mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    destination: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Hook:
+    path: str
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    timeout: int = 30
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Everything a slice adds to a container's spec."""
+
+    devices: tuple[DeviceNode, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    poststop: tuple[Hook, ...] = field(default=())
+
+
+def injection_for(
+    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook
+) -> Injection:
+    """What a reservation puts into the container: its card, its slice files, its release hook."""
+    return Injection(
+        devices=devices,
+        mounts=(Mount(f"{reservation.slice_dir}/slice.conf", SLICE_FILE_IN_CONTAINER),),
+        env=(
+            ("FLEXAI_SLICE_ID", reservation.slice_id),
+            ("FLEXAI_SLICE_FILE", SLICE_FILE_IN_CONTAINER),
+            ("FLEXAI_DEVICE_UUID", reservation.card_uuid),
+            ("FLEXAI_MEMORY_LIMIT", str(reservation.memory_bytes)),
+            ("FLEXAI_COMPUTE_LIMIT", str(reservation.compute)),
+        ),
+        poststop=(hook,),
+    )
+
+
+def apply(spec: dict, injection: Injection) -> dict:
+    """A copy of `spec` with `injection` applied; `spec` itself is not modified."""
+    spec = copy.deepcopy(spec)
+    linux = spec.setdefault("linux", {})
+
+    devices = [d for d in linux.get("devices") or [] if d.get("path") not in {n.path for n in injection.devices}]
+    devices += [
+        {
+            "path": n.path,
+            "type": n.type,
+            "major": n.major,
+            "minor": n.minor,
+            "fileMode": n.file_mode,
+            "uid": n.uid,
+            "gid": n.gid,
+        }
+        for n in injection.devices
+    ]
+    if devices:
+        linux["devices"] = devices
+
+    resources = linux.setdefault("resources", {})
+    rules = list(resources.get("devices") or [])
+    for node in injection.devices:
+        rule = {"allow": True, "type": node.type, "major": node.major, "minor": node.minor, "access": "rwm"}
+        if rule not in rules:
+            # After any deny-all rule, which runc and the engines put first.
+            rules.append(rule)
+    if injection.devices:
+        resources["devices"] = rules
+
+    targets = {m.destination for m in injection.mounts}
+    mounts = [m for m in spec.get("mounts") or [] if m.get("destination") not in targets]
+    mounts += [
+        {
+            "destination": m.destination,
+            "type": "bind",
+            "source": m.source,
+            "options": ["rbind", "nosuid", "nodev", "ro" if m.read_only else "rw"],
+        }
+        for m in injection.mounts
+    ]
+    spec["mounts"] = mounts
+
+    if injection.env:
+        process = spec.setdefault("process", {})
+        names = {f"{name}=" for name, _ in injection.env}
+        env = [e for e in process.get("env") or [] if not any(e.startswith(n) for n in names)]
+        process["env"] = env + [f"{name}={value}" for name, value in injection.env]
+
+    if injection.poststop:
+        hooks = spec.setdefault("hooks", {})
+        paths = {h.path for h in injection.poststop}
+        poststop = [h for h in hooks.get("poststop") or [] if h.get("path") not in paths]
+        for hook in injection.poststop:
+            entry = {"path": hook.path, "args": list(hook.args)}
+            if hook.env:
+                entry["env"] = list(hook.env)
+            entry["timeout"] = hook.timeout
+            poststop.append(entry)
+        hooks["poststop"] = poststop
+    return spec

@@ -1,0 +1,42 @@
+"""Rendering flexaid's status for people: a pure function from the status reply to text."""
+
+from __future__ import annotations
+
+import time
+
+GIB = 1 << 30
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def render(status: dict, socket: str, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    lines = [f"flexaid on {socket}: {status['backend']} backend, placement policy {status['policy']}"]
+    header = f"{'CARD':<5} {'NAME':<24} {'UUID':<42} {'MEMORY RESERVED':>24} {'COMPUTE':>8} {'SLICES':>6}"
+    lines.append(header)
+    for card in status["cards"]:
+        memory = f"{_gib(card['memory_reserved'])} / {_gib(card['memory'])}"
+        lines.append(
+            f"{card['index']:<5} {card['name'][:24]:<24} {card['uuid'][:42]:<42} {memory:>24} "
+            f"{str(card['compute_reserved']) + '%':>8} {len(card['slices']):>6}"
+        )
+        for s in card["slices"]:
+            lines.append(
+                f"  └ slice {s['slice_id']}  container {s['container_id'][:32]:<32} "
+                f"{_gib(s['memory_bytes']):>10} {str(s['compute']) + '%':>5} compute  "
+                f"{s['priority']:<6}  {_age(now - s.get('created', now))}"
+            )
+    if not any(card["slices"] for card in status["cards"]):
+        lines.append("no slices reserved")
+    return "\n".join(lines)

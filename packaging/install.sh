@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Install flexai on Debian 12, as root, from this checkout: Debian packages, a virtual
+# environment with the flexai package, the commands in /usr/local/bin, default configs in
+# /etc/flexai, and a running flexaid (a simulated card when no NVIDIA GPU is present).
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: bash packaging/install.sh [--demo] [--test] [--deps-only] [--no-start]
+
+  --demo       after installing, run `flexai demo`: a busybox container with
+               FLEXAI_FRACTION=0.3 through flexai-runtime and runc
+  --test       also install the test dependencies (pytest, hypothesis) and link the
+               package in editable mode, so tests run against this checkout
+  --deps-only  install packages and the Python package, start nothing
+  --no-start   do not start flexaid
+
+Environment: FLEXAI_PREFIX (default /opt/flexai) holds the virtual environment.
+USAGE
+}
+
+demo=0 test=0 start=1
+for arg in "$@"; do
+  case "$arg" in
+    --demo) demo=1 ;;
+    --test) test=1 ;;
+    --deps-only|--no-start) start=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option $arg" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root (it installs packages and a system daemon)" >&2; exit 1; }
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+prefix=${FLEXAI_PREFIX:-/opt/flexai}
+step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages: runc runs the containers; busybox-static builds demo and test images;
+# the compiler, headers and pkg-config build the C parts (libflexai, systemd bindings).
+debs=(runc busybox-static gcc make pkg-config libsystemd-dev python3 python3-venv python3-dev ca-certificates)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+python=${FLEXAI_PYTHON:-$(command -v python3)}
+if [ ! -x "$prefix/venv/bin/python" ]; then
+  step "creating the virtual environment $prefix/venv"
+  mkdir -p "$prefix"
+  "$python" -m venv "$prefix/venv"
+fi
+pip=("$prefix/venv/bin/python" -m pip --disable-pip-version-check -q)
+if [ "$test" = 1 ]; then
+  step "installing flexai (editable, with test dependencies) from $repo"
+  "${pip[@]}" install -e "$repo[test]"
+else
+  step "installing flexai from $repo"
+  "${pip[@]}" install "$repo"
+fi
+# flexai-runtime and flexai-hook run on every container start: give them launchers that skip site.
+"$prefix/venv/bin/python" -m flexai_hook.launchers "$prefix/venv/bin" >/dev/null
+for cmd in flexai flexai-runtime flexai-hook flexaid; do
+  ln -sf "$prefix/venv/bin/$cmd" "/usr/local/bin/$cmd"
+done
+
+getent group flexai >/dev/null || groupadd --system flexai
+install -d -m 0755 /etc/flexai
+if [ ! -e /etc/flexai/flexaid.json ]; then
+  step "writing /etc/flexai/flexaid.json (NVIDIA cards if NVML finds any, else one simulated 16 GiB card)"
+  install -m 0644 "$repo/runtime-config/flexaid.json" /etc/flexai/flexaid.json
+fi
+
+if [ "$start" = 1 ]; then
+  if flexai status >/dev/null 2>&1; then
+    step "flexaid is already running"
+  else
+    step "starting flexaid (log: /var/log/flexai/flexaid.log)"
+    install -d -m 0755 /var/log/flexai /run/flexai
+    nohup flexaid --config /etc/flexai/flexaid.json >>/var/log/flexai/flexaid.log 2>&1 </dev/null &
+    echo $! >/run/flexai/flexaid.pid
+    for _ in $(seq 100); do
+      flexai status >/dev/null 2>&1 && break
+      kill -0 "$(cat /run/flexai/flexaid.pid)" 2>/dev/null || { tail -5 /var/log/flexai/flexaid.log >&2; exit 1; }
+      sleep 0.1
+    done
+  fi
+  flexai status
+fi
+
+if [ "$demo" = 1 ]; then
+  step "flexai demo"
+  flexai demo
+fi

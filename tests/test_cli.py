@@ -1,0 +1,52 @@
+"""The flexai command: status as a table and JSON, and the README's demo end to end."""
+
+import json
+import os
+import subprocess
+
+from flexai_hook import status_view
+from conftest import GIB, tool
+
+
+def flexai(*args, socket, timeout=120):
+    return subprocess.run([tool("flexai"), *args, "--socket", socket], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_status_table_and_json(make_daemon):
+    daemon = make_daemon(memories=("16GiB", "8GiB"))
+    daemon.call({"op": "reserve", "container_id": "web-1", "request": {"fraction": 30}})
+    daemon.call({"op": "reserve", "container_id": "batch-2", "request": {"memory_bytes": 6 * GIB, "device": "1"}})
+    table = flexai("status", socket=daemon.socket)
+    assert table.returncode == 0, table.stderr
+    assert "web-1" in table.stdout and "batch-2" in table.stdout
+    assert "4.80 GiB / 16.00 GiB" in table.stdout and "6.00 GiB / 8.00 GiB" in table.stdout
+    data = json.loads(flexai("status", "--json", socket=daemon.socket).stdout)
+    assert [len(c["slices"]) for c in data["cards"]] == [1, 1]
+    assert data["cards"][1]["slices"][0]["compute"] == 75
+
+
+def test_status_without_daemon_is_one_line(tmp_path):
+    out = flexai("status", socket=str(tmp_path / "none.sock"))
+    assert out.returncode == 1
+    assert "flexaid is not reachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_render_empty():
+    text = status_view.render({"backend": "simulated", "policy": "flexai", "cards": []}, "/s")
+    assert "no slices reserved" in text
+
+
+def test_demo_end_to_end(daemon, tmp_path):
+    """What the README's first command ends with: a sliced container, its reservation, then none."""
+    out = subprocess.run(
+        [tool("flexai"), "demo", "--seconds", "2", "--runtime-root", str(tmp_path / "runc"), "--socket", daemon.socket],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FLEXAI_RUNTIME": "runc", "FLEXAI_RUNTIME_CONFIG": "/nonexistent"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    during, after = out.stdout.split("# after the container exited")
+    assert "flexai-demo-" in during and "30%" in during
+    assert "no slices reserved" in after
+    assert "compute_limit=30" in out.stdout
+    assert daemon.slices() == []

@@ -1,0 +1,208 @@
+"""flexaid as a real process on its socket: reserve/release/status, persistence, concurrency, bad input."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from flexai_hook import client, validation
+from conftest import GIB, tool
+
+
+def reserve(daemon, cid, **request):
+    return daemon.call({"op": "reserve", "container_id": cid, "request": request})
+
+
+def test_reserve_release_status_and_slice_files(daemon):
+    reply = reserve(daemon, "c1", fraction=25)
+    assert validation.problem("protocol.schema.json", reply, "reply") is None
+    res = reply["reservation"]
+    assert res["memory_bytes"] == 4 * GIB and res["compute"] == 25
+    assert res["card_uuid"] == daemon.cards[0]["uuid"]
+    conf = (daemon.slices_dir / res["slice_id"] / "slice.conf").read_text()
+    assert f"memory_limit={4 * GIB}" in conf and "compute_limit=25" in conf
+
+    status = daemon.call({"op": "status"})
+    assert validation.problem("protocol.schema.json", status, "reply") is None
+    card = status["status"]["cards"][0]
+    assert card["memory_reserved"] == 4 * GIB and card["compute_reserved"] == 25
+    assert [s["container_id"] for s in card["slices"]] == ["c1"]
+
+    assert reserve(daemon, "c1", fraction=90)["reservation"] == res  # idempotent
+    released = daemon.call({"op": "release", "container_id": "c1"})
+    assert released["released"] is True
+    assert not (daemon.slices_dir / res["slice_id"]).exists()
+    assert daemon.call({"op": "release", "container_id": "c1"}) == {"ok": True, "released": False}
+    assert daemon.slices() == []
+
+
+def test_socket_mode_is_0660(daemon):
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o660
+
+
+def test_full_card_is_refused_with_one_line(daemon):
+    reserve(daemon, "big", fraction=80)
+    with pytest.raises(client.DaemonRefused) as info:
+        reserve(daemon, "late", fraction=30)
+    assert "no card can fit" in str(info.value) and "\n" not in str(info.value)
+    assert [s["container_id"] for s in daemon.slices()] == ["big"]
+
+
+def test_restart_between_reserve_and_release_loses_nothing(daemon):
+    first = reserve(daemon, "c1", fraction=30)["reservation"]
+    reserve(daemon, "c2", memory_bytes=GIB, priority="high")
+    daemon.restart()
+    assert {s["container_id"]: s for s in daemon.slices()}["c1"] == first
+    assert len(daemon.slices()) == 2
+    assert (daemon.slices_dir / first["slice_id"] / "slice.conf").exists()
+    assert daemon.call({"op": "release", "container_id": "c1"})["released"] is True
+    daemon.stop()  # SIGTERM
+    daemon.start()
+    assert [s["container_id"] for s in daemon.slices()] == ["c2"]
+
+
+def test_kill_9_keeps_acknowledged_reservations(daemon):
+    acked = reserve(daemon, "c1", fraction=40)["reservation"]
+    daemon.stop(sig=9)
+    daemon.start()
+    assert daemon.slices() == [acked]
+
+
+def _reserve_in_child(args):
+    sock, cid = args
+    try:
+        reply = client.call({"op": "reserve", "container_id": cid, "request": {"fraction": 30}}, sock)
+        return reply["reservation"]["slice_id"]
+    except client.DaemonRefused:
+        return None
+
+
+def test_20_concurrent_reserves_never_overcommit(daemon):
+    with multiprocessing.get_context("fork").Pool(20) as pool:
+        results = pool.map(_reserve_in_child, [(daemon.socket, f"c{i}") for i in range(20)])
+    granted = [r for r in results if r]
+    assert len(granted) == 3  # 3 x 30 % fit on one card, the 4th would pass 100 %
+    card = daemon.status()["cards"][0]
+    assert card["memory_reserved"] <= card["memory"] and card["compute_reserved"] <= 100
+    assert len(card["slices"]) == 3
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        (b"not json\n", "not a JSON object"),
+        (b'{"op": "reserve"}\n', "invalid request"),
+        (b'{"op": "launch-missiles"}\n', "invalid request"),
+        (b'{"op": "reserve", "container_id": "../x", "request": {"fraction": 30}}\n', "invalid request"),
+        (b'{"op": "reserve", "container_id": "c", "request": {"fraction": 300}}\n', "invalid request"),
+        (b'[1, 2, 3]\n', "invalid request"),
+        (b"\xff\xfe\x00garbage\n", "not a JSON object"),
+    ],
+)
+def test_garbage_gets_an_error_reply_and_the_daemon_lives_on(daemon, line, fragment):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(daemon.socket)
+        s.sendall(line)
+        reply = json.loads(s.makefile("rb").readline())
+    assert reply["ok"] is False and fragment in reply["error"]
+    assert reserve(daemon, "after", fraction=10)["ok"] is True
+
+
+def test_an_oversized_line_is_refused_and_a_silent_client_blocks_nobody(daemon):
+    silent = socket.socket(socket.AF_UNIX)
+    silent.connect(daemon.socket)
+    half = socket.socket(socket.AF_UNIX)
+    half.connect(daemon.socket)
+    half.sendall(b'{"op": "sta')
+    try:
+        with socket.socket(socket.AF_UNIX) as big:
+            big.settimeout(10)
+            big.connect(daemon.socket)
+            try:
+                big.sendall(b"x" * (2 << 20))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            reply = json.loads(big.makefile("rb").readline())
+        assert reply["ok"] is False and "longer than" in reply["error"]
+        assert daemon.status()["cards"][0]["slices"] == []
+    finally:
+        silent.close()
+        half.close()
+
+
+def test_several_requests_on_one_connection(daemon):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(daemon.socket)
+        s.sendall(b'{"op":"status"}\n{"op":"release","container_id":"nobody"}\n')
+        f = s.makefile("rb")
+        assert json.loads(f.readline())["ok"] is True
+        assert json.loads(f.readline()) == {"ok": True, "released": False}
+
+
+def test_corrupt_ledger_refuses_to_start_with_one_line(make_daemon):
+    daemon = make_daemon(start=False)
+    daemon.state_dir.mkdir(parents=True)
+    ledger = daemon.state_dir / "ledger.json"
+    ledger.write_text('{"version": 1, "reservations": [')
+    out = subprocess.run([tool("flexaid"), "--config", str(daemon.config_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert str(ledger) in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert ledger.read_text() == '{"version": 1, "reservations": ['  # untouched
+    assert not os.path.exists(daemon.socket)
+
+
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        ("{broken", "not valid JSON"),
+        ('{"backend": "quantum"}', "backend"),
+        ('{"simulated": {"cards": [{"memory": "lots"}]}}', "memory"),
+        ('{"policy": "random-ish", "backend": "simulated", "simulated": {"cards": [{"memory": "1GiB"}]}}', "policy"),
+        ('{"backend": "simulated"}', "no cards"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, config, fragment):
+    path = tmp_path / "flexaid.json"
+    path.write_text(config)
+    out = subprocess.run(
+        [tool("flexaid"), "--config", str(path), "--socket", str(tmp_path / "s.sock"),
+         "--state-dir", str(tmp_path / "state"), "--slices-dir", str(tmp_path / "slices")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 1
+    assert fragment in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_a_second_daemon_on_the_same_socket_is_refused(daemon):
+    out = subprocess.run([tool("flexaid"), "--config", str(daemon.config_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "already listens" in out.stderr
+    assert daemon.status()  # the first one still answers
+
+
+def test_socket_activation(make_daemon, tmp_path):
+    """systemd-socket-activate hands flexaid a listening socket as fd 3, as systemd would."""
+    activate = "/usr/bin/systemd-socket-activate"
+    if not os.access(activate, os.X_OK):
+        pytest.skip("systemd-socket-activate is not installed")
+    daemon = make_daemon(start=False)
+    proc = subprocess.Popen([activate, "-l", daemon.socket, tool("flexaid"), "--config", str(daemon.config_path)],
+                            stdout=subprocess.DEVNULL, stderr=open(daemon.log_path, "ab"))
+    try:
+        daemon.proc = proc
+        daemon.wait_ready()
+        assert reserve(daemon, "c1", fraction=50)["ok"]
+        assert "using the socket passed by systemd" in daemon.log()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        daemon.proc = None

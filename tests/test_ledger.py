@@ -1,0 +1,98 @@
+"""The ledger as pure data, and its file on disk."""
+
+import itertools
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from flexai_hook import ledger as L
+from flexai_hook.devices import Card
+from flexai_hook.request import Request
+
+GIB = 1 << 30
+CARDS = [
+    Card(index=0, uuid="GPU-a", name="sim", memory=16 * GIB, device_paths=("/dev/s0",), backend="simulated"),
+    Card(index=1, uuid="GPU-b", name="sim", memory=16 * GIB, device_paths=("/dev/s1",), backend="simulated"),
+]
+
+
+def reserve(ledger, cid, request, cards=CARDS):
+    ids = (f"{i:012x}" for i in itertools.count())
+    return L.reserve(ledger, cards, cid, request, policy="best-fit", slice_root="/s", now=1.0,
+                     new_id=lambda: f"{abs(hash(cid)) % (1 << 48):012x}")
+
+
+def test_reserve_is_idempotent_per_container():
+    led, first = reserve(L.Ledger(), "c1", Request(fraction=30))
+    led2, again = reserve(led, "c1", Request(fraction=90))
+    assert again == first and led2 is led
+    assert first.memory_bytes == 16 * GIB * 30 // 100 and first.compute == 30
+
+
+def test_release_is_idempotent():
+    led, _ = reserve(L.Ledger(), "c1", Request(fraction=30))
+    led, gone = L.release(led, "c1")
+    assert gone.container_id == "c1" and led.reservations == {}
+    led2, gone2 = L.release(led, "c1")
+    assert gone2 is None and led2 is led
+
+
+def test_pin_by_index_and_uuid_and_unknown_pin():
+    _, r = reserve(L.Ledger(), "c1", Request(fraction=10, device="1"))
+    assert r.card_index == 1
+    _, r = reserve(L.Ledger(), "c1", Request(fraction=10, device="GPU-b"))
+    assert r.card_index == 1
+    with pytest.raises(L.PlacementError, match="no card '7'"):
+        reserve(L.Ledger(), "c1", Request(fraction=10, device="7"))
+
+
+def test_full_card_message_names_every_card():
+    led = L.Ledger()
+    for i in range(2):
+        led, _ = reserve(led, f"w{i}", Request(fraction=100))
+    with pytest.raises(L.PlacementError) as info:
+        reserve(led, "late", Request(fraction=1))
+    assert "card 0" in str(info.value) and "card 1" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_request_larger_than_any_card():
+    with pytest.raises(L.PlacementError):
+        reserve(L.Ledger(), "big", Request(memory_bytes=17 * GIB))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 7), st.integers(1, 100), st.integers(1, 100)), max_size=40))
+def test_never_overcommitted(ops):
+    led = L.Ledger()
+    for is_reserve, who, frac, compute in ops:
+        cid = f"c{who}"
+        if is_reserve:
+            try:
+                led, _ = reserve(led, cid, Request(fraction=frac, compute=compute))
+            except L.PlacementError:
+                pass
+        else:
+            led, _ = L.release(led, cid)
+        for card in CARDS:
+            memory, comp = led.used(card.index)
+            assert memory <= card.memory and comp <= 100
+
+
+def test_file_round_trip(tmp_path):
+    f = L.LedgerFile(tmp_path / "ledger.json")
+    assert f.load().reservations == {}
+    led, r = reserve(L.Ledger(), "c1", Request(memory_bytes=GIB, priority="high"))
+    f.save(led)
+    assert f.load().reservations == {"c1": r}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"version": 1}', b'{"version": 99, "reservations": []}',
+                                     b'{"version": 1, "reservations": [{"slice_id": 3}]}', b"\x00\xff"])
+def test_corrupt_file_is_refused_with_the_path(tmp_path, content):
+    path = tmp_path / "ledger.json"
+    path.write_bytes(content)
+    with pytest.raises(L.LedgerCorrupt) as info:
+        L.LedgerFile(path).load()
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
