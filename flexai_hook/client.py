@@ -1,13 +1,15 @@
 """Talking to flexaid over its Unix socket: one JSON line out, one JSON line back.
 
-Standard library only: the runtime and the hook import this on every container start.
+This runs on every sliced container start (runtime and poststop hook), so it uses the C
+`_socket` module directly: `socket.py` pulls in `enum` and `selectors`, several milliseconds
+of imports per start for wrappers we do not need.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
+
+import _socket
 
 DEFAULT_SOCKET = "/run/flexai/flexaid.sock"
 MAX_REPLY = 16 << 20
@@ -25,10 +27,10 @@ class DaemonRefused(RuntimeError):
     """flexaid answered with an error; str() is its one-line reason."""
 
 
-def call(message: dict, path: str | None = None, timeout: float = 30.0) -> dict:
-    """Send one request and return the successful reply's fields."""
+def exchange(line: bytes, path: str | None = None, timeout: float = 30.0) -> bytes:
+    """Send one request line (ending in a newline) and return the reply line."""
     path = path or socket_path()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         try:
@@ -37,30 +39,41 @@ def call(message: dict, path: str | None = None, timeout: float = 30.0) -> dict:
             reason = exc.strerror or type(exc).__name__
             raise DaemonUnavailable(
                 f"flexaid is not reachable at {path} ({reason}); start it "
-                f"(`systemctl start flexaid.socket`, or `flexaid --config /etc/flexai/flexaid.json`) "
-                f"or point FLEXAI_SOCKET at its socket"
+                f"(`flexaid --config /etc/flexai/flexaid.json`, or `systemctl start flexaid.socket` "
+                f"where its units are installed) or point FLEXAI_SOCKET at its socket"
             ) from None
         buf = bytearray()
         try:
-            sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            sock.sendall(line)
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise DaemonUnavailable(f"flexaid at {path} closed the connection without answering")
+                buf += chunk
+                if len(buf) > MAX_REPLY:
+                    raise DaemonUnavailable(f"flexaid at {path} sent an oversized reply")
+        except TimeoutError:
+            raise DaemonUnavailable(f"flexaid at {path} did not answer within {timeout:g}s") from None
         except OSError as exc:
             raise DaemonUnavailable(f"flexaid at {path} hung up ({exc.strerror or exc})") from None
-        while not buf.endswith(b"\n"):
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                raise DaemonUnavailable(f"flexaid at {path} did not answer within {timeout:g}s") from None
-            except OSError as exc:
-                raise DaemonUnavailable(f"flexaid at {path} hung up ({exc.strerror or exc})") from None
-            if not chunk:
-                raise DaemonUnavailable(f"flexaid at {path} closed the connection without answering")
-            buf += chunk
-            if len(buf) > MAX_REPLY:
-                raise DaemonUnavailable(f"flexaid at {path} sent an oversized reply")
     finally:
         sock.close()
+    return bytes(buf)
+
+
+def call(message: dict, path: str | None = None, timeout: float = 30.0) -> dict:
+    """Send one request and return the successful reply's fields."""
+    import json
+
+    raw = exchange(json.dumps(message, separators=(",", ":")).encode() + b"\n", path, timeout)
+    return parse_reply(raw, path or socket_path())
+
+
+def parse_reply(raw: bytes, path: str) -> dict:
+    import json
+
     try:
-        reply = json.loads(buf)
+        reply = json.loads(raw)
     except ValueError:
         raise DaemonUnavailable(f"flexaid at {path} sent a reply that is not JSON") from None
     if not isinstance(reply, dict) or "ok" not in reply:

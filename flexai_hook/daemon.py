@@ -33,6 +33,7 @@ DEFAULT_CONFIG = "/etc/flexai/flexaid.json"
 MAX_LINE = 1 << 20  # a request is a few hundred bytes; anything near this is garbage
 IDLE_TIMEOUT = 60.0
 SD_LISTEN_FDS_START = 3
+OPS = ("reserve", "release", "status")
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Service:
         self.ledger = self.file.load()
         os.makedirs(config.slices_dir, exist_ok=True)
         self._sync_slice_dirs()
+        for op in OPS:  # build the validators now, not on the first container start
+            validation.validator("protocol.schema.json", f"{op}_message")
 
     def _sync_slice_dirs(self) -> None:
         """Slice files for every reservation, none for slices the ledger does not hold."""
@@ -108,14 +111,18 @@ class Service:
         write_atomically(Path(reservation.slice_dir) / "slice.conf", reservation.slice_conf().encode())
 
     def handle(self, message: object) -> dict:
-        problem = validation.problem("protocol.schema.json", message, "message")
+        op = message.get("op") if isinstance(message, dict) else None
+        if op not in OPS:
+            return {"ok": False, "error": f"invalid request: op must be one of {', '.join(OPS)}, not {op!r}"[:300]}
+        problem = validation.problem("protocol.schema.json", message, f"{op}_message")
         if problem:
             return {"ok": False, "error": f"invalid request: {problem}"}
-        op = message["op"]
         if op == "reserve":
             return self._reserve(message["container_id"], Request.from_json(message["request"]))
         if op == "release":
-            return self._release(message["container_id"])
+            # From a poststop hook the id comes inside the OCI state it forwards.
+            cid = message["container_id"] if "container_id" in message else message["state"]["id"]
+            return self._release(cid)
         return {"ok": True, "status": self.status()}
 
     def _reserve(self, container_id: str, request: Request) -> dict:

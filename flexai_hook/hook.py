@@ -2,11 +2,14 @@
 
 A poststop hook cannot stop anything (the container is already gone), so every problem here is
 logged on stderr, which runc passes to the engine's log, and the hook exits 0.
+
+It runs on every sliced container's exit, so it does not parse JSON itself: it forwards the
+OCI state document to flexaid inside a release request, and flexaid (which validates
+everything against its schemas anyway) takes the container id from it.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 from . import client
@@ -17,29 +20,28 @@ OCI hook for flexai. Reads the container state JSON on stdin (as runc, crun and 
 hooks.d pass it) and releases the container's slice in flexaid. Set FLEXAI_SOCKET to use a
 daemon socket other than /run/flexai/flexaid.sock.
 """
+MAX_STATE = 1 << 20
 
 
-def container_id(state_text: str) -> str:
-    """The container id of an OCI state document (runc's 'creating' and crun's 'created' shapes)."""
-    try:
-        state = json.loads(state_text)
-    except ValueError:
-        raise ValueError("the OCI state on stdin is not JSON") from None
-    if not isinstance(state, dict) or not isinstance(state.get("id"), str) or not state["id"]:
-        raise ValueError("the OCI state on stdin has no container id")
-    return state["id"]
+def release_line(state: bytes) -> bytes | None:
+    """The release request carrying `state`, or None when `state` cannot be a JSON object."""
+    state = state.strip()
+    if not (state.startswith(b"{") and state.endswith(b"}")) or b"\n" in state:
+        return None
+    return b'{"op":"release","state":' + state + b"}\n"
 
 
-def poststop(stdin_text: str) -> int:
-    try:
-        cid = container_id(stdin_text)
-    except ValueError as exc:
-        sys.stderr.write(f"flexai-hook: {exc}; nothing released\n")
+def poststop(state: bytes) -> int:
+    line = release_line(state)
+    if line is None:
+        sys.stderr.write("flexai-hook: the OCI state on stdin is not a JSON object; nothing released\n")
         return 0
     try:
-        client.call({"op": "release", "container_id": cid}, timeout=10.0)
+        raw = client.exchange(line, timeout=10.0)
+        if not raw.startswith(b'{"ok":true'):
+            client.parse_reply(raw, client.socket_path())
     except (client.DaemonUnavailable, client.DaemonRefused) as exc:
-        sys.stderr.write(f"flexai-hook: could not release the slice of {cid}: {exc}\n")
+        sys.stderr.write(f"flexai-hook: could not release the slice: {exc}\n")
     return 0
 
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0 if args else 2
     if args[0] == "poststop":
-        return poststop(sys.stdin.read(1 << 20))
+        return poststop(sys.stdin.buffer.read(MAX_STATE))
     sys.stderr.write(f"flexai-hook: unknown stage {args[0]!r}\n{USAGE}")
     return 2
 
