@@ -7,6 +7,8 @@ argv itself is always passed to the real runtime unchanged.
 
 from __future__ import annotations
 
+from .record import record
+
 
 # Global flags of runc and crun that take a value. Any other flag is treated as a switch;
 # `--flag=value` is understood for every flag.
@@ -20,41 +22,16 @@ _CREATE_VALUE_FLAGS = frozenset(
 SPEC_SUBCOMMANDS = frozenset({"create", "run"})
 
 
+@record
 class Invocation:
-    """The parts of a runtime command line flexai cares about.
+    """The parts of a runtime command line flexai cares about."""
 
-    A plain immutable class rather than a dataclass: importing dataclasses costs ~6 ms, paid on
-    every container start, pass-through ones included.
-    """
-
-    __slots__ = ("subcommand", "container_id", "bundle", "log_path", "log_format", "root")
-
-    def __init__(
-        self,
-        subcommand: str | None,
-        container_id: str | None = None,
-        bundle: str | None = None,  # None: the current directory, as runc does
-        log_path: str | None = None,
-        log_format: str = "text",
-        root: str | None = None,
-    ):
-        for name, value in zip(self.__slots__, (subcommand, container_id, bundle, log_path, log_format, root)):
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("Invocation is immutable")
-
-    def _fields(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Invocation) and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return "Invocation(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+    subcommand: str | None
+    container_id: str | None = None
+    bundle: str | None = None  # None: the current directory, as runc does
+    log_path: str | None = None
+    log_format: str = "text"
+    root: str | None = None
 
     @property
     def edits_spec(self) -> bool:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import dataclass
 import os
+import re
 from collections.abc import Iterable, Mapping
+
+from .record import fields, record
 
 ENV_PREFIX = "FLEXAI_"
 ANNOTATION_PREFIX = "flexai.io/"
@@ -25,15 +26,26 @@ _MAX_BYTES = (1 << 63) - 1  # what an int64 in the region and the driver APIs ca
 _VALUE_PREVIEW = 40
 
 
-@dataclass(frozen=True)
+@record
 class FieldRule:
     name: str
     env: str
     annotation: str
     max_length: int
-    pattern: re.Pattern[str] | None
+    pattern: str | None  # the schema's pattern, compiled on first use (only fields present pay)
     choices: tuple[str, ...]
     allowed: str
+
+    def matches(self, value: str) -> bool:
+        if self.pattern is None:
+            return False
+        compiled = _COMPILED.get(self.pattern)
+        if compiled is None:
+            compiled = _COMPILED[self.pattern] = re.compile(self.pattern, re.ASCII)
+        return compiled.fullmatch(value) is not None
+
+
+_COMPILED: dict[str, re.Pattern[str]] = {}
 
 
 def _load_rules() -> dict[str, FieldRule]:
@@ -47,7 +59,7 @@ def _load_rules() -> dict[str, FieldRule]:
             env=prop["x-env"],
             annotation=prop["x-annotation"],
             max_length=prop.get("maxLength", 64),
-            pattern=re.compile(prop["pattern"], re.ASCII) if "pattern" in prop else None,
+            pattern=prop.get("pattern"),
             choices=tuple(prop.get("enum", ())),
             allowed=prop["x-allowed"],
         )
@@ -76,7 +88,7 @@ def show_value(value: str) -> str:
     return repr(value)
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     """What a container asked for, normalised. Shares are in hundredths (30 means 0.30)."""
 
@@ -128,7 +140,7 @@ class Request:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Request":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        return cls(**{k: data[k] for k in fields(cls) if k in data})
 
     def to_fields(self) -> dict[str, str]:
         """Back to the raw strings a user would write (parse_fields(to_fields(r)) == r)."""
@@ -175,8 +187,7 @@ def check_field(rule: FieldRule, source: str, raw: str) -> str:
     """The value with surrounding blanks removed, or RequestError naming `source`."""
     value = raw.strip(" \t")
     ok = 0 < len(value) <= rule.max_length and (
-        (rule.pattern is not None and rule.pattern.fullmatch(value) is not None)
-        or value in rule.choices
+        rule.matches(value) or value in rule.choices
     )
     if not ok:
         raise RequestError(source, raw, rule.allowed)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from collections.abc import Mapping
 
+from .record import asdict, fields, record
 
-@dataclass(frozen=True)
+
+@record
 class Reservation:
     container_id: str
     slice_id: str
@@ -20,7 +21,7 @@ class Reservation:
     device_paths: tuple[str, ...]  # host device nodes the container needs for this card
     slice_dir: str  # host directory holding the slice files
     created: float = 0.0  # unix time the reservation was granted
-    request: Mapping = field(default_factory=dict)  # the request as sent, for status and audits
+    request: Mapping = {}  # the request as sent, for status and audits
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -30,7 +31,7 @@ class Reservation:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Reservation":
-        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values = {k: data[k] for k in fields(cls) if k in data}
         values["device_paths"] = tuple(values.get("device_paths", ()))
         values["request"] = dict(values.get("request", {}))
         return cls(**values)

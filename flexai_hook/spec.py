@@ -8,8 +8,7 @@ path), so editing a spec twice (a bundle started again) gives the same result as
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-
+from .record import record
 from .reservation import Reservation
 
 # Where the slice's files appear inside the container; libflexai reads these defaults when its
@@ -17,7 +16,7 @@ from .reservation import Reservation
 SLICE_FILE_IN_CONTAINER = "/run/flexai/slice.conf"
 
 
-@dataclass(frozen=True)
+@record
 class DeviceNode:
     path: str
     type: str  # "c" or "b"
@@ -28,14 +27,14 @@ class DeviceNode:
     gid: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     source: str
     destination: str
     read_only: bool = True
 
 
-@dataclass(frozen=True)
+@record
 class Hook:
     path: str
     args: tuple[str, ...]
@@ -43,14 +42,14 @@ class Hook:
     timeout: int = 30
 
 
-@dataclass(frozen=True)
+@record
 class Injection:
     """Everything a slice adds to a container's spec."""
 
     devices: tuple[DeviceNode, ...] = ()
     mounts: tuple[Mount, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    poststop: tuple[Hook, ...] = field(default=())
+    poststop: tuple[Hook, ...] = ()
 
 
 def injection_for(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import count
 from typing import Callable, Sequence
 
@@ -180,7 +181,22 @@ def _fragmentation_growth(cards, cpu_free, demand, cpu_demand, candidates, compi
 
 
 def _fgd(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster) -> list[tuple]:
-    """Fragmentation gradient descent: the choice whose fragmentation grows least."""
+    """Fragmentation gradient descent, scored as the published Kubernetes plugin does.
+
+    The plugin turns the growth into an integer node score, 100 * sigmoid(-growth in cards),
+    truncated; choices within one score point (about 0.04 of a card) tie and go to the lowest
+    node name. That coarseness is part of the published results (it packs ties into one node
+    order), so the baseline keeps it.
+    """
+    scale = 2 * MILLI * compiled.total_weight  # growth is in half-milli times weight
+    keys = []
+    for g in _fragmentation_growth(cards, cpu_free, demand, cpu_demand, candidates, compiled):
+        x = g / scale
+        keys.append((-int(100 / (1 + math.exp(x))) if x < 700 else 0,))
+    return keys
+
+
+def _fgd_exact(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster) -> list[tuple]:
     return [(g,) for g in _fragmentation_growth(cards, cpu_free, demand, cpu_demand, candidates, compiled)]
 
 
@@ -191,7 +207,7 @@ def _flexai(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster) 
     return [(g, *f) for g, f in zip(growth, fit)]
 
 
-_SCORERS: dict[str, Scorer] = {"best-fit": _best_fit, "fgd": _fgd, "flexai": _flexai}
+_SCORERS: dict[str, Scorer] = {"best-fit": _best_fit, "fgd": _fgd, "flexai": _flexai, "fgd-exact": _fgd_exact}
 
 
 def _scorer(policy: str) -> Scorer:
