@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import click
 
@@ -39,14 +41,89 @@ def main() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print flexaid's status reply as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh in place until interrupted (Ctrl-C).")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--count", default=0, help="With --watch: stop after this many refreshes (0: never).")
 @_socket_option
-def status(as_json: bool, socket: str) -> None:
-    """Show the cards on this host and the slices reserved on them."""
-    reply = _call({"op": "status"}, socket)
-    if as_json:
-        click.echo(json.dumps(reply["status"], indent=2))
-    else:
-        click.echo(status_view.render(reply["status"], socket))
+def status(as_json: bool, watch: bool, interval: float, count: int, socket: str) -> None:
+    """Show the cards on this host, the slices reserved on them and what they really use."""
+    if not watch:
+        reply = _call({"op": "status"}, socket)
+        click.echo(json.dumps(reply["status"], indent=2) if as_json else status_view.render(reply["status"], socket))
+        return
+    shown = 0
+    try:
+        while True:
+            reply = _call({"op": "status"}, socket)
+            text = json.dumps(reply["status"]) if as_json else status_view.render(reply["status"], socket)
+            # Home the cursor and clear the screen: the table is redrawn in place.
+            click.echo("\x1b[H\x1b[2J" + text + f"\n\nrefreshing every {interval:g}s; Ctrl-C to stop", nl=True)
+            shown += 1
+            if count and shown >= count:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, help="flexaid's config (default /etc/flexai/flexaid.json).")
+@click.option("--runtime", "runtime_binary", default="runc", show_default=True, help="The OCI runtime to ask.")
+@click.option("--root", "roots", multiple=True, help="runc state root to scan (repeatable; default: the config's "
+              "reconcile.runtime_roots, i.e. runc, Docker and containerd defaults).")
+@click.option("--dry-run", is_flag=True, help="Show what would be rebuilt; change nothing.")
+def recover(config_path: str | None, runtime_binary: str, roots: tuple[str, ...], dry_run: bool) -> None:
+    """Rebuild flexaid's ledger from the sliced containers that are running.
+
+    For when flexaid refuses to start because its ledger is corrupt or truncated. Stop flexaid
+    first; the unreadable ledger is kept beside the new one as ledger.json.corrupt-<time>.
+    """
+    import shutil
+
+    from . import daemon, devices, ledger, recover as recover_mod
+
+    try:
+        config = daemon.load_config(config_path)
+        binary = shutil.which(runtime_binary) or runtime_binary
+        try:
+            client.call({"op": "status"}, config.socket, timeout=2)
+            raise click.ClickException(f"flexaid is running on {config.socket}; stop it before recovering its ledger")
+        except client.DaemonUnavailable:
+            pass
+        cards = devices.discover(config.backend, config.simulated_cards)
+        containers = recover_mod.live_containers(binary, roots or config.runtime_roots)
+
+        def read_spec(bundle: str) -> dict:
+            with open(os.path.join(bundle, "config.json")) as f:
+                return json.load(f)
+
+        found, problems = recover_mod.reservations_from_containers(
+            containers, read_spec, cards, config.slices_dir, binary, time.time()
+        )
+    except (daemon.ConfigError, devices.InventoryError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for problem in problems:
+        click.echo(f"skipped {problem}", err=True)
+    click.echo(f"{len(containers)} live container(s), {len(found)} with a flexai slice:")
+    for r in found:
+        click.echo(f"  {r.container_id}: slice {r.slice_id} on card {r.card_index}, "
+                   f"{r.memory_bytes} bytes, {r.compute}% compute")
+    rebuilt = ledger.Ledger({r.container_id: r for r in found})
+    for card in cards:
+        memory, compute = rebuilt.used(card.index)
+        if memory > card.memory or compute > 100:
+            raise click.ClickException(f"the live containers overcommit card {card.index}; not writing a ledger")
+    if dry_run:
+        click.echo("dry run: nothing written")
+        return
+    path = os.path.join(config.state_dir, "ledger.json")
+    os.makedirs(config.state_dir, exist_ok=True)
+    if os.path.exists(path):
+        aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(path, aside)
+        click.echo(f"kept the old ledger as {aside}")
+    ledger.LedgerFile(path).save(rebuilt)
+    click.echo(f"wrote {path}; start flexaid again")
 
 
 @main.command()

@@ -44,7 +44,10 @@ def exchange(line: bytes, path: str | None = None, timeout: float = 30.0) -> byt
             ) from None
         buf = bytearray()
         try:
-            sock.sendall(line)
+            try:
+                sock.sendall(line)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # flexaid may have answered (a refusal) and closed before reading: read it
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)
                 if not chunk:

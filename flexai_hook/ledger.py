@@ -108,6 +108,7 @@ def reserve(
     policy: str,
     slice_root: str,
     now: float,
+    runtime: Mapping | None = None,
     new_id: Callable[[], str] = lambda: secrets.token_hex(6),
 ) -> tuple[Ledger, Reservation]:
     """Place `request` for `container_id`. Idempotent: a known container gets its reservation."""
@@ -142,6 +143,7 @@ def reserve(
         slice_dir=os.path.join(slice_root, slice_id),
         created=now,
         request=request.to_json(),
+        runtime=dict(runtime or {}),
     )
     return replace(ledger, reservations={**ledger.reservations, container_id: reservation}), reservation
 
@@ -178,8 +180,8 @@ class LedgerFile:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LedgerCorrupt(
                 f"ledger {self.path} is unreadable ({type(exc).__name__}: {exc}); flexaid will not "
-                f"start empty and forget live slices: restore the file, or move it aside to start "
-                f"with no reservations"
+                f"start empty and forget live slices: run `flexai recover` to rebuild it from the "
+                f"running containers"
             ) from None
         return Ledger({r.container_id: r for r in reservations})
 

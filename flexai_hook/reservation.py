@@ -22,11 +22,13 @@ class Reservation:
     slice_dir: str  # host directory holding the slice files
     created: float = 0.0  # unix time the reservation was granted
     request: Mapping = {}  # the request as sent, for status and audits
+    runtime: Mapping = {}  # {"binary", "root"} of the OCI runtime that runs it, for reconciliation
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["device_paths"] = list(self.device_paths)
         data["request"] = dict(self.request)
+        data["runtime"] = dict(self.runtime)
         return data
 
     @classmethod
@@ -34,6 +36,7 @@ class Reservation:
         values = {k: data[k] for k in fields(cls) if k in data}
         values["device_paths"] = tuple(values.get("device_paths", ()))
         values["request"] = dict(values.get("request", {}))
+        values["runtime"] = dict(values.get("runtime", {}))
         return cls(**values)
 
     def slice_conf(self) -> str:

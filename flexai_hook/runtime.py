@@ -132,7 +132,9 @@ def _release(container_id: str, socket: str | None) -> None:
         sys.stderr.write(f"flexai: could not release the slice of {container_id}: {exc}\n")
 
 
-def slice_container(invocation: argv_mod.Invocation, config_path: str, raw: bytes, settings: dict) -> bool:
+def slice_container(
+    invocation: argv_mod.Invocation, config_path: str, raw: bytes, settings: dict, binary: str
+) -> bool:
     """Reserve and inject a slice if config.json asks for one. False: no request, pass through."""
     import json
 
@@ -158,8 +160,13 @@ def slice_container(invocation: argv_mod.Invocation, config_path: str, raw: byte
 
     socket = settings.get("socket")
     try:
+        runtime = {"binary": os.path.abspath(binary)}
+        if invocation.root:
+            runtime["root"] = os.path.abspath(invocation.root)
         reply = client.call(
-            {"op": "reserve", "container_id": invocation.container_id, "request": request.to_json()}, socket
+            {"op": "reserve", "container_id": invocation.container_id, "request": request.to_json(),
+             "runtime": runtime},
+            socket,
         )
     except client.DaemonUnavailable as exc:
         raise Failure(str(exc)) from None
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(marker in raw for marker in _REQUEST_MARKERS):
         os.execv(binary, [binary] + args)
     try:
-        sliced = slice_container(invocation, config_path, raw, settings)
+        sliced = slice_container(invocation, config_path, raw, settings, binary)
     except Failure as exc:
         report(invocation, str(exc))
         return 1

@@ -37,6 +37,16 @@ def render(status: dict, socket: str, now: float | None = None) -> str:
                 f"{_gib(s['memory_bytes']):>10} {str(s['compute']) + '%':>5} compute  "
                 f"{s['priority']:<6}  {_age(now - s.get('created', now))}"
             )
+            usage = s.get("usage")
+            if usage:
+                live = [f"uses {_gib(usage['memory_used'])}"]
+                if "processes" in usage:
+                    live.append(f"{usage['processes']} process(es)")
+                if "launches" in usage:
+                    live.append(f"{usage['launches']} kernel launches")
+                if "busy_seconds" in usage:
+                    live.append(f"{usage['busy_seconds']:.1f}s busy")
+                lines.append("      " + ", ".join(live))
     if not any(card["slices"] for card in status["cards"]):
         lines.append("no slices reserved")
     return "\n".join(lines)

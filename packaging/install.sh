@@ -77,9 +77,15 @@ if [ ! -e /etc/flexai/flexaid.json ]; then
 fi
 
 if [ "$start" = 1 ]; then
-  if flexai status >/dev/null 2>&1; then
+  if [ "$(ps -p 1 -o comm= 2>/dev/null)" = systemd ]; then
+    step "installing flexaid.service and flexaid.socket (socket activation: the first container start launches flexaid)"
+    install -m 0644 "$repo/packaging/systemd/flexaid.service" "$repo/packaging/systemd/flexaid.socket" /etc/systemd/system/
+    systemctl daemon-reload
+    systemctl enable --now flexaid.socket
+  elif flexai status >/dev/null 2>&1; then
     step "flexaid is already running"
   else
+    # No systemd as PID 1 (a container, a CI runner): run it directly.
     step "starting flexaid (log: /var/log/flexai/flexaid.log)"
     install -d -m 0755 /var/log/flexai /run/flexai
     nohup flexaid --config /etc/flexai/flexaid.json >>/var/log/flexai/flexaid.log 2>&1 </dev/null &

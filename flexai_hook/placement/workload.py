@@ -168,6 +168,7 @@ class _Compiled:
         self.cpu_cuts = sorted({t.cpu_milli for t, _ in typical if t.cpu_milli > 0})
         self.full_rank = len(self.cpu_cuts)  # "CPU is not a constraint"
         self.cpu_only_weight = 0
+        self._raw = [(t.memory_share, t.compute, t.cards, t.cpu_milli, n) for t, n in typical]  # EXPERIMENT
         shapes: dict[tuple, list[int]] = {}
         for task, n in typical:
             if task.cards == 0:

@@ -1,0 +1,352 @@
+"""flexaid's socket loop: one thread applies every request, so the ledger needs no locks.
+
+Non-blocking sockets under `selectors`: a client that connects and never writes, sends half a
+line, or floods megabytes costs only its own buffer, never another client's answer. Peers are
+checked with SO_PEERCRED (root, or the socket's group). The same loop serves the opt-in
+Prometheus endpoint, pings the systemd watchdog, and applies reconciliation results that a
+helper thread gathers by asking the container runtimes (slow subprocesses stay off the loop).
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import metrics, reconcile
+
+if TYPE_CHECKING:
+    from .daemon import Config, Service
+    from .supervisor import Supervisor
+
+log = logging.getLogger("flexaid.server")
+
+MAX_LINE = 1 << 20  # a request is a few hundred bytes; anything near this is garbage
+MAX_HTTP_HEADER = 8192
+IDLE_TIMEOUT = 60.0
+SD_LISTEN_FDS_START = 3
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class ServeError(RuntimeError):
+    pass
+
+
+class _Conn:
+    __slots__ = ("sock", "kind", "inbuf", "outbuf", "last", "closing")
+
+    def __init__(self, sock: socket.socket, kind: str):
+        self.sock = sock
+        self.kind = kind  # "api" or "metrics"
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.last = time.monotonic()
+        self.closing = False
+
+
+def group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return 0
+
+
+def peer_allowed(sock: socket.socket, gid: int) -> tuple[bool, str]:
+    """Root, or a process whose primary or supplementary groups include the socket's group."""
+    pid, uid, pgid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    if uid == 0 or (gid != 0 and pgid == gid):
+        return True, ""
+    if gid != 0:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("Groups:") and str(gid) in line.split()[1:]:
+                        return True, ""
+        except OSError:
+            pass
+    return False, f"uid {uid} (pid {pid}) is neither root nor in the socket's group"
+
+
+def listening_socket(config: "Config") -> tuple[socket.socket, bool]:
+    """(socket, created_by_us): the systemd-activated one if passed, else a new bound one."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0")) >= 1:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+        log.info("using the socket passed by systemd")
+        return sock, False
+    path = config.socket
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        raise ServeError(f"another flexaid already listens on {path}")
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass  # nothing there, or a stale socket file from a crash
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # never world-accessible, not even for an instant
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chown(path, 0, group_id(config.socket_group))
+    os.chmod(path, config.socket_mode)
+    sock.listen(512)
+    return sock, True
+
+
+def metrics_socket(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise ServeError(f"cannot serve metrics on {listen!r}: {exc}") from None
+    sock.listen(64)
+    return sock
+
+
+class _Reconciler:
+    """Asks the runtimes about each reserved container in a helper thread, every interval."""
+
+    def __init__(self, interval: float, wake_fd: int):
+        self.interval = interval
+        self.wake_fd = wake_fd
+        self.results: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.next_run = time.monotonic() + interval
+
+    def maybe_start(self, reservations: dict, now: float) -> None:
+        if self.interval <= 0 or now < self.next_run or (self.thread and self.thread.is_alive()):
+            return
+        self.next_run = now + self.interval
+        snapshot = dict(reservations)  # the ledger maps are replaced, never mutated: safe to share
+
+        def work() -> None:
+            observed = {cid: reconcile.observe(r) for cid, r in snapshot.items()}
+            self.results.put(observed)
+            try:
+                os.write(self.wake_fd, b"r")
+            except OSError:
+                pass
+
+        self.thread = threading.Thread(target=work, name="reconcile", daemon=True)
+        self.thread.start()
+
+
+def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> None:
+    listener, owned = listening_socket(config)
+    listener.setblocking(False)
+    socket_gid = group_id(config.socket_group)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, "api")
+    metrics_listener = None
+    if config.metrics_listen:
+        metrics_listener = metrics_socket(config.metrics_listen)
+        metrics_listener.setblocking(False)
+        sel.register(metrics_listener, selectors.EVENT_READ, "metrics")
+        log.info("Prometheus metrics on http://%s/metrics", config.metrics_listen)
+    conns: dict[int, _Conn] = {}
+    # Signals and the reconcile thread only write to this pipe, so a request being applied is
+    # always finished and answered before anything else happens.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    sel.register(wake_r, selectors.EVENT_READ, "wake")
+    signal.set_wakeup_fd(wake_w)
+    stopping: list[int] = []
+
+    def stop(signum, _frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    reconciler = _Reconciler(config.reconcile_interval, wake_w)
+
+    def close(conn: _Conn) -> None:
+        sel.unregister(conn.sock)
+        conns.pop(id(conn), None)
+        conn.sock.close()
+
+    summary = service.summary()
+    log.info("flexaid ready on %s: %s", config.socket, summary)
+    supervisor.ready(summary)
+    timeout = supervisor.loop_timeout(1.0)
+    try:
+        while not stopping:
+            for key, events in sel.select(timeout=timeout):
+                tag = key.data
+                if tag == "wake":
+                    try:
+                        os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                if tag in ("api", "metrics"):
+                    _accept(key.fileobj, tag, sel, conns, socket_gid)
+                    continue
+                conn: _Conn = tag
+                if events & selectors.EVENT_READ and not _read(conn, service):
+                    close(conn)
+                    continue
+                if conn.outbuf and not _write(conn):
+                    close(conn)
+                    continue
+                if conn.closing and not conn.outbuf:
+                    close(conn)
+                    continue
+                sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0), conn)
+            now = time.monotonic()
+            supervisor.tick(now)
+            while not reconciler.results.empty():
+                if service.apply_observations(reconciler.results.get_nowait(), time.time()):
+                    supervisor.status(service.summary())
+            reconciler.maybe_start(service.ledger.reservations, now)
+            for conn in [c for c in conns.values() if now - c.last > IDLE_TIMEOUT]:
+                close(conn)
+        log.info("signal %d: stopping", stopping[0])
+        supervisor.stopping()
+    finally:
+        signal.set_wakeup_fd(-1)
+        for conn in list(conns.values()):
+            close(conn)
+        sel.close()
+        os.close(wake_r)
+        os.close(wake_w)
+        listener.close()
+        if metrics_listener is not None:
+            metrics_listener.close()
+        if owned:
+            try:
+                os.unlink(config.socket)
+            except FileNotFoundError:
+                pass
+        log.info("flexaid stopped")
+
+
+def _accept(listener: socket.socket, kind: str, sel: selectors.BaseSelector, conns: dict, gid: int) -> None:
+    try:
+        sock, _ = listener.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            log.error("out of file descriptors; refusing a connection")
+            return
+        raise
+    if kind == "api":
+        allowed, why = peer_allowed(sock, gid)
+        if not allowed:
+            log.warning("refused a client: %s", why)
+            try:
+                sock.sendall(json.dumps({"ok": False, "error": f"permission denied: {why}"}).encode() + b"\n")
+            except OSError:
+                pass
+            sock.close()
+            return
+    sock.setblocking(False)
+    conn = _Conn(sock, kind)
+    conns[id(conn)] = conn
+    sel.register(sock, selectors.EVENT_READ, conn)
+
+
+def _read(conn: _Conn, service: "Service") -> bool:
+    try:
+        data = conn.sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    if not data:
+        return bool(conn.outbuf)  # peer finished writing; flush what we owe it
+    conn.last = time.monotonic()
+    if conn.closing:
+        return True  # discard what follows a refused request until our answer is out
+    conn.inbuf += data
+    if conn.kind == "metrics":
+        return _read_http(conn, service)
+    while True:
+        nl = conn.inbuf.find(b"\n")
+        if nl < 0:
+            if len(conn.inbuf) > MAX_LINE:
+                _reply(conn, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                conn.inbuf.clear()
+                conn.closing = True
+            return True
+        line = bytes(conn.inbuf[:nl])
+        del conn.inbuf[: nl + 1]
+        try:
+            message = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            _reply(conn, {"ok": False, "error": "request is not a JSON object on one line"})
+            continue
+        try:
+            reply = service.handle(message)
+        except Exception as exc:  # a bug must cost one request, not the daemon
+            log.exception("internal error handling %r", line[:200])
+            reply = {"ok": False, "error": f"flexaid internal error: {type(exc).__name__}: {exc}"}
+        _reply(conn, reply)
+
+
+def _read_http(conn: _Conn, service: "Service") -> bool:
+    end = conn.inbuf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(conn.inbuf) > MAX_HTTP_HEADER:
+            _http(conn, 431, "text/plain", "request header too large\n")
+        return True
+    request_line = bytes(conn.inbuf[: conn.inbuf.find(b"\r\n")]).decode("latin-1").split()
+    if len(request_line) != 3 or request_line[0] not in ("GET", "HEAD"):
+        _http(conn, 405, "text/plain", "only GET /metrics\n")
+    elif request_line[1].split("?")[0] != "/metrics":
+        _http(conn, 404, "text/plain", "see /metrics\n")
+    else:
+        body = metrics.render(service.status())
+        _http(conn, 200, metrics.CONTENT_TYPE, body if request_line[0] == "GET" else "", len(body.encode()))
+    return True
+
+
+def _http(conn: _Conn, code: int, ctype: str, body: str, length: int | None = None) -> None:
+    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large"}[code]
+    data = body.encode()
+    head = (
+        f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(data) if length is None else length}\r\nConnection: close\r\n\r\n"
+    )
+    conn.outbuf += head.encode() + data
+    conn.inbuf.clear()
+    conn.closing = True
+    _write(conn)
+
+
+def _reply(conn: _Conn, reply: dict) -> None:
+    conn.outbuf += json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+    _write(conn)
+
+
+def _write(conn: _Conn) -> bool:
+    try:
+        sent = conn.sock.send(conn.outbuf)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    del conn.outbuf[:sent]
+    return True
