@@ -6,7 +6,11 @@ import os
 
 
 def write_atomically(
-    path: str | os.PathLike, content: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None
+    path: str | os.PathLike,
+    content: bytes,
+    mode: int = 0o644,
+    owner: tuple[int, int] | None = None,
+    sync: bool = True,
 ) -> None:
     """Replace `path` with `content` so readers and crashes see the old or the new file only."""
     path = os.fspath(path)
@@ -17,7 +21,8 @@ def write_atomically(
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         if owner is not None:
             os.chown(tmp, *owner)
@@ -28,6 +33,8 @@ def write_atomically(
         except FileNotFoundError:
             pass
         raise
+    if not sync:
+        return
     dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

@@ -92,7 +92,13 @@ def load_config(path: str | None) -> Config:
 
 
 class Service:
-    """Applies protocol messages to the ledger. Every change is on disk before it is answered."""
+    """Applies protocol messages to the ledger. Every change is on disk before it is answered.
+
+    Changes are group-committed: the server applies every request that arrived together with
+    `handle`, then calls `commit` once (one ledger write and fsync for the batch) and only
+    then sends the answers. A failed write rolls the whole batch back and every answer of it
+    becomes an error, so an acknowledged change is always on disk.
+    """
 
     def __init__(self, config: Config, cards: Sequence[devices.Card]):
         self.config = config
@@ -100,6 +106,9 @@ class Service:
         self.backend = self.cards[0].backend if self.cards else "none"
         self.file = ledger_mod.LedgerFile(Path(config.state_dir) / "ledger.json")
         self.ledger = self.file.load()
+        self.saved = self.ledger  # what is on disk
+        self._after_commit: list = []  # side effects that must wait for the ledger write
+        self._on_abort: list = []  # undo of side effects done ahead of it
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
         os.makedirs(config.slices_dir, exist_ok=True)
         self._sync_slice_dirs()
@@ -117,7 +126,32 @@ class Service:
 
     def _write_slice_files(self, reservation) -> None:
         os.makedirs(reservation.slice_dir, mode=0o755, exist_ok=True)
-        write_atomically(Path(reservation.slice_dir) / "slice.conf", reservation.slice_conf().encode())
+        # No fsync: slice files live on /run (tmpfs) and are rewritten from the ledger at start.
+        write_atomically(Path(reservation.slice_dir) / "slice.conf", reservation.slice_conf().encode(), sync=False)
+
+    def commit(self) -> str | None:
+        """Write the ledger if it changed. None on success, else the error (and all is undone)."""
+        after, undo = self._after_commit, self._on_abort
+        self._after_commit, self._on_abort = [], []
+        if self.ledger is self.saved:
+            return None
+        try:
+            self.file.save(self.ledger)
+        except OSError as exc:
+            log.error("cannot save ledger %s: %s; the last %d change(s) are undone", self.file.path, exc, len(undo))
+            self.ledger = self.saved
+            for action in undo:
+                action()
+            return f"flexaid cannot save its ledger {self.file.path}: {exc.strerror or exc}"
+        self.saved = self.ledger
+        for action in after:
+            action()
+        return None
+
+    def handle_and_commit(self, message: object) -> dict:
+        reply = self.handle(message)
+        error = self.commit()
+        return {"ok": False, "error": error} if error and reply.get("ok") else reply
 
     def handle(self, message: object) -> dict:
         op = message.get("op") if isinstance(message, dict) else None
@@ -153,12 +187,7 @@ class Service:
             return {"ok": False, "error": str(exc)}
         if new is not self.ledger:
             self._write_slice_files(reservation)
-            try:
-                self.file.save(new)
-            except OSError as exc:
-                shutil.rmtree(reservation.slice_dir, ignore_errors=True)
-                log.error("cannot save ledger: %s", exc)
-                return {"ok": False, "error": f"flexaid cannot save its ledger: {exc}"}
+            self._on_abort.append(lambda: shutil.rmtree(reservation.slice_dir, ignore_errors=True))
             self.ledger = new
             log.info(
                 "reserved slice %s for %s on card %d (%s): %d bytes, %d%% compute",
@@ -172,14 +201,9 @@ class Service:
         new, gone = ledger_mod.release(self.ledger, container_id)
         if gone is None:
             return {"ok": True, "released": False}
-        try:
-            self.file.save(new)
-        except OSError as exc:
-            log.error("cannot save ledger: %s", exc)
-            return {"ok": False, "error": f"flexaid cannot save its ledger: {exc}"}
         self.ledger = new
         self.gone_since.pop(container_id, None)
-        shutil.rmtree(gone.slice_dir, ignore_errors=True)
+        self._after_commit.append(lambda: shutil.rmtree(gone.slice_dir, ignore_errors=True))
         log.info(
             "%s slice %s of %s on card %d", reason, gone.slice_id, container_id, gone.card_index,
             extra=supervisor.fields(container_id, gone.slice_id, gone.card_uuid),
@@ -224,6 +248,7 @@ class Service:
         for cid in releases:
             if cid in self.ledger.reservations:
                 self._release(cid, reason="reconciled: container gone, released")
+        self.commit()
         return releases
 
 

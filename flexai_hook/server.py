@@ -43,13 +43,14 @@ class ServeError(RuntimeError):
 
 
 class _Conn:
-    __slots__ = ("sock", "kind", "inbuf", "outbuf", "last", "closing")
+    __slots__ = ("sock", "kind", "inbuf", "outbuf", "held", "last", "closing")
 
     def __init__(self, sock: socket.socket, kind: str):
         self.sock = sock
         self.kind = kind  # "api" or "metrics"
         self.inbuf = bytearray()
         self.outbuf = bytearray()
+        self.held: list[dict] = []  # answers waiting for this round's ledger commit
         self.last = time.monotonic()
         self.closing = False
 
@@ -192,6 +193,7 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
     timeout = supervisor.loop_timeout(1.0)
     try:
         while not stopping:
+            touched: list[_Conn] = []
             for key, events in sel.select(timeout=timeout):
                 tag = key.data
                 if tag == "wake":
@@ -207,13 +209,21 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
                 if events & selectors.EVENT_READ and not _read(conn, service):
                     close(conn)
                     continue
+                touched.append(conn)
+            # One ledger write for everything this round changed, then the answers go out.
+            error = service.commit()
+            for conn in touched:
+                for reply in conn.held:
+                    if error and reply.get("ok") and ("reservation" in reply or "released" in reply):
+                        reply = {"ok": False, "error": error}
+                    conn.outbuf += json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+                conn.held.clear()
                 if conn.outbuf and not _write(conn):
                     close(conn)
-                    continue
-                if conn.closing and not conn.outbuf:
+                elif conn.closing and not conn.outbuf:
                     close(conn)
-                    continue
-                sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0), conn)
+                else:
+                    sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0), conn)
             now = time.monotonic()
             supervisor.tick(now)
             while not reconciler.results.empty():
@@ -337,8 +347,7 @@ def _http(conn: _Conn, code: int, ctype: str, body: str, length: int | None = No
 
 
 def _reply(conn: _Conn, reply: dict) -> None:
-    conn.outbuf += json.dumps(reply, separators=(",", ":")).encode() + b"\n"
-    _write(conn)
+    conn.held.append(reply)
 
 
 def _write(conn: _Conn) -> bool:

@@ -206,3 +206,19 @@ def test_socket_activation(make_daemon, tmp_path):
         proc.terminate()
         proc.wait(10)
         daemon.proc = None
+
+
+def test_a_failed_ledger_write_answers_an_error_and_changes_nothing(daemon):
+    import shutil
+
+    kept = daemon.call({"op": "reserve", "container_id": "kept", "request": {"fraction": 10}})["reservation"]
+    shutil.rmtree(daemon.state_dir)  # the ledger can no longer be written
+    with pytest.raises(client.DaemonRefused, match="cannot save its ledger"):
+        reserve(daemon, "lost", fraction=10)
+    with pytest.raises(client.DaemonRefused, match="cannot save its ledger"):
+        daemon.call({"op": "release", "container_id": "kept"})
+    assert [s["container_id"] for s in daemon.slices()] == ["kept"]
+    assert sorted(p.name for p in daemon.slices_dir.iterdir()) == [kept["slice_id"]]
+    daemon.state_dir.mkdir()
+    assert reserve(daemon, "later", fraction=10)["ok"]
+    assert daemon.call({"op": "release", "container_id": "kept"})["released"] is True

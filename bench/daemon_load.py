@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""flexaid under load: reserve+release round trips from many client processes at once.
+
+Starts a private flexaid with 8 simulated cards, then for 1, 8 and 32 concurrent client
+processes runs reserve+release pairs for a fixed time and reports pairs per second and the
+p50/p99 latency of single requests; finally drives N reservations in total and reports the
+daemon's resident memory. Numbers, not pass/fail; --json for machine-readable output.
+
+    python bench/daemon_load.py --seconds 5 --reservations 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from flexai_hook import client
+
+BIN = Path(sys.executable).parent
+
+
+def start_daemon(tmp: Path) -> tuple[subprocess.Popen, str]:
+    cards = [{"memory": "80GiB", "device": f"/dev/flexai-load{i}"} for i in range(8)]
+    config = {"socket": str(tmp / "flexaid.sock"), "socket_group": "root", "state_dir": str(tmp / "state"),
+              "slices_dir": str(tmp / "slices"), "backend": "simulated", "simulated": {"cards": cards},
+              "reconcile": {"interval": 0}}
+    (tmp / "flexaid.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([str(BIN / "flexaid"), "--config", str(tmp / "flexaid.json"), "--log-level", "error"])
+    for _ in range(200):
+        try:
+            client.call({"op": "status"}, config["socket"], timeout=1)
+            return proc, config["socket"]
+        except client.DaemonUnavailable:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("flexaid did not start")
+
+
+def worker(args) -> tuple[int, list[float]]:
+    """One client process on one persistent connection, as a busy engine host would be."""
+    import socket
+
+    path, worker_id, seconds, limit = args
+    latencies = []
+    pairs = 0
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    replies = sock.makefile("rb")
+    deadline = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < deadline and (not limit or pairs < limit):
+            cid = f"load-{worker_id}-{pairs}"
+            for line in (
+                b'{"op":"reserve","container_id":"%s","request":{"fraction":1}}\n' % cid.encode(),
+                b'{"op":"release","container_id":"%s"}\n' % cid.encode(),
+            ):
+                t0 = time.perf_counter()
+                sock.sendall(line)
+                reply = replies.readline()
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if not reply.startswith(b'{"ok":true'):
+                    raise SystemExit(f"flexaid refused: {reply[:200]!r}")
+            pairs += 1
+    finally:
+        sock.close()
+    return pairs, latencies
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per concurrency level (default 5)")
+    parser.add_argument("--reservations", type=int, default=100_000, help="total reservations for the memory figure")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="flexai-load-"))
+    daemon, path = start_daemon(tmp)
+    results = {}
+    try:
+        ctx = multiprocessing.get_context("fork")
+        for clients in (1, 8, 32):
+            with ctx.Pool(clients) as pool:
+                t0 = time.perf_counter()
+                out = pool.map(worker, [(path, f"{clients}x{w}", args.seconds, 0) for w in range(clients)])
+                elapsed = time.perf_counter() - t0
+            lat = sorted(x for _, l in out for x in l)
+            results[clients] = {
+                "pairs_per_second": sum(p for p, _ in out) / elapsed,
+                "p50_ms": statistics.median(lat),
+                "p99_ms": lat[int(len(lat) * 0.99) - 1],
+                "requests": len(lat),
+            }
+        rss_before = rss_mib(daemon.pid)
+        per_client = -(-args.reservations // 32)
+        with ctx.Pool(32) as pool:
+            t0 = time.perf_counter()
+            done = sum(p for p, _ in pool.map(worker, [(path, f"mem{w}", 1e9, per_client) for w in range(32)]))
+            mem_elapsed = time.perf_counter() - t0
+        memory = {"reservations": done, "rss_mib_before": rss_before, "rss_mib_after": rss_mib(daemon.pid),
+                  "seconds": mem_elapsed}
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+        for i in range(8):
+            try:
+                os.unlink(f"/dev/flexai-load{i}")
+            except FileNotFoundError:
+                pass
+    if args.json:
+        print(json.dumps({"concurrency": results, "memory": memory}, indent=2))
+        return 0
+    print(f"{'clients':>7} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9}")
+    for clients, r in results.items():
+        print(f"{clients:>7} {r['pairs_per_second']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['requests']:>9}")
+    print(f"\nafter {memory['reservations']} reservations ({memory['seconds']:.0f} s): flexaid RSS "
+          f"{memory['rss_mib_before']:.1f} -> {memory['rss_mib_after']:.1f} MiB (target < 100 MiB); "
+          f"p99 target < 5 ms at 32 clients")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
