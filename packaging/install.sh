@@ -37,7 +37,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages: runc runs the containers; busybox-static builds demo and test images;
 # the compiler, headers and pkg-config build the C parts (libflexai, systemd bindings).
-debs=(runc busybox-static gcc make pkg-config libsystemd-dev python3 python3-venv python3-dev ca-certificates)
+debs=(runc crun busybox-static gcc make pkg-config libsystemd-dev python3 python3-venv python3-dev ca-certificates)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -195,3 +195,27 @@ def test_sliced_containers_share_one_card_until_it_is_full(runc, daemon, make_bu
         for cid in ids:
             runtime(runc, daemon, "delete", "--force", cid)
     assert daemon.slices() == []
+
+
+def _crun_or_skip(tmp_path, make_bundle) -> str:
+    import shutil
+
+    crun = shutil.which("crun")
+    if crun is None:
+        pytest.skip("crun is not installed (apt-get install crun)")
+    probe = subprocess.run([crun, "--root", str(tmp_path / "crun-probe"), "run", "-b", str(make_bundle(["true"])), "probe"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"crun cannot run containers on this host: {probe.stderr.strip()[:200]}")
+    return crun
+
+
+def test_sliced_container_through_crun(daemon, make_bundle, tmp_path):
+    crun = _crun_or_skip(tmp_path, make_bundle)
+    bundle = make_bundle(["sh", "-c", "cat /run/flexai/slice.conf"], env=["FLEXAI_FRACTION=0.3"])
+    cmd = [tool("flexai-runtime"), "--root", str(tmp_path / "crun-root"), "run", "-b", str(bundle), "crun1"]
+    out = run_to_files(cmd, env={**os.environ, "FLEXAI_SOCKET": daemon.socket, "FLEXAI_RUNTIME": crun,
+                                 "FLEXAI_RUNTIME_CONFIG": "/nonexistent"})
+    assert out.returncode == 0, out.stderr
+    assert "compute_limit=30" in out.stdout
+    assert daemon.slices() == []
