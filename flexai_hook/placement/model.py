@@ -73,13 +73,16 @@ class Demand:
         return self.cards > 1
 
     def allows(self, card: CardState) -> bool:
-        """The pin and the model list admit this card (capacity is not checked)."""
+        """The model list admits this card, and so does the pin of a one-card request.
+
+        (A multi-card request's pin says which card must be among those it takes.)
+        """
         if self.models and card.model not in self.models:
             return False
-        return self.pin is None or self.pin == card.uuid or self.pin == str(card.index)
+        return self.cards > 1 or self.pin is None or self.pin in (card.uuid, str(card.index))
 
     def fits(self, card: CardState) -> bool:
-        """The card is admitted and has room for this request."""
+        """This card is admitted and could hold the request (one of its cards, if several)."""
         if not self.allows(card):
             return False
         if self.cards > 1:

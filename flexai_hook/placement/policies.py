@@ -1,4 +1,4 @@
-"""The placement policies and the two entry points, `choose` (one node) and `choose_node`."""
+"""The placement policies and the two entry points: `choose` (one node) and `choose_node`."""
 
 from __future__ import annotations
 
@@ -12,14 +12,21 @@ from .workload import Workload, _Compiled, default_workload
 POLICIES: tuple[str, ...] = ("best-fit", "fgd", "flexai")
 DEFAULT_POLICY = "flexai"
 
-# Best-fit weighs CPU against cards as the FGD paper's baseline does (128 cores : 8 GPUs).
+# Best-fit weighs free CPU against free cards as the FGD paper's baseline does
+# (0.5/128 cores : 0.5/8 GPUs, i.e. 16 cores count as much as one card).
 CPU_MILLI_PER_CARD = 16_000
 
-_NOTHING = object()  # memo marker for "does not fit on this node"
+# FGD's published scheduler plugin turns the growth of fragmentation into a Kubernetes node
+# score, an integer 0..100; this many score points span the whole sigmoid.
+FGD_SCORE_POINTS = 100
+
+_NOTHING = object()  # memo marker: the request does not fit on this node
 _NODE_MEMO_LIMIT = 512
+_SHARED_MEMO_LIMIT = 200_000
 _demand_ids = count(1)
 
 CardKey = tuple[int, int, bool, "str | None"]
+Candidate = tuple[tuple[int, ...], list[int]]  # (card indices, positions in the node's cards)
 
 
 def choose(
@@ -30,11 +37,12 @@ def choose(
 ) -> tuple[int, ...] | None:
     """Indices (CardState.index) of the chosen card(s), or None when nothing fits.
 
-    Deterministic: equal scores go to the lowest card index.
+    `cards` are one node's cards; CPU is not considered. Deterministic: equal scores go to
+    the lowest card index. Raises ValueError for an unknown policy.
     """
     scorer = _scorer(policy)
     compiled = (workload or default_workload()).compiled()
-    best = _best_on_node(cards, None, demand, 0, scorer, compiled, cluster=False)
+    best = _best_on_node(cards, None, demand, 0, scorer, compiled)
     return None if best is None else best[1]
 
 
@@ -48,27 +56,37 @@ def choose_node(
     """(node name, card indices) for a request that also needs `cpu_milli`, or None.
 
     Deterministic: equal scores go to the lowest node name, then the lowest card index.
-    Each node memoises its answer per request shape, so replaying a cluster where one node
-    changed per decision recomputes only that node.
+    Each Node memoises its answer per request shape and workload version, so a replay in
+    which one node changes per decision recomputes one node per decision.
     """
     scorer = _scorer(policy)
     compiled = (workload or default_workload()).compiled()
     shape = (policy, demand, cpu_milli)
     did = compiled.demand_ids.get(shape)
-    if did is None:
+    if did is None:  # a small int keys the per-node memos: cheaper to hash than the Demand
         if len(compiled.demand_ids) > 100_000:
             compiled.demand_ids.clear()
         did = compiled.demand_ids[shape] = next(_demand_ids)
-    best_key, best_node = None, None
+    shared = compiled.node_results
+    best_key: tuple | None = None
+    best_name = ""
     for node in nodes:
         if node.cpu_milli_free < cpu_milli:
             continue
         memo = node._memo
         found = memo.get(did)
         if found is None:
-            found = _best_on_node(node.cards, node.cpu_milli_free, demand, cpu_milli, scorer, compiled, cluster=True)
+            # A node object seen for the first time (an extender rebuilding its nodes per
+            # call, or a node that just changed) may still be in a state seen before.
+            state = (did, node.cpu_milli_free, _cards_state(node.cards, with_uuid=demand.pin is not None))
+            found = shared.get(state)
             if found is None:
-                found = _NOTHING
+                found = _best_on_node(node.cards, node.cpu_milli_free, demand, cpu_milli, scorer, compiled)
+                if found is None:
+                    found = _NOTHING
+                if len(shared) >= _SHARED_MEMO_LIMIT:
+                    shared.clear()
+                shared[state] = found
             if len(memo) >= _NODE_MEMO_LIMIT:
                 memo.clear()
             memo[did] = found
@@ -76,24 +94,36 @@ def choose_node(
             continue
         key = (found[0], node.name, found[1])
         if best_key is None or key < best_key:
-            best_key, best_node = key, node
+            best_key, best_name = key, node.name
     if best_key is None:
         return None
-    return best_node.name, best_key[2]
+    return best_name, best_key[2]
 
 
-# --- candidates ------------------------------------------------------------------------------
+def _cards_state(cards: Sequence[CardState], with_uuid: bool) -> tuple:
+    """Everything about a node's cards that a choice depends on (UUIDs only for pins)."""
+    if with_uuid:
+        return tuple(
+            (c.index, c.uuid, c.model, c.memory_total, c.memory_free, c.compute_free, c.whole_free)
+            for c in cards
+        )
+    return tuple(
+        (c.index, c.model, c.memory_total, c.memory_free, c.compute_free, c.whole_free) for c in cards
+    )
 
 
-def _candidates(cards: Sequence[CardState], demand: Demand) -> list[tuple[tuple[int, ...], list[int]]]:
-    """Feasible choices on one node: (card indices, positions in `cards` they take)."""
+# --- what can go where -------------------------------------------------------------------------
+
+
+def _candidates(cards: Sequence[CardState], demand: Demand) -> list[Candidate]:
+    """The feasible choices on one node."""
     if demand.cards == 0:
         return [((), [])]
-    models = demand.models
     if demand.cards == 1:
         return [((c.index,), [i]) for i, c in enumerate(cards) if demand.fits(c)]
-    # k whole cards: which empty cards does not change what is left, so take the lowest
-    # indices (the pinned card first, when there is one)
+    # k whole cards: which of the admitted empty cards hardly matters (a node's cards are
+    # normally all alike), so take the lowest indices, the pinned card first
+    models = demand.models
     pool = sorted(
         (c.index, i) for i, c in enumerate(cards) if c.whole_free and (not models or c.model in models)
     )
@@ -109,21 +139,71 @@ def _candidates(cards: Sequence[CardState], demand: Demand) -> list[tuple[tuple[
 
 
 def _after(card: CardState, demand: Demand, compiled: _Compiled) -> CardKey:
-    """The card's key once `demand` is placed on it."""
+    """The card's key (see _Compiled.card_key) once `demand` is placed on it."""
+    model = card.model if compiled.uses_models else None
     if demand.cards > 1:
-        return (0, 0, False, card.model if compiled.uses_models else None)
+        return (0, 0, False, model)
     memory_free = card.memory_free - demand.memory
     share = memory_free * MILLI // card.memory_total if card.memory_total > 0 else 0
-    return (share, card.compute_free - demand.compute, False, card.model if compiled.uses_models else None)
+    return (share, card.compute_free - demand.compute, False, model)
 
 
-# --- scoring ---------------------------------------------------------------------------------
+class _Choices:
+    """One node's feasible choices and the node's state before and after each."""
+
+    def __init__(
+        self,
+        cards: Sequence[CardState],
+        cpu_free: int | None,
+        demand: Demand,
+        cpu_demand: int,
+        candidates: list[Candidate],
+        compiled: _Compiled,
+    ) -> None:
+        self.cards = cards
+        self.cpu_free = cpu_free  # None: CPU is not part of the decision (choose())
+        self.cpu_after = None if cpu_free is None else cpu_free - cpu_demand
+        self.candidates = candidates
+        self.compiled = compiled
+        keys = [compiled.card_key(c) for c in cards]
+        self.before = tuple(sorted(keys))
+        self.after = []
+        self.chosen_left = []  # free capacity left on the chosen cards, per choice
+        for _, positions in candidates:
+            after = list(keys)
+            for i in positions:
+                after[i] = _after(cards[i], demand, compiled)
+            self.after.append(tuple(sorted(after)))
+            self.chosen_left.append(sum(after[i][0] + after[i][1] for i in positions))
+
+    def fragmentation_growth(self) -> list[int]:
+        """FGD: growth of the node's expected fragmentation, per choice."""
+        c = self.compiled
+        before = c.fragmentation(c.cpu_rank(self.cpu_free), self.before)
+        rank = c.cpu_rank(self.cpu_after)
+        return [c.fragmentation(rank, after) - before for after in self.after]
+
+    def packing_growth(self, with_cpu: bool) -> list[int]:
+        """Growth of the capacity a run of typical requests could not fill, per choice."""
+        c = self.compiled
+        cpu_before, cpu_after = (self.cpu_free, self.cpu_after) if with_cpu else (None, None)
+        before = c.unpackable(cpu_before, self.before)
+        return [c.unpackable(cpu_after, after) - before for after in self.after]
+
+    def node_left(self) -> list[int]:
+        """Best-fit's node measure: free cards (in CPU-milli equivalents) plus free CPU."""
+        # card capacity is counted in half-milli (memory share + compute share)
+        per_unit = CPU_MILLI_PER_CARD // (2 * MILLI)
+        cpu = self.cpu_after or 0
+        return [sum(m + c for m, c, _, _ in after) * per_unit + cpu for after in self.after]
+
+
+# --- policies -----------------------------------------------------------------------------------
 #
-# A scorer sees one node's feasible choices and returns, for each, a key where smaller is
-# better. Keys from different nodes are compared too (choose_node), so they must mean the same
-# on every node.
+# A policy scores one node's choices; smaller keys are better. Keys of different nodes are
+# compared too (choose_node), so a key must mean the same on every node.
 
-Scorer = Callable[..., list[tuple]]
+Scorer = Callable[[_Choices], list[tuple]]
 
 
 def _best_on_node(
@@ -133,8 +213,6 @@ def _best_on_node(
     cpu_demand: int,
     scorer: Scorer,
     compiled: _Compiled,
-    *,
-    cluster: bool,
 ) -> tuple[tuple, tuple[int, ...]] | None:
     """(score key, card indices) of the best choice on this node, or None."""
     if cpu_free is not None and cpu_free < cpu_demand:
@@ -142,72 +220,69 @@ def _best_on_node(
     candidates = _candidates(cards, demand)
     if not candidates:
         return None
-    keys = scorer(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster)
+    keys = scorer(_Choices(cards, cpu_free, demand, cpu_demand, candidates, compiled))
     best = min(range(len(candidates)), key=lambda i: (keys[i], candidates[i][0]))
     return keys[best], candidates[best][0]
 
 
-def _best_fit(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster) -> list[tuple]:
-    """Least capacity left after placement: on the node (CPU and cards), then on the card."""
-    keys = []
-    node_free = sum(c.memory_share_free + c.compute_free for c in cards)
-    for _, positions in candidates:
-        taken = sum(cards[i].memory_share_free + cards[i].compute_free for i in positions)
-        left = [_after(cards[i], demand, compiled) for i in positions]
-        card_left = sum(m + c for m, c, _, _ in left)
-        if cluster:
-            # in milli of CPU; free card capacity counts in half-milli, hence * 8 not * 16
-            node_left = (node_free - taken + card_left) * (CPU_MILLI_PER_CARD // 2 // MILLI)
-            node_left += (cpu_free or 0) - cpu_demand
-            keys.append((node_left, card_left))
-        else:
-            keys.append((card_left,))
-    return keys
+def _best_fit(choices: _Choices) -> list[tuple]:
+    """Least capacity left after placement: on the node (cards and CPU), then on the card.
 
-
-def _fragmentation_growth(cards, cpu_free, demand, cpu_demand, candidates, compiled) -> list[int]:
-    """FGD's score: how much the node's expected fragmentation grows with each choice."""
-    before = sorted(compiled.card_key(c) for c in cards)
-    rank_before = compiled.cpu_rank(cpu_free)
-    rank_after = compiled.cpu_rank(None if cpu_free is None else cpu_free - cpu_demand)
-    f_before = compiled.fragmentation(rank_before, tuple(before))
-    growth = []
-    for _, positions in candidates:
-        after = [compiled.card_key(c) for c in cards]
-        for i in positions:
-            after[i] = _after(cards[i], demand, compiled)
-        growth.append(compiled.fragmentation(rank_after, tuple(sorted(after))) - f_before)
-    return growth
-
-
-def _fgd(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster) -> list[tuple]:
-    """Fragmentation gradient descent, scored as the published Kubernetes plugin does.
-
-    The plugin turns the growth into an integer node score, 100 * sigmoid(-growth in cards),
-    truncated; choices within one score point (about 0.04 of a card) tie and go to the lowest
-    node name. That coarseness is part of the published results (it packs ties into one node
-    order), so the baseline keeps it.
+    For one node (choose) the first part is the same for every card, so this is the classic
+    "fullest card that still fits".
     """
-    scale = 2 * MILLI * compiled.total_weight  # growth is in half-milli times weight
-    keys = []
-    for g in _fragmentation_growth(cards, cpu_free, demand, cpu_demand, candidates, compiled):
-        x = g / scale
-        keys.append((-int(100 / (1 + math.exp(x))) if x < 700 else 0,))
-    return keys
+    if choices.cpu_free is None:
+        return [(left,) for left in choices.chosen_left]
+    return list(zip(choices.node_left(), choices.chosen_left))
 
 
-def _fgd_exact(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster) -> list[tuple]:
-    return [(g,) for g in _fragmentation_growth(cards, cpu_free, demand, cpu_demand, candidates, compiled)]
+def _fgd_score(growth: int, compiled: _Compiled) -> int:
+    """The published FGD plugin's integer node score, negated so that smaller is better.
+
+    score = int(100 * sigmoid(-growth)), growth in cards (fragmentation is an expectation
+    over the workload, in thousandths of a card). One point is about 0.04 card near zero.
+    """
+    cards = growth / (2 * MILLI * compiled.total_weight)
+    if cards > 50:  # exp() would overflow; the score is 0 long before that
+        return 0
+    return -int(FGD_SCORE_POINTS / (1 + math.exp(cards)))
 
 
-def _flexai(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster) -> list[tuple]:
-    """FGD, with best-fit breaking its ties (placeholder while measuring)."""
-    growth = _fragmentation_growth(cards, cpu_free, demand, cpu_demand, candidates, compiled)
-    fit = _best_fit(cards, cpu_free, demand, cpu_demand, candidates, compiled, cluster)
-    return [(g, *f) for g, f in zip(growth, fit)]
+def _fgd(choices: _Choices) -> list[tuple]:
+    """Fragmentation gradient descent (Weng et al., ATC'23), scored as published.
+
+    The choice whose expected fragmentation grows least. The published Kubernetes plugin
+    scores nodes as integers (see _fgd_score), so choices less than about 0.04 card apart
+    tie and go to the lowest node name; that coarseness is part of its published results
+    (with exact growth instead, FGD strands about 1 point more of the openb cluster),
+    so the baseline keeps it.
+    """
+    return [(_fgd_score(g, choices.compiled),) for g in choices.fragmentation_growth()]
 
 
-_SCORERS: dict[str, Scorer] = {"best-fit": _best_fit, "fgd": _fgd, "flexai": _flexai, "fgd-exact": _fgd_exact}
+def _flexai(choices: _Choices) -> list[tuple]:
+    """FGD, then packing lookahead, then best-fit: each breaks the ties of the one before.
+
+    1. FGD's score, as published: grow the fragmentation least (what one more typical
+       request could no longer use).
+    2. Packing lookahead: grow least the capacity that a *run* of each typical request could
+       not fill: the sliver a 0.81-card request leaves on every card it packs, the cards
+       whose node would run out of CPU before they fill. FGD asks only whether one more
+       request fits, so many of its choices tie; this picks among them the one that keeps
+       the node fillable to the end.
+       CPU counts only on nodes already in use: on an empty node the typical mix would
+       rate spare CPU as free, pulling every request to the CPU-richest machines and
+       opening all of them, which strands the rare request that needs a whole big node.
+    3. Best-fit: the fullest node and card, so load consolidates and empty nodes stay empty.
+    """
+    fgd = [_fgd_score(g, choices.compiled) for g in choices.fragmentation_growth()]
+    in_use = any(not c.whole_free for c in choices.cards)
+    packing = choices.packing_growth(with_cpu=in_use and choices.cpu_free is not None)
+    fit = _best_fit(choices)
+    return [(f, p, *b) for f, p, b in zip(fgd, packing, fit)]
+
+
+_SCORERS: dict[str, Scorer] = {"best-fit": _best_fit, "fgd": _fgd, "flexai": _flexai}
 
 
 def _scorer(policy: str) -> Scorer:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter, deque
 from dataclasses import dataclass
-from itertools import count
 from typing import Iterable, Sequence
 
 from .model import MILLI, CardState, Demand
@@ -145,7 +144,6 @@ def _type_order(task: TaskType) -> tuple:
 
 
 _DEFAULT = Workload()
-_versions = count(1)
 
 
 def default_workload() -> Workload:
@@ -164,11 +162,9 @@ class _Compiled:
     """
 
     def __init__(self, typical: Sequence[tuple[TaskType, int]]) -> None:
-        self.version = next(_versions)
         self.cpu_cuts = sorted({t.cpu_milli for t, _ in typical if t.cpu_milli > 0})
         self.full_rank = len(self.cpu_cuts)  # "CPU is not a constraint"
         self.cpu_only_weight = 0
-        self._raw = [(t.memory_share, t.compute, t.cards, t.cpu_milli, n) for t, n in typical]  # EXPERIMENT
         shapes: dict[tuple, list[int]] = {}
         for task, n in typical:
             if task.cards == 0:
@@ -185,10 +181,18 @@ class _Compiled:
                 acc += n
                 fit_weight.append(acc)
             self.groups.append((mem, comp, k, models, tuple(fit_weight), acc))
+        # for the packing measure, each type on its own (CPU enters as a count of copies)
+        self.types = [
+            (t.memory_share, t.compute, t.cards, t.cpu_milli, frozenset(t.models) or None, n)
+            for t, n in typical
+            if t.cards
+        ]
         self.uses_models = any(g[3] is not None for g in self.groups)
         self.total_weight = self.cpu_only_weight + sum(g[5] for g in self.groups)
         self._memo: dict[tuple, int] = {}
-        self.demand_ids: dict[tuple, int] = {}
+        self._packing_memo: dict[tuple, int] = {}
+        self.demand_ids: dict[tuple, int] = {}  # request shape -> small int (see choose_node)
+        self.node_results: dict[tuple, object] = {}  # (shape, node state) -> best choice
 
     def cpu_rank(self, cpu_free: int | None) -> int:
         """How many CPU thresholds a node with `cpu_free` meets (None: CPU not tracked)."""
@@ -234,4 +238,36 @@ class _Compiled:
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = value
+        return value
+
+    def unpackable(self, cpu_free: int | None, cards: tuple[tuple[int, int, bool, str | None], ...]) -> int:
+        """Expected free capacity that a run of one typical type could not fill (same units).
+
+        For each type: fill the node with as many copies of it as its cards (and CPU, when
+        `cpu_free` is given) allow; what is left unused counts. Unlike `fragmentation`, which
+        only asks whether one more request fits, this sees how much of the node the mix can
+        use: slivers a type leaves behind on each card, and cards that the CPU left on the
+        node could not feed. `cards` must be sorted.
+        """
+        key = (cpu_free, cards)
+        value = self._packing_memo.get(key)
+        if value is not None:
+            return value
+        total = sum(m + c for m, c, _, _ in cards)
+        value = self.cpu_only_weight * total
+        for mem, comp, k, cpu, models, weight in self.types:
+            if k > 1:
+                whole = sum(1 for _, _, w, model in cards if w and (models is None or model in models))
+                copies, per_copy = whole // k, k * 2 * MILLI
+            else:
+                copies, per_copy = 0, mem + comp
+                for m, c, _, model in cards:
+                    if models is None or model in models:
+                        copies += min(m // mem if mem else MILLI, c // comp if comp else MILLI)
+            if cpu and cpu_free is not None:
+                copies = min(copies, cpu_free // cpu)
+            value += weight * (total - copies * per_copy)
+        if len(self._packing_memo) >= _MEMO_LIMIT:
+            self._packing_memo.clear()
+        self._packing_memo[key] = value
         return value
