@@ -1,4 +1,5 @@
-"""The `flexai` command: status of the host's slices, and a demo of a sliced container."""
+"""The `flexai` command: status of the host's slices, a demo of a sliced container, engine
+setup (install/uninstall/doctor, in engines/cli.py) and ledger recovery."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import click
 
 from . import client, status_view
+from .engines.cli import doctor, install, uninstall
 
 
 def _socket_option(f):
@@ -141,6 +143,10 @@ def demo(fraction: str, seconds: int, runtime_root: str, socket: str) -> None:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
+
+main.add_command(install)
+main.add_command(uninstall)
+main.add_command(doctor)
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ import sys
 
 from . import client
 
-USAGE = """usage: flexai-hook poststop
+USAGE = """usage: flexai-hook poststop|createContainer
 
 OCI hook for flexai. Reads the container state JSON on stdin (as runc, crun and Podman's
 hooks.d pass it) and releases the container's slice in flexaid. Set FLEXAI_SOCKET to use a
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     if args[0] == "poststop":
         return poststop(sys.stdin.buffer.read(MAX_STATE))
+    if args[0] == "createContainer":  # the hooks.d path: reserve and inject (hookinject.py)
+        from .hookinject import main as inject
+
+        return inject(args[1:])
     sys.stderr.write(f"flexai-hook: unknown stage {args[0]!r}\n{USAGE}")
     return 2
 

@@ -114,6 +114,13 @@ def reserve(
     """Place `request` for `container_id`. Idempotent: a known container gets its reservation."""
     existing = ledger.reservations.get(container_id)
     if existing is not None:
+        held, asked = (existing.runtime or {}).get("root"), (runtime or {}).get("root")
+        if existing.runtime.get("binary") and (runtime or {}).get("binary") and held != asked:
+            # Same id under another runtime root (e.g. another containerd namespace): a
+            # different container, which must not silently share the first one's slice.
+            raise PlacementError(
+                f"container id {container_id!r} already holds slice {existing.slice_id} under runtime "
+                f"root {held or '(default)'}; ids must be unique across runtime roots")
         return ledger, existing
     if request.device is not None and not any(
         request.device in (str(c.index), c.uuid) for c in cards

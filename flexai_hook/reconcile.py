@@ -39,11 +39,43 @@ def decide(
     return sorted(release), still_gone
 
 
+def process_start(pid: int, proc: str = "/proc") -> int | None:
+    """Start time of a live process (clock ticks since boot), or None when there is none."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: fields after it follow the last ')'.
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        return int(fields[19])  # field 22 overall
+    except (IndexError, ValueError):
+        return None
+
+
+def observe_process(pid: int, start: int | None, proc: str = "/proc") -> str:
+    """RUNNING while the process (same start time) exists; zombies count as gone."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            state = f.read().decode("ascii", "replace")
+    except OSError:
+        return GONE
+    if state[state.rfind(")") + 2:state.rfind(")") + 3] in ("Z", "X"):
+        return GONE
+    now_start = process_start(pid, proc)
+    if start is not None and now_start != start:
+        return GONE  # the pid was reused
+    return RUNNING
+
+
 def observe(reservation: Reservation, timeout: float = 10.0) -> str:
     """RUNNING, GONE or UNKNOWN for the reservation's container, asking the runtime that made it."""
     runtime = reservation.runtime or {}
     binary = runtime.get("binary")
     if not binary:
+        if runtime.get("pid"):  # hooks.d path: the init process is the container's life
+            return observe_process(runtime["pid"], runtime.get("pid_start"))
         return UNKNOWN
     cmd = [binary]
     if runtime.get("root"):

@@ -36,8 +36,9 @@ prefix=${FLEXAI_PREFIX:-/opt/flexai}
 step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages: runc runs the containers; busybox-static builds demo and test images;
+# docker.io, containerd and podman are the engines the end-to-end tests drive;
 # the compiler, headers and pkg-config build the C parts (libflexai, systemd bindings).
-debs=(runc crun busybox-static gcc make pkg-config libsystemd-dev python3 python3-venv python3-dev ca-certificates)
+debs=(runc crun busybox-static docker.io containerd podman gcc make pkg-config libsystemd-dev python3 python3-venv python3-dev ca-certificates)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,18 @@ def test_reserve_is_idempotent_per_container():
     assert first.memory_bytes == 16 * GIB * 30 // 100 and first.compute == 30
 
 
+def test_same_id_under_another_runtime_root_is_refused_not_shared():
+    ns1 = {"binary": "/usr/sbin/runc", "root": "/run/containerd/runc/ns1"}
+    ns2 = {"binary": "/usr/sbin/runc", "root": "/run/containerd/runc/ns2"}
+    led, first = L.reserve(L.Ledger(), CARDS, "web", Request(fraction=30), policy="best-fit",
+                           slice_root="/s", now=1.0, runtime=ns1)
+    _, again = L.reserve(led, CARDS, "web", Request(fraction=30), policy="best-fit",
+                         slice_root="/s", now=2.0, runtime=ns1)
+    assert again == first
+    with pytest.raises(L.PlacementError, match="already holds slice .* under runtime root /run/containerd/runc/ns1"):
+        L.reserve(led, CARDS, "web", Request(fraction=30), policy="best-fit", slice_root="/s", now=2.0, runtime=ns2)
+
+
 def test_release_is_idempotent():
     led, _ = reserve(L.Ledger(), "c1", Request(fraction=30))
     led, gone = L.release(led, "c1")

@@ -1,0 +1,129 @@
+"""Registering flexai with container engines: pure edits of their config files, then a plan.
+
+One module per engine (`docker`, `containerd`, `podman`) turns the text of the engine's config
+files into new text: pure functions, idempotent (installing twice gives the same bytes as
+once), keeping every unrelated setting and, where the format has them, comments. Each engine's
+`plan_install`/`plan_uninstall` reads the files and returns a `Plan`: the file changes, what the
+user must restart, and notes. `apply` writes a plan atomically with a backup of every file it
+replaces; `render_diff` shows it as a unified diff for `--dry-run`.
+
+A config file flexai cannot parse is never overwritten: `ConfigError` names the file and the
+parse error in one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import time
+from dataclasses import dataclass, field
+
+RUNTIME_NAME = "flexai"
+ANNOTATION_GLOB = "flexai.io/*"
+DEFAULT_BIN_DIR = "/usr/local/bin"
+
+
+class ConfigError(Exception):
+    """A config file flexai will not touch; str() is one line naming the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One file's new content. `new` None deletes the file; `old` None means it does not exist."""
+
+    path: str
+    old: str | None
+    new: str | None
+    mode: int = 0o644
+    backup: bool = True  # False for files flexai owns outright (drop-in, hooks): regenerated, not kept
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+
+@dataclass
+class Plan:
+    engine: str
+    action: str  # "install" or "uninstall"
+    changes: list[Change] = field(default_factory=list)
+    restart: str = ""  # what the user must restart or reload for the change to take effect
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def effective(self) -> list[Change]:
+        return [c for c in self.changes if c.changed]
+
+
+def read_text(path: str) -> str | None:
+    """A config file's text, or None when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); flexai did not change it") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def default_binary(name: str) -> str:
+    """Where an installed flexai command lives: /usr/local/bin when it is there (install.sh links
+    it), else beside the running interpreter (a virtual environment's bin)."""
+    import sys
+
+    for directory in (DEFAULT_BIN_DIR, os.path.dirname(sys.executable)):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return os.path.join(DEFAULT_BIN_DIR, name)
+
+
+def render_diff(plan: Plan) -> str:
+    """The plan as a unified diff (what `--dry-run` prints)."""
+    out: list[str] = []
+    for change in plan.effective:
+        old = (change.old or "").splitlines(keepends=True)
+        new = (change.new or "").splitlines(keepends=True)
+        a = change.path if change.old is not None else "/dev/null"
+        b = change.path if change.new is not None else "/dev/null"
+        for line in difflib.unified_diff(old, new, a, b):
+            out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+def backup_path(path: str, stamp: str | None = None) -> str:
+    return f"{path}.flexai-backup-{stamp or time.strftime('%Y%m%dT%H%M%S')}"
+
+
+def apply(plan: Plan) -> list[str]:
+    """Write the plan's changes: atomically, each replaced or removed file kept as a backup.
+
+    Returns one line per file saying what happened (and where its backup is)."""
+    from ..atomicfile import write_atomically
+
+    done: list[str] = []
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for change in plan.effective:
+        backup = None
+        if change.old is not None and change.backup:
+            backup = backup_path(change.path, stamp)
+            st = os.stat(change.path)
+            write_atomically(backup, change.old.encode(), mode=st.st_mode & 0o7777, owner=(st.st_uid, st.st_gid))
+        if change.new is None:
+            os.unlink(change.path)
+            done.append(f"removed {change.path}" + (f" (backup: {backup})" if backup else ""))
+            continue
+        directory = os.path.dirname(change.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        if change.old is not None:
+            st = os.stat(change.path)
+            mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
+        else:
+            mode, owner = change.mode, None
+        write_atomically(change.path, change.new.encode(), mode=mode, owner=owner)
+        verb = "updated" if change.old is not None else "created"
+        done.append(f"{verb} {change.path}" + (f" (backup: {backup})" if backup else ""))
+    return done

@@ -1,0 +1,281 @@
+"""The engine config edits as pure functions: idempotent, loss-free, refusing what they cannot
+parse; and the files in runtime-config/ are exactly what install writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import tool
+from flexai_hook.engines import ConfigError, apply, containerd, docker, podman, render_diff, tomltext
+from flexai_hook.hookinject import resolve_in_root
+
+RT = "/usr/local/bin/flexai-runtime"
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- docker --------------------------------------------------------------------------------
+
+DAEMON_JSON = """{
+    "log-level": "warn",
+    "runtimes": {
+        "nvidia": {"path": "/usr/bin/nvidia-container-runtime", "runtimeArgs": []}
+    },
+    "storage-driver": "overlay2"
+}
+"""
+
+
+def test_docker_install_keeps_other_settings_order_and_indent():
+    new = docker.install_text(DAEMON_JSON, RT)
+    data = json.loads(new)
+    assert list(data) == ["log-level", "runtimes", "storage-driver"]
+    assert data["runtimes"] == {"nvidia": {"path": "/usr/bin/nvidia-container-runtime", "runtimeArgs": []},
+                                "flexai": {"path": RT}}
+    assert '\n    "log-level"' in new  # the file's 4-space indent
+    assert docker.install_text(new, RT) == new  # idempotent, byte for byte
+    assert json.loads(docker.uninstall_text(new)) == json.loads(DAEMON_JSON)
+
+
+def test_docker_default_and_uninstall():
+    new = docker.install_text(None, RT, default=True)
+    assert json.loads(new) == {"runtimes": {"flexai": {"path": RT}}, "default-runtime": "flexai"}
+    assert json.loads(docker.uninstall_text(new)) == {}
+    assert docker.uninstall_text(DAEMON_JSON) == DAEMON_JSON
+
+
+@pytest.mark.parametrize("text", ['{"runtimes": {', "[1, 2]", '{"runtimes": []}'])
+def test_broken_daemon_json_is_reported_in_one_line_and_never_overwritten(tmp_path, text):
+    path = tmp_path / "daemon.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        docker.install_text(text, RT, path=str(path))
+    assert str(exc.value).startswith(f"{path}: ") and "\n" not in str(exc.value)
+    out = subprocess.run([tool("flexai"), "install", "docker", "--config", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and str(path) in out.stderr and out.stderr.count("\n") == 1
+    assert path.read_text() == text and list(tmp_path.iterdir()) == [path]
+
+
+def test_dry_run_prints_a_diff_and_changes_nothing(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text(DAEMON_JSON)
+    out = subprocess.run([tool("flexai"), "install", "docker", "--config", str(path), "--dry-run", "--runtime-path", RT],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"--- {path}\n+++ {path}\n" in out.stdout and f'+            "path": "{RT}"' in out.stdout
+    assert "dry run: nothing changed" in out.stdout
+    assert path.read_text() == DAEMON_JSON and list(tmp_path.iterdir()) == [path]
+
+
+def test_apply_writes_atomically_with_a_backup(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text(DAEMON_JSON)
+    path.chmod(0o600)
+    plan = docker.plan_install(str(path), RT)
+    lines = apply(plan)
+    (backup,) = tmp_path.glob("daemon.json.flexai-backup-*")
+    assert backup.read_text() == DAEMON_JSON and f"backup: {backup}" in lines[0]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert docker.plan_install(str(path), RT).effective == []
+
+
+# --- containerd ----------------------------------------------------------------------------
+
+V2 = """\
+# main config
+version = 2
+imports = [
+  "/etc/containerd/site/*.conf",  # site drop-ins
+]
+
+[plugins."io.containerd.grpc.v1.cri"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "crun"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
+      runtime_type = "io.containerd.runc.v2"
+      pod_annotations = ["example.com/*"]
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
+        BinaryName = "/usr/bin/crun"
+        SystemdCgroup = true
+"""
+V3 = """\
+version = 3
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  SystemdCgroup = true
+"""
+DROPIN = "/etc/containerd/conf.d/flexai.toml"
+
+
+def test_containerd_import_added_inside_a_multiline_array_keeping_its_comments():
+    new = containerd.add_import(V2, DROPIN)
+    assert tomllib.loads(new)["imports"] == ["/etc/containerd/site/*.conf", DROPIN]
+    assert "# site drop-ins" in new and new.startswith("# main config\nversion = 2\n")
+    assert containerd.add_import(new, DROPIN) == new
+    assert containerd.remove_import(new, DROPIN) == V2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("version = 2\n", 'version = 2\nimports = ["%s"]\n' % DROPIN),
+    ('version = 2\nimports = []\n[x]\na = 1\n', 'version = 2\nimports = ["%s"]\n[x]\na = 1\n' % DROPIN),
+    ('version = 2\nimports = ["/a.toml"] # c\n', 'version = 2\nimports = ["/a.toml", "%s"] # c\n' % DROPIN),
+    ('# top\n\n[plugins]\nversion = 3\n', None),  # a key of [plugins], not the config version
+])
+def test_containerd_imports_cases(text, expected):
+    if expected is None:
+        with pytest.raises(ConfigError, match="version 1 is not supported"):
+            containerd.add_import(text, DROPIN)
+        return
+    assert containerd.add_import(text, DROPIN) == expected
+    back = containerd.remove_import(expected, DROPIN)
+    assert tomllib.loads(back).get("imports", []) == [i for i in tomllib.loads(text).get("imports", [])]
+
+
+def test_containerd_glob_import_already_covers_the_dropin():
+    text = 'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n'
+    assert containerd.add_import(text, DROPIN) == text
+
+
+def test_containerd_v2_dropin_copies_the_default_runtime_and_the_cri_section():
+    text, notes = containerd.dropin_text(V2, RT)
+    data = tomllib.loads(text)
+    assert data["version"] == 2
+    ctd = data["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+    flexai = ctd["runtimes"]["flexai"]
+    assert flexai["options"] == {"BinaryName": RT, "SystemdCgroup": True}
+    assert flexai["pod_annotations"] == ["example.com/*", "flexai.io/*"]
+    assert flexai["container_annotations"] == ["flexai.io/*"]
+    assert ctd["runtimes"]["crun"]["options"]["BinaryName"] == "/usr/bin/crun"  # kept: section replace
+    assert ctd["default_runtime_name"] == "crun"
+    assert any("/usr/bin/crun" in n and "runtime.json" in n for n in notes)
+    default, _ = containerd.dropin_text(V2, RT, default=True)
+    assert tomllib.loads(default)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["default_runtime_name"] == "flexai"
+
+
+def test_containerd_v2_dropin_follows_a_later_import_that_replaced_the_cri_section():
+    site = 'version = 2\n[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/site/cni"\n'
+    text, _ = containerd.dropin_text(V2, RT, imported_texts=[("/etc/containerd/site/a.conf", site)])
+    cri = tomllib.loads(text)["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["cni"] == {"bin_dir": "/site/cni"}
+    assert set(cri["containerd"]["runtimes"]) == {"runc", "flexai"}
+
+
+def test_containerd_v3_dropin_holds_only_flexai():
+    text, _ = containerd.dropin_text(V3, RT)
+    data = tomllib.loads(text)
+    assert data == {"version": 3, "plugins": {"io.containerd.cri.v1.runtime": {"containerd": {"runtimes": {"flexai": {
+        "runtime_type": "io.containerd.runc.v2", "pod_annotations": ["flexai.io/*"],
+        "container_annotations": ["flexai.io/*"], "options": {"SystemdCgroup": True, "BinaryName": RT}}}}}}}
+
+
+def test_containerd_plan_round_trip_and_drift(tmp_path):
+    main = tmp_path / "config.toml"
+    main.write_text(V2.replace("/etc/containerd/site/*.conf", str(tmp_path / "site" / "*.conf")))
+    original = main.read_text()
+    dropin = tmp_path / "conf.d" / "flexai.toml"
+    apply(containerd.plan_install(str(main), str(dropin), RT))
+    assert containerd.dropin_drift(str(main), str(dropin)) is None
+    assert containerd.plan_install(str(main), str(dropin), RT).effective == []
+    main.write_text(main.read_text().replace("SystemdCgroup = true", "SystemdCgroup = false"))
+    assert "run `flexai install containerd` again" in containerd.dropin_drift(str(main), str(dropin))
+    main.write_text(main.read_text().replace("SystemdCgroup = false", "SystemdCgroup = true"))
+    apply(containerd.plan_uninstall(str(main), str(dropin)))
+    assert main.read_text() == original and not dropin.exists()
+
+
+def test_containerd_missing_main_config_is_created_and_removed_again(tmp_path):
+    main, dropin = tmp_path / "config.toml", tmp_path / "conf.d" / "flexai.toml"
+    apply(containerd.plan_install(str(main), str(dropin), RT))
+    assert tomllib.loads(main.read_text()) == {"version": 2, "imports": [str(dropin)]}
+    apply(containerd.plan_uninstall(str(main), str(dropin)))
+    assert not main.exists() and not dropin.exists()
+
+
+# --- podman --------------------------------------------------------------------------------
+
+CONTAINERS_CONF = """\
+# Podman settings
+[containers]
+default_ulimits = ["nofile=1024:1024"]  # keep
+
+[engine]
+runtime = "crun"  # the fast one
+
+[engine.runtimes]
+crun = ["/usr/bin/crun"]
+kata = [
+  "/usr/bin/kata-runtime",  # kata
+]
+
+[network]
+network_backend = "netavark"
+"""
+
+
+@pytest.mark.parametrize("text", [CONTAINERS_CONF, "[containers]\nx = 1\n", "", None,
+                                  "[engine]\nevents_logger = \"file\"\n", "[engine.runtimes]\ncrun = [\"/c\"]\n"])
+@pytest.mark.parametrize("default", [False, True])
+def test_podman_install_uninstall_round_trip(text, default):
+    new = podman.install_conf(text, RT, default)
+    data = tomllib.loads(new)
+    assert data["engine"]["runtimes"]["flexai"] == [RT]
+    assert (data["engine"].get("runtime") == "flexai") == default
+    kept = [line for line in (text or "").splitlines() if not line.startswith("runtime =")]
+    assert all(line in new.splitlines() for line in kept)  # every other line as it was
+    assert podman.install_conf(new, RT, default) == new
+    assert podman.uninstall_conf(new) == text
+
+
+def test_podman_inline_runtimes_table_is_refused():
+    with pytest.raises(ConfigError, match="written inline"):
+        podman.install_conf('[engine]\nruntimes = {crun = ["/c"]}\n', RT)
+
+
+def test_podman_hooks_match_flexai_annotations_only():
+    texts = podman.hook_texts("/usr/local/bin/flexai-hook", {"FLEXAI_SOCKET": "/s"})
+    inject = json.loads(texts["flexai.json"])
+    assert inject == {"version": "1.0.0", "stages": ["createContainer"],
+                      "hook": {"path": "/usr/local/bin/flexai-hook", "args": ["flexai-hook", "createContainer"],
+                               "env": ["FLEXAI_SOCKET=/s"]},
+                      "when": {"annotations": {r"^flexai\.io/": ".*"}}}
+    assert json.loads(texts["flexai-release.json"])["hook"]["args"] == ["flexai-hook", "poststop"]
+
+
+# --- tomltext and the hook's path resolution -----------------------------------------------
+
+def test_toml_dumps_round_trips():
+    data = {"version": 2, "plugins": {"a.b": {"x": [1, "two"], "y": {"z": True, "w 1": 1.5}}}}
+    assert tomllib.loads(tomltext.dumps(data)) == data
+
+
+def test_headers_skip_multiline_arrays():
+    text = 'a = [\n  "[not.a.header]",\n]\n[real]\nk = 1\n'
+    assert tomltext.headers(text.splitlines(True)) == [(3, ("real",))]
+
+
+def test_resolve_in_root_never_leaves_the_rootfs(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "run").mkdir(parents=True)
+    (root / "run" / "flexai").symlink_to("/etc")
+    (root / "up").symlink_to("../../../../..")
+    assert resolve_in_root(str(root), "/run/flexai/slice.conf") == str(root / "etc" / "slice.conf")
+    assert resolve_in_root(str(root), "/up/x") == str(root / "x")
+    assert resolve_in_root(str(root), "/../../x") == str(root / "x")
+
+
+# --- runtime-config/ -----------------------------------------------------------------------
+
+def test_runtime_config_files_are_what_install_writes():
+    rc = REPO / "runtime-config"
+    assert json.loads((rc / "docker-daemon.json").read_text()) == json.loads(docker.install_text(None, RT))
+    assert (rc / "containerd-flexai.toml").read_text() == containerd.dropin_text(
+        containerd.DEFAULT_MAIN, RT, main_path=containerd.MAIN_CONFIG)[0]
+    assert (rc / "containers.conf").read_text() == podman.install_conf(None, RT)
+    for name, text in podman.hook_texts("/usr/local/bin/flexai-hook").items():
+        assert (rc / "hooks.d" / name).read_text() == text
+    runtimeclass = (rc / "kubernetes-runtimeclass.yaml").read_text()
+    assert "kind: RuntimeClass" in runtimeclass and "handler: flexai" in runtimeclass

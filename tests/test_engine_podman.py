@@ -1,0 +1,133 @@
+"""Podman end to end, with its own storage and a containers.conf that `flexai install podman`
+edited: `--runtime flexai` (the spec is edited) and `--annotation flexai.io/...` with plain runc
+(the hooks.d path: flexai-hook reserves and mounts the slice itself)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import engines_support as es
+from conftest import GIB, tool
+
+VIEW = ("busybox awk '{print $5, $6}' /proc/self/mountinfo | sort; ls -la /dev /run | busybox awk '{print $1, $NF}'; "
+        "env | grep -v ^HOSTNAME= | sort; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; id")
+
+
+def flexai(*args):
+    return subprocess.run([tool("flexai"), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    es.need("podman", "podman")
+    root = tmp_path_factory.mktemp("podman")
+    daemon = es.start_flexaid(root / "flexaid")
+    podman = None
+    try:
+        wrapper = es.runtime_wrapper(root, es.runtime_config(root, daemon))
+        podman = es.Podman(root / "podman").setup()
+        out = flexai("install", "podman", "--config", podman.conf, "--hooks-dir", podman.hooks_dir,
+                     "--runtime-path", wrapper, "--hook-path", tool("flexai-hook"), "--socket", daemon.socket)
+        assert out.returncode == 0, out.stderr
+        rootfs = es.make_rootfs(root / "rootfs")
+        loaded = podman.podman("load", "-i", es.image_archive(rootfs, root / "image.tar"))
+        if loaded.returncode != 0:
+            pytest.skip(f"podman cannot load an image here: {loaded.stderr.strip()[-500:]}")
+        yield podman, daemon
+    finally:
+        if podman is not None:
+            podman.teardown()
+        es.stop_flexaid(daemon)
+
+
+def prun(podman, *args):
+    return podman.podman("run", "--rm", "--network", "none", *args[:-1], es.IMAGE, "sh", "-c", args[-1])
+
+
+@pytest.mark.parametrize("how", [
+    ("--runtime", "flexai", "-e", "FLEXAI_FRACTION=0.3"),
+    ("--runtime", "runc", "--annotation", "flexai.io/fraction=0.3"),  # hooks.d
+    ("--runtime", "flexai", "--annotation", "flexai.io/fraction=0.3"),  # both: sliced once
+], ids=["runtime-env", "hook-annotation", "runtime-and-hook"])
+def test_sliced_container_sees_its_slice_and_gives_it_back(engine, how):
+    podman, daemon = engine
+    device = daemon.cards[0]["device"]
+    before = daemon.log().count("reserved slice")
+    out = prun(podman, *how, f"test -c {device} && cat /run/flexai/slice.conf && grep -c flexai /proc/self/mountinfo")
+    assert out.returncode == 0, out.stderr
+    assert f"memory_limit={16 * GIB * 30 // 100}" in out.stdout and "compute_limit=30" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "1"  # one slice file mount, not two
+    assert daemon.log().count("reserved slice") == before + 1
+    assert daemon.slices() == []
+
+
+def test_hook_path_exec_sees_the_slice_and_release_follows_rm(engine):
+    podman, daemon = engine
+    started = podman.podman("run", "-d", "--network", "none", "--runtime", "runc", "--annotation",
+                            "flexai.io/memory=2GiB", es.IMAGE, "sleep", "120")
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    try:
+        (slice_,) = daemon.slices()
+        assert slice_["container_id"] == cid and slice_["memory_bytes"] == 2 * GIB
+        out = podman.podman("exec", cid, "sh", "-c", f"test -c {daemon.cards[0]['device']} && cat /run/flexai/slice.conf")
+        assert out.returncode == 0 and f"memory_limit={2 * GIB}" in out.stdout, out.stderr
+        assert podman.podman("exec", cid, "sh", "-c", "echo x >> /run/flexai/slice.conf").returncode != 0
+    finally:
+        podman.podman("rm", "-f", "-t", "0", cid)
+    assert daemon.slices() == []
+
+
+def test_container_without_request_is_the_same_as_with_plain_runc(engine):
+    podman, daemon = engine
+    before = daemon.log().count("reserved slice")
+    plain = prun(podman, "--runtime", "runc", "--hostname", "same", VIEW)
+    through = prun(podman, "--runtime", "flexai", "--hostname", "same", VIEW)
+    assert plain.returncode == 0 and through.returncode == 0, (plain.stderr, through.stderr)
+    assert through.stdout == plain.stdout
+    assert daemon.log().count("reserved slice") == before
+
+
+@pytest.mark.parametrize("runtime, flag, value, reason", [
+    ("flexai", "-e", "FLEXAI_FRACTION=abc", "flexai: invalid FLEXAI_FRACTION='abc'"),
+    ("flexai", "-e", "FLEXAI_FRACTION=1.5", "flexai: invalid FLEXAI_FRACTION='1.5'"),
+    ("flexai", "--annotation", "flexai.io/fraction=0", "flexai: invalid annotation flexai.io/fraction='0'"),
+    ("runc", "--annotation", "flexai.io/fraction=abc", "flexai: invalid annotation flexai.io/fraction='abc'"),
+    ("runc", "--annotation", "flexai.io/fraction=1.5", "flexai: invalid annotation flexai.io/fraction='1.5'"),
+    ("runc", "--annotation", "flexai.io/priority=urgent", "flexai: invalid annotation flexai.io/priority='urgent'"),
+    ("runc", "--annotation", "flexai.io/memory=17GiB", "no card can fit"),
+])
+def test_bad_request_fails_podman_run_with_flexais_reason(engine, runtime, flag, value, reason):
+    podman, daemon = engine
+    out = podman.podman("run", "--rm", "--network", "none", "--runtime", runtime, flag, value, es.IMAGE, "echo", "STARTED")
+    assert out.returncode == 126, out
+    assert "STARTED" not in out.stdout
+    (line,) = [line for line in out.stderr.splitlines() if reason in line]
+    assert line.startswith("Error: OCI runtime error:")
+    assert daemon.slices() == []
+    assert podman.podman("ps", "-aq").stdout.strip() == ""
+
+
+def test_install_uninstall_round_trip_keeps_the_file(engine, tmp_path):
+    podman, _ = engine
+    conf = tmp_path / "containers.conf"
+    original = es.BASE_CONTAINERS_CONF.format(hooks=tmp_path / "hooks.d", root=tmp_path, runc="/usr/sbin/runc")
+    conf.write_text(original)
+    hooks = tmp_path / "hooks.d"
+    args = ["--config", conf, "--hooks-dir", hooks]
+    out = flexai("install", "podman", *args, "--default", "--runtime-path", tool("flexai-runtime"))
+    assert out.returncode == 0, out.stderr
+    text = conf.read_text()
+    assert f'flexai = ["{tool("flexai-runtime")}"]' in text and 'runtime = "flexai"' in text
+    assert "# the plain runtime" in text and sorted(p.name for p in hooks.iterdir()) == ["flexai-release.json", "flexai.json"]
+    # podman itself reads the edited file
+    info = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True, text=True,
+                          timeout=60, env={**podman.env(), "CONTAINERS_CONF": str(conf)})
+    assert info.returncode == 0 and info.stdout.strip() == "flexai", info.stderr
+    assert "already installed" in flexai("install", "podman", *args, "--default", "--runtime-path",
+                                         tool("flexai-runtime")).stdout
+    out = flexai("uninstall", "podman", *args)
+    assert out.returncode == 0, out.stderr
+    assert conf.read_text() == original and list(hooks.iterdir()) == []
