@@ -107,6 +107,14 @@ class Service:
         self.file = ledger_mod.LedgerFile(Path(config.state_dir) / "ledger.json")
         self.ledger = self.file.load()
         self.saved = self.ledger  # what is on disk
+        # The request mix fgd/flexai placement plans for: learned from the slices held at start
+        # and from every new request after (the last placement.Workload window of them).
+        self.workload = placement.Workload()
+        for held in sorted(self.ledger.reservations.values(), key=lambda r: r.created):
+            try:
+                ledger_mod.observe(self.workload, Request.from_json(held.request), self.cards)
+            except (ValueError, KeyError, TypeError):
+                pass  # a ledger written before requests were recorded: nothing to learn
         self._after_commit: list = []  # side effects that must wait for the ledger write
         self._on_abort: list = []  # undo of side effects done ahead of it
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
@@ -181,11 +189,13 @@ class Service:
                 slice_root=self.config.slices_dir,
                 now=time.time(),
                 runtime=runtime,
+                workload=self.workload,
             )
         except ledger_mod.PlacementError as exc:
             log.warning("cannot place %s: %s", container_id, exc, extra=supervisor.fields(container_id))
             return {"ok": False, "error": str(exc)}
         if new is not self.ledger:
+            ledger_mod.observe(self.workload, request, self.cards)
             self._write_slice_files(reservation)
             self._on_abort.append(lambda: shutil.rmtree(reservation.slice_dir, ignore_errors=True))
             self.ledger = new

@@ -82,6 +82,13 @@ def _demand(request: Request, cards: Sequence[Card]) -> placement.Demand:
     return placement.Demand(memory=memory, compute=compute * 10, pin=request.device)
 
 
+def observe(workload: placement.Workload, request: Request, cards: Sequence[Card]) -> None:
+    """Teach `workload` one more request, in the units placement compares it in."""
+    demand = _demand(request, cards)
+    relative = request.memory_bytes is None
+    workload.observe(demand, memory_total=1000 if relative else max((c.memory for c in cards), default=None))
+
+
 def _no_fit_message(request: Request, ledger: Ledger, cards: Sequence[Card]) -> str:
     parts = []
     for card in cards:
@@ -110,8 +117,12 @@ def reserve(
     now: float,
     runtime: Mapping | None = None,
     new_id: Callable[[], str] = lambda: secrets.token_hex(6),
+    workload: placement.Workload | None = None,
 ) -> tuple[Ledger, Reservation]:
-    """Place `request` for `container_id`. Idempotent: a known container gets its reservation."""
+    """Place `request` for `container_id`. Idempotent: a known container gets its reservation.
+
+    `workload` is the request mix fgd and flexai plan for (the caller learns it, see
+    `observe`); None means placement's default mix."""
     existing = ledger.reservations.get(container_id)
     if existing is not None:
         held, asked = (existing.runtime or {}).get("root"), (runtime or {}).get("root")
@@ -127,7 +138,7 @@ def reserve(
     ):
         known = ", ".join(f"{c.index} ({c.uuid})" for c in cards)
         raise PlacementError(f"no card {request.device!r} on this host; cards are: {known}")
-    chosen = placement.choose(card_states(ledger, cards, request), _demand(request, cards), policy)
+    chosen = placement.choose(card_states(ledger, cards, request), _demand(request, cards), policy, workload)
     card = next((c for c in cards if chosen and c.index == chosen[0]), None)
     if card is None:
         raise PlacementError(_no_fit_message(request, ledger, cards))
