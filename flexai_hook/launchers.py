@@ -1,10 +1,16 @@
 """Fast launchers for the commands that run on every container start.
 
-pip's console-script wrappers start Python with `site`, which (with .pth files such as an
-editable install's finder) costs 10-20 ms before our first line runs. flexai-runtime and
-flexai-hook run on every container start, so `install()` replaces their wrappers with ones
-that start Python with -I -S (no site, no user paths, no PYTHON* environment) and put just
-this package's directory on sys.path.
+flexai-runtime and flexai-hook run several times per container start, so `install()` puts
+two things in the bin directory for each:
+
+- `<name>`: the C front door built from libflexai/launch/ (flexai_hook/lib/bin/), which does
+  the common cases without Python (runtime: every call that is not create/run of a config
+  mentioning flexai goes straight to the real runtime; hook: poststop's release);
+- `<name>-py`: the Python implementation, started with -I -S (pip's console-script wrappers
+  load `site` and .pth files such as an editable install's finder: 10-20 ms) and just this
+  package's directory on sys.path. The front door execs it for everything else.
+
+Without a built front door, the Python launcher is installed under the plain name as well.
 
     python -m flexai_hook.launchers [BIN_DIR]     # default: the running interpreter's bin dir
 """
@@ -36,13 +42,21 @@ def install(bin_dir: str) -> list[str]:
         python = sys.executable
     written = []
     for name, module in FAST.items():
-        path = os.path.join(bin_dir, name)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(render(python, package_parent, module))
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-        written.append(path)
+        script = render(python, package_parent, module).encode()
+        front = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib", "bin", name)
+        try:
+            with open(front, "rb") as f:
+                program = f.read()
+        except FileNotFoundError:
+            program = script
+        for path, content in ((os.path.join(bin_dir, name + "-py"), script),
+                              (os.path.join(bin_dir, name), program)):
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(content)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, path)
+            written.append(path)
     return written
 
 

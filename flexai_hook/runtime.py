@@ -61,8 +61,10 @@ def resolve_binary(name: str) -> str:
     else:
         candidates = [os.path.join(d, name) for d in os.environ.get("PATH", "/usr/sbin:/usr/bin").split(":") if d]
     me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    # Started as "flexai-runtime-py" by the C front door: the front door is us as well.
+    us = {me, me[:-3]} if me.endswith("-py") else {me}
     for path in candidates:
-        if os.access(path, os.X_OK) and not os.path.isdir(path) and os.path.realpath(path) != me:
+        if os.access(path, os.X_OK) and not os.path.isdir(path) and os.path.realpath(path) not in us:
             return path
     raise Failure(
         f"the real OCI runtime {name!r} was not found (set \"runtime\" in {DEFAULT_RUNTIME_CONFIG} "

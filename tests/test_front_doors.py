@@ -1,0 +1,191 @@
+"""The C front doors of flexai-runtime and flexai-hook (libflexai/launch/): what they do
+without Python, and that they hand everything else to the Python implementation.
+
+Each test copies the built program into a temporary bin directory. With no `<name>-py`
+beside it, a hand-over to Python shows as "cannot start .../<name>-py"; the real runtime is a
+script that records the argv it was given."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from flexai_hook import cbuild
+from test_argv import CASES
+
+LIB = cbuild.package_lib_dir()
+
+
+@pytest.fixture(scope="module")
+def built():
+    cbuild.build(LIB)
+    return LIB / "bin"
+
+
+@pytest.fixture
+def bindir(tmp_path, built):
+    d = tmp_path / "bin"
+    d.mkdir()
+    for name in ("flexai-runtime", "flexai-hook"):
+        shutil.copy2(built / name, d / name)
+    fake = d / "fake-runc"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$0" "$@" > "$FAKE_ARGV"\n')
+    fake.chmod(0o755)
+    return d
+
+
+def run_front(bindir, args, tmp_path, cwd=None, env=None, stdin=b""):
+    record = tmp_path / "argv.txt"
+    record.unlink(missing_ok=True)
+    full_env = {"PATH": "/usr/bin:/bin", "FAKE_ARGV": str(record), "FLEXAI_RUNTIME": str(bindir / "fake-runc"),
+                "FLEXAI_RUNTIME_CONFIG": str(tmp_path / "no-runtime.json"), **(env or {})}
+    out = subprocess.run([str(bindir / "flexai-runtime"), *args], cwd=cwd or tmp_path, env=full_env,
+                         input=stdin, capture_output=True, timeout=30)
+    passed = record.read_text().splitlines() if record.exists() else None
+    return out, passed
+
+
+def with_bundles(argv, bundle, base: Path):
+    """argv with its bundle (and cwd when it names none) pointing at a real directory."""
+    target = base / "bundle"
+    target.mkdir(exist_ok=True)
+    if bundle is None:
+        return list(argv), target, target  # runc uses the current directory
+    out = []
+    for i, a in enumerate(argv):
+        if i and argv[i - 1] in ("--bundle", "-b") and a == bundle:
+            a = str(target)
+        elif a == f"--bundle={bundle}":
+            a = f"--bundle={target}"
+        out.append(a)
+    return out, target, base
+
+
+@pytest.mark.parametrize("argv, sub, cid, bundle, log, fmt, root", CASES)
+def test_only_create_and_run_of_a_flexai_config_need_python(bindir, tmp_path, argv, sub, cid, bundle, log, fmt, root):
+    args, target, cwd = with_bundles(argv, bundle, tmp_path)
+    for marked in (True, False):
+        env = ["FLEXAI_FRACTION=0.3"] if marked else ["PATH=/bin"]
+        (target / "config.json").write_text(json.dumps({"process": {"env": env}}))
+        out, passed = run_front(bindir, args, tmp_path, cwd=cwd)
+        if marked and sub in ("create", "run"):
+            assert passed is None and b"flexai-runtime-py" in out.stderr, out.stderr
+        else:
+            # Straight to the real runtime, argv unchanged, no Python involved.
+            assert out.returncode == 0, out.stderr
+            assert passed == [str(bindir / "fake-runc"), *args]
+
+
+def test_unreadable_bundle_config_goes_to_python(bindir, tmp_path):
+    out, passed = run_front(bindir, ["create", "--bundle", str(tmp_path / "missing"), "c1"], tmp_path)
+    assert passed is None and b"flexai-runtime-py" in out.stderr
+
+
+@pytest.mark.parametrize("config, expect", [
+    ('{"runtime": "%s"}', "fake"),
+    ('{ "socket" : "/run/x.sock",\n  "runtime":"%s" }\n', "fake"),
+    ('{"socket": "/run/x.sock"}', "runc-on-path"),
+    ('{}', "runc-on-path"),
+    ('{"runtime": "%s", "extra": {"nested": 1}}', "python"),
+    ('{"runtime": "a\\\\"b"}', "python"),
+    ('not json', "python"),
+    ('{"runtime": "%s"} trailing', "python"),
+])
+def test_runtime_config_is_read_or_left_to_python(bindir, tmp_path, config, expect):
+    path = tmp_path / "runtime.json"
+    path.write_text(config.replace("%s", str(bindir / "fake-runc")) if "%s" in config else config)
+    runc_dir = tmp_path / "pathbin"
+    runc_dir.mkdir()
+    shutil.copy2(bindir / "fake-runc", runc_dir / "runc")
+    out, passed = run_front(bindir, ["state", "c1"], tmp_path,
+                            env={"FLEXAI_RUNTIME": "", "FLEXAI_RUNTIME_CONFIG": str(path),
+                                 "PATH": f"{runc_dir}:/usr/bin:/bin"})
+    if expect == "python":
+        assert passed is None and b"flexai-runtime-py" in out.stderr
+    elif expect == "fake":
+        assert passed == [str(bindir / "fake-runc"), "state", "c1"]
+    else:
+        assert passed == [str(runc_dir / "runc"), "state", "c1"]
+
+
+def test_never_execs_itself_as_the_real_runtime(bindir, tmp_path):
+    os.symlink(bindir / "flexai-runtime", bindir / "runc")
+    out, passed = run_front(bindir, ["state", "c1"], tmp_path,
+                            env={"FLEXAI_RUNTIME": "runc", "PATH": f"{bindir}:/nonexistent"})
+    assert passed is None and b"flexai-runtime-py" in out.stderr
+
+
+class FakeDaemon:
+    def __init__(self, path: Path, reply: bytes | None):
+        self.path, self.reply, self.received = path, reply, []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(4)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        conn, _ = self.sock.accept()
+        with conn:
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            self.received.append(buf)
+            if self.reply is not None:
+                conn.sendall(self.reply)
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(5)
+
+
+def hook(bindir, args, stdin: bytes, sock: Path):
+    return subprocess.run([str(bindir / "flexai-hook"), *args], input=stdin, capture_output=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin", "FLEXAI_SOCKET": str(sock)})
+
+
+STATE = b'{"ociVersion":"1.0.2","id":"c1","status":"stopped","bundle":"/b","annotations":{"a":"x y"}}'
+
+
+@pytest.mark.parametrize("reply, said", [
+    (b'{"ok":true,"released":true}\n', b""),
+    (b'{"ok":false,"error":"invalid request: state.id too long"}\n', b"state.id too long"),
+])
+def test_poststop_forwards_the_state_and_reports_refusals(bindir, tmp_path, reply, said):
+    daemon = FakeDaemon(tmp_path / "d.sock", reply)
+    try:
+        out = hook(bindir, ["poststop"], b"\n  " + STATE + b"\n", tmp_path / "d.sock")
+    finally:
+        daemon.close()
+    assert out.returncode == 0
+    assert daemon.received == [b'{"op":"release","state":' + STATE + b"}\n"]
+    assert json.loads(daemon.received[0])["state"]["id"] == "c1"
+    assert said in out.stderr and (said or out.stderr == b"")
+
+
+def test_poststop_without_a_daemon_says_so_and_exits_zero(bindir, tmp_path):
+    out = hook(bindir, ["poststop"], STATE, tmp_path / "nobody.sock")
+    assert out.returncode == 0 and b"flexaid is not reachable at" in out.stderr
+
+
+@pytest.mark.parametrize("garbage", [b"", b"garbage", b"[1,2]", b'{"a":\n1}', b"{"])
+def test_poststop_sends_nothing_for_garbage(bindir, tmp_path, garbage):
+    daemon = FakeDaemon(tmp_path / "d.sock", b'{"ok":true}\n')
+    out = hook(bindir, ["poststop"], garbage, tmp_path / "d.sock")
+    daemon.sock.close()  # unblocks accept() if nothing connected
+    assert out.returncode == 0 and b"not a JSON object" in out.stderr and daemon.received == []
+
+
+def test_other_hook_stages_go_to_python(bindir, tmp_path):
+    out = hook(bindir, ["createContainer"], STATE, tmp_path / "d.sock")
+    assert out.returncode == 1 and b"flexai-hook-py" in out.stderr
