@@ -64,7 +64,12 @@ else
   step "installing flexai from $repo"
   "${pip[@]}" install "$repo"
 fi
-# flexai-runtime and flexai-hook run on every container start: give them launchers that skip site.
+if [ "$test" = 1 ]; then
+  # An editable install runs from the checkout: (re)build its C parts there (by mtime).
+  step "building libflexai/ in place"
+  "$prefix/venv/bin/python" -m flexai_hook.cbuild >/dev/null
+fi
+# flexai-runtime and flexai-hook run on every container start: C front doors + -I -S launchers.
 "$prefix/venv/bin/python" -m flexai_hook.launchers "$prefix/venv/bin" >/dev/null
 for cmd in flexai flexai-runtime flexai-hook flexaid; do
   ln -sf "$prefix/venv/bin/$cmd" "/usr/local/bin/$cmd"
