@@ -122,6 +122,7 @@ class Service:
         self._sync_slice_dirs()
         for op in OPS:  # build the validators now, not on the first container start
             validation.validator("protocol.schema.json", f"{op}_message")
+            validation.fast_validator("protocol.schema.json", f"{op}_message")
 
     def _sync_slice_dirs(self) -> None:
         """Slice files for every reservation, none for slices the ledger does not hold."""
