@@ -71,7 +71,8 @@ def card_states(ledger: Ledger, cards: Sequence[Card], request: Request) -> list
     return states
 
 
-def _demand(request: Request, cards: Sequence[Card]) -> placement.Demand:
+def demand_of(request: Request, cards: Sequence[Card]) -> placement.Demand:
+    """The request in the units placement compares it in (see card_states)."""
     if request.memory_bytes is not None:
         memory = request.memory_bytes
         # Compute follows memory per card when unset; use the smallest card's figure for ranking
@@ -84,7 +85,7 @@ def _demand(request: Request, cards: Sequence[Card]) -> placement.Demand:
 
 def observe(workload: placement.Workload, request: Request, cards: Sequence[Card]) -> None:
     """Teach `workload` one more request, in the units placement compares it in."""
-    demand = _demand(request, cards)
+    demand = demand_of(request, cards)
     relative = request.memory_bytes is None
     workload.observe(demand, memory_total=1000 if relative else max((c.memory for c in cards), default=None))
 
@@ -138,7 +139,7 @@ def reserve(
     ):
         known = ", ".join(f"{c.index} ({c.uuid})" for c in cards)
         raise PlacementError(f"no card {request.device!r} on this host; cards are: {known}")
-    chosen = placement.choose(card_states(ledger, cards, request), _demand(request, cards), policy, workload)
+    chosen = placement.choose(card_states(ledger, cards, request), demand_of(request, cards), policy, workload)
     card = next((c for c in cards if chosen and c.index == chosen[0]), None)
     if card is None:
         raise PlacementError(_no_fit_message(request, ledger, cards))

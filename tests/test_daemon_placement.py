@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from flexai_hook import daemon, ledger
+import random
+
+import pytest
+
+from flexai_hook import daemon, ledger, placement
 from flexai_hook.devices import Card
 from flexai_hook.request import Request
 
@@ -57,3 +61,29 @@ def reserve_pinned(svc, cid, fraction, device):
     reply = svc.handle_and_commit(
         {"op": "reserve", "container_id": cid, "request": {"fraction": fraction, "device": device}})
     assert reply["ok"], reply
+
+
+@pytest.mark.parametrize("policy", ["best-fit", "fgd", "flexai"])
+def test_daemon_places_each_reservation_where_the_policy_function_says(tmp_path, policy):
+    rng = random.Random(7)
+    svc = service(tmp_path, policy, cards=4)
+    held: list[str] = []
+    placed = 0
+    for step in range(150):
+        if held and rng.random() < 0.35:
+            cid = held.pop(rng.randrange(len(held)))
+            assert svc.handle_and_commit({"op": "release", "container_id": cid})["ok"]
+            continue
+        fraction = rng.choice([5, 10, 10, 20, 25, 30, 50, 70, 100])
+        request = Request(fraction=fraction)
+        expected = placement.choose(ledger.card_states(svc.ledger, svc.cards, request),
+                                    ledger.demand_of(request, svc.cards), policy, svc.workload)
+        reply = svc.handle_and_commit({"op": "reserve", "container_id": f"c{step}", "request": {"fraction": fraction}})
+        if expected is None:
+            assert not reply["ok"] and "no card can fit" in reply["error"]
+        else:
+            assert reply["ok"], reply
+            assert (reply["reservation"]["card_index"],) == expected
+            held.append(f"c{step}")
+            placed += 1
+    assert placed > 50  # the sequence exercised real choices, full cards included
