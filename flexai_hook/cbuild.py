@@ -92,6 +92,13 @@ def build(out_dir: Path, root: Path = SOURCE_ROOT, force: bool = False,
                     objects, str(output), libraries=list(target.libraries),
                     extra_preargs=[f"-Wl,-soname,{target.soname}", "-Wl,-z,now", "-Wl,--as-needed"])
         built.append(output)
+    # The region header ships beside the library: flexai_hook.region reads its cffi block.
+    region_header = root / "flexai_region.h"
+    if region_header.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        copy = out_dir / region_header.name
+        if force or _stale(copy, [region_header]):
+            copy.write_bytes(region_header.read_bytes())
     return built
 
 

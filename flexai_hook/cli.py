@@ -144,6 +144,20 @@ def demo(fraction: str, seconds: int, runtime_root: str, socket: str) -> None:
     sys.exit(code)
 
 
+@main.command("library-path")
+def library_path() -> None:
+    """Print the absolute path of libflexai.so, for use outside containers:
+
+    FLEXAI_MEMORY=4GiB LD_PRELOAD=$(flexai library-path) python train.py
+    """
+    from . import library
+
+    try:
+        click.echo(str(library.library_path()))
+    except library.LibraryMissing as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 main.add_command(install)
 main.add_command(uninstall)
 main.add_command(doctor)

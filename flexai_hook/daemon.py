@@ -137,6 +137,28 @@ class Service:
         os.makedirs(reservation.slice_dir, mode=0o755, exist_ok=True)
         # No fsync: slice files live on /run (tmpfs) and are rewritten from the ledger at start.
         write_atomically(Path(reservation.slice_dir) / "slice.conf", reservation.slice_conf().encode(), sync=False)
+        # The preload library's files: /etc/ld.so.preload naming it, and the slice's shared
+        # region (created once; a restart only refreshes its limits, live accounting stays).
+        from . import library, region
+
+        write_atomically(Path(reservation.slice_dir) / "ld.so.preload", library.preload_text().encode(), sync=False)
+        simulated = reservation.backend == "simulated"
+        limits = {
+            "slice_id": reservation.slice_id, "device_uuid": reservation.card_uuid,
+            "device_index": reservation.card_index, "card_memory": reservation.card_memory,
+            "memory_limit": reservation.memory_bytes, "compute_limit": reservation.compute,
+            "priority": reservation.priority,
+        }
+        if simulated:
+            from . import simcards
+
+            limits["context_memory"] = int(simcards.TUNABLES["context_bytes"])  # what the simulator charges
+            sim_dir = library.sim_dir_for(self.config.slices_dir)
+            text = simcards.render_config(self.cards)
+            conf = Path(sim_dir) / simcards.CONFIG_NAME
+            if not conf.exists() or conf.read_text() != text:
+                simcards.write_sim_dir(sim_dir, self.cards)
+        region.create_region(Path(reservation.slice_dir) / "region", limits)
 
     def commit(self) -> str | None:
         """Write the ledger if it changed. None on success, else the error (and all is undone)."""

@@ -163,6 +163,7 @@ def reserve(
         created=now,
         request=request.to_json(),
         runtime=dict(runtime or {}),
+        backend=card.backend,
     )
     return replace(ledger, reservations={**ledger.reservations, container_id: reservation}), reservation
 

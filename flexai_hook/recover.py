@@ -63,6 +63,7 @@ def reservation_from_spec(
         created=now,
         request=request.to_json() if request else {},
         runtime=runtime,
+        backend=card.backend,
     )
 
 

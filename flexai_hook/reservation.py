@@ -23,6 +23,7 @@ class Reservation:
     created: float = 0.0  # unix time the reservation was granted
     request: Mapping = {}  # the request as sent, for status and audits
     runtime: Mapping = {}  # {"binary", "root"} of the OCI runtime that runs it, for reconciliation
+    backend: str = ""  # the card's device backend ("simulated", "nvml"); "" when not recorded
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -8,6 +8,9 @@ path), so editing a spec twice (a bundle started again) gives the same result as
 from __future__ import annotations
 
 import copy
+import os
+
+from . import library
 from .record import record
 from .reservation import Reservation
 
@@ -53,21 +56,35 @@ class Injection:
 
 
 def injection_for(
-    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook
+    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None = None
 ) -> Injection:
-    """What a reservation puts into the container: its card, its slice files, its release hook."""
-    return Injection(
-        devices=devices,
-        mounts=(Mount(f"{reservation.slice_dir}/slice.conf", SLICE_FILE_IN_CONTAINER),),
-        env=(
-            ("FLEXAI_SLICE_ID", reservation.slice_id),
-            ("FLEXAI_SLICE_FILE", SLICE_FILE_IN_CONTAINER),
-            ("FLEXAI_DEVICE_UUID", reservation.card_uuid),
-            ("FLEXAI_MEMORY_LIMIT", str(reservation.memory_bytes)),
-            ("FLEXAI_COMPUTE_LIMIT", str(reservation.compute)),
-        ),
-        poststop=(hook,),
-    )
+    """What a reservation puts into the container: its card, its slice files, the preload
+    library with the /etc/ld.so.preload that names it, the slice's region, its release hook;
+    on a simulated backend also the simulated driver libraries where the NVIDIA toolkit puts
+    the real ones. `lib` overrides the library's host path (default: the built one)."""
+    slice_dir = reservation.slice_dir
+    mounts = [
+        Mount(f"{slice_dir}/slice.conf", SLICE_FILE_IN_CONTAINER),
+        Mount(lib or str(library.library_path()), library.LIBRARY_IN_CONTAINER),
+        Mount(f"{slice_dir}/ld.so.preload", "/etc/ld.so.preload"),
+        Mount(f"{slice_dir}/region", library.REGION_IN_CONTAINER, read_only=False),
+    ]
+    env = [
+        ("FLEXAI_SLICE_ID", reservation.slice_id),
+        ("FLEXAI_SLICE_FILE", SLICE_FILE_IN_CONTAINER),
+        ("FLEXAI_REGION", library.REGION_IN_CONTAINER),
+        ("FLEXAI_DEVICE_UUID", reservation.card_uuid),
+        ("FLEXAI_MEMORY_LIMIT", str(reservation.memory_bytes)),
+        ("FLEXAI_COMPUTE_LIMIT", str(reservation.compute)),
+    ]
+    if reservation.backend == "simulated":
+        driver_dir = library.driver_dir_in_container()
+        for name in library.SIM_LIBRARIES:
+            mounts.append(Mount(str(library.sim_library_path(name)), f"{driver_dir}/{name}"))
+        sim_dir = library.sim_dir_for(os.path.dirname(slice_dir))
+        mounts.append(Mount(sim_dir, library.SIM_DIR_IN_CONTAINER, read_only=False))
+        env.append(("FLEXAI_SIM_DIR", library.SIM_DIR_IN_CONTAINER))
+    return Injection(devices=devices, mounts=tuple(mounts), env=tuple(env), poststop=(hook,))
 
 
 def apply(spec: dict, injection: Injection) -> dict:

@@ -58,7 +58,9 @@ def test_restart_between_reserve_and_release_loses_nothing(daemon):
     first = reserve(daemon, "c1", fraction=30)["reservation"]
     reserve(daemon, "c2", memory_bytes=GIB, priority="high")
     daemon.restart()
-    assert {s["container_id"]: s for s in daemon.slices()}["c1"] == first
+    after = {s["container_id"]: s for s in daemon.slices()}["c1"]
+    after.pop("usage", None)  # live usage read from the slice's region
+    assert after == first
     assert len(daemon.slices()) == 2
     assert (daemon.slices_dir / first["slice_id"] / "slice.conf").exists()
     assert daemon.call({"op": "release", "container_id": "c1"})["released"] is True
@@ -71,7 +73,7 @@ def test_kill_9_keeps_acknowledged_reservations(daemon):
     acked = reserve(daemon, "c1", fraction=40)["reservation"]
     daemon.stop(sig=9)
     daemon.start()
-    assert daemon.slices() == [acked]
+    assert [{k: v for k, v in s.items() if k != "usage"} for s in daemon.slices()] == [acked]
 
 
 def _reserve_in_child(args):

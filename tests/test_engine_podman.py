@@ -55,7 +55,7 @@ def test_sliced_container_sees_its_slice_and_gives_it_back(engine, how):
     podman, daemon = engine
     device = daemon.cards[0]["device"]
     before = daemon.log().count("reserved slice")
-    out = prun(podman, *how, f"test -c {device} && cat /run/flexai/slice.conf && grep -c flexai /proc/self/mountinfo")
+    out = prun(podman, *how, f"test -c {device} && cat /run/flexai/slice.conf && grep -c ' /run/flexai/slice.conf ' /proc/self/mountinfo")
     assert out.returncode == 0, out.stderr
     assert f"memory_limit={16 * GIB * 30 // 100}" in out.stdout and "compute_limit=30" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "1"  # one slice file mount, not two

@@ -1,0 +1,337 @@
+"""The Python view of a slice's shared region (libflexai/flexai_region.h), through cffi in ABI mode.
+
+The layout is read from the very header the C library is compiled with (the block between
+its FLEXAI_CDEF markers), so the two cannot disagree. flexaid creates a region per slice
+(`create_region`) and reads live usage from it (`read_region`); libflexai in the container's
+processes does the accounting.
+
+A process's slot is live while it holds an OFD lock on the slot's byte of the region file
+(see the header); liveness is tested with F_OFD_GETLK, which works from any pid namespace,
+so the daemon on the host sees exactly which of a container's processes are still there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import re
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HEADER_NAME = "flexai_region.h"
+_CDEF = re.compile(r"/\* FLEXAI_CDEF_BEGIN \*/(.*?)/\* FLEXAI_CDEF_END \*/", re.S)
+PRIORITIES = {"low": 0, "normal": 1, "high": 2}
+MODES = {"work-conserving": 0, "hard": 1}
+
+_ffi = None
+_consts = None
+
+
+def header_path() -> Path:
+    """The header shipped beside the built library, else the one in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "lib" / HEADER_NAME, here.parent / "libflexai" / HEADER_NAME):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{HEADER_NAME} not found beside the package (build it: python -m flexai_hook.cbuild)")
+
+
+def _load():
+    global _ffi, _consts
+    if _ffi is None:
+        import cffi
+
+        text = header_path().read_text()
+        match = _CDEF.search(text)
+        if match is None:
+            raise ValueError(f"{header_path()} has no FLEXAI_CDEF block")
+        ffi = cffi.FFI()
+        ffi.cdef(match.group(1))
+        _consts = ffi.dlopen(None)  # only the #define'd integer constants are read from it
+        _ffi = ffi
+    return _ffi, _consts
+
+
+def ffi():
+    return _load()[0]
+
+
+def constants():
+    return _load()[1]
+
+
+def region_size() -> int:
+    return ffi().sizeof("struct flexai_region")
+
+
+def _flock_getlk(fd: int, offset: int) -> bool:
+    """True when some open file description holds a write-conflicting lock on byte `offset`."""
+    # struct flock on Linux x86_64/aarch64: short l_type, short l_whence, off_t l_start,
+    # off_t l_len, pid_t l_pid (padded to 32 bytes).
+    request = struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    reply = fcntl.fcntl(fd, getattr(fcntl, "F_OFD_GETLK", 36), request)
+    l_type = struct.unpack("hhxxxxqqixxxx", reply)[0]
+    return l_type != fcntl.F_UNLCK
+
+
+def _limits_from(limits) -> dict:
+    """A Mapping, or a Reservation (duck-typed), as the header's fields."""
+    if not isinstance(limits, Mapping):
+        limits = {
+            "slice_id": limits.slice_id,
+            "device_uuid": limits.card_uuid,
+            "device_index": limits.card_index,
+            "card_memory": limits.card_memory,
+            "memory_limit": limits.memory_bytes,
+            "compute_limit": limits.compute,
+            "priority": limits.priority,
+        }
+    return dict(limits)
+
+
+def _fill(r, limits: dict, update: bool) -> None:
+    c = constants()
+    ff = ffi()
+    if not update:
+        r.version = c.FLEXAI_REGION_VERSION
+        r.size = region_size()
+        r.created_ns = time.time_ns()
+    if "slice_id" in limits:
+        r.slice_id = str(limits["slice_id"]).encode()[: ff.sizeof(r.slice_id) - 1]
+    if "device_uuid" in limits:
+        r.device_uuid = str(limits["device_uuid"]).encode()[: ff.sizeof(r.device_uuid) - 1]
+    if "device_index" in limits:
+        r.device_index = int(limits["device_index"])
+    if "card_memory" in limits:
+        r.card_memory = int(limits["card_memory"])
+    if "memory_limit" in limits:
+        r.memory_limit = int(limits["memory_limit"])
+    if "context_memory" in limits:
+        r.context_memory = int(limits["context_memory"])
+    changed = False
+    if "compute_limit" in limits and r.compute.limit_percent != int(limits["compute_limit"]):
+        r.compute.limit_percent = int(limits["compute_limit"])
+        changed = True
+    if "priority" in limits:
+        value = limits["priority"]
+        value = PRIORITIES[value] if isinstance(value, str) else int(value)
+        changed |= r.compute.priority != value
+        r.compute.priority = value
+    if "compute_mode" in limits:
+        value = limits["compute_mode"]
+        value = MODES[value] if isinstance(value, str) else int(value)
+        changed |= r.compute.mode != value
+        r.compute.mode = value
+    if changed and update:
+        r.compute.generation += 1
+
+
+def create_region(path: str | os.PathLike, limits) -> Path:
+    """Create the region at `path` with `limits` (a Mapping of header fields, or a Reservation).
+
+    Idempotent: when a valid region is already there (the daemon restarted and rewrites its
+    slice files), only its limits are updated in place and the live accounting is kept, so
+    processes that map it keep sharing one budget with everything started later.
+    """
+    path = Path(path)
+    values = _limits_from(limits)
+    existing = _open_valid(path)
+    if existing is not None:
+        fd, mm = existing
+        try:
+            r = ffi().cast("struct flexai_region *", ffi().from_buffer(mm))
+            _fill(r, values, update=True)
+            mm.flush()
+        finally:
+            del r
+            mm.close()
+            os.close(fd)
+        return path
+    size = region_size()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        os.fchmod(fd, 0o666)  # every process of the container maps it read-write, whatever its uid
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+            buf = ffi().from_buffer(mm)
+            r = ffi().cast("struct flexai_region *", buf)
+            _fill(r, values, update=False)
+            r.magic = constants().FLEXAI_REGION_MAGIC  # last: the region is complete
+            del r, buf
+            mm.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        os.close(fd)
+    return path
+
+
+def _open_valid(path: Path, write: bool = True):
+    try:
+        fd = os.open(path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        size = region_size()
+        if os.fstat(fd).st_size < size:
+            os.close(fd)
+            return None
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+    except OSError:
+        os.close(fd)
+        raise
+    c = constants()
+    magic, version, rsize = struct.unpack_from("<QII", mm, 0)
+    if magic != c.FLEXAI_REGION_MAGIC or version != c.FLEXAI_REGION_VERSION or rsize != size:
+        mm.close()
+        os.close(fd)
+        return None
+    return fd, mm
+
+
+@dataclass
+class ProcessView:
+    slot: int
+    pid: int
+    memory_used: int
+    context_bytes: int
+    launches: int
+    busy_ns: int
+    alive: bool
+
+
+@dataclass
+class RegionView:
+    """A snapshot of one region, dead processes already left out."""
+
+    path: str
+    slice_id: str
+    device_uuid: str
+    device_index: int
+    card_memory: int
+    memory_limit: int
+    context_memory: int
+    memory_used_recorded: int  # the total as last written by the library
+    memory_peak: int
+    oom_rejections: int
+    launches_retired: int
+    busy_ns_retired: int
+    reclaimed_processes: int
+    compute_limit: int
+    compute_mode: int
+    priority: int
+    paused: bool
+    generation: int
+    busy_ns_total: int
+    processes_list: list[ProcessView] = field(default_factory=list)
+
+    @property
+    def live(self) -> list[ProcessView]:
+        return [p for p in self.processes_list if p.alive]
+
+    @property
+    def memory_used(self) -> int:
+        """What live processes hold (a process killed with -9 no longer counts)."""
+        return sum(p.memory_used for p in self.live)
+
+    @property
+    def processes(self) -> int:
+        return len(self.live)
+
+    @property
+    def launches(self) -> int:
+        return self.launches_retired + sum(p.launches for p in self.processes_list)
+
+    def to_json(self) -> dict:
+        data = {
+            "memory_limit": self.memory_limit,
+            "memory_used": self.memory_used,
+            "memory_peak": self.memory_peak,
+            "processes": self.processes,
+            "pids": [p.pid for p in self.live],
+            "launches": self.launches,
+            "oom_rejections": self.oom_rejections,
+            "compute_limit": self.compute_limit,
+            "paused": self.paused,
+        }
+        busy = self.busy_ns_total or (self.busy_ns_retired + sum(p.busy_ns for p in self.processes_list))
+        if busy:
+            data["busy_seconds"] = busy / 1e9
+        return data
+
+
+def read_region(path: str | os.PathLike) -> RegionView:
+    """Read the region at `path`. ValueError when it is not a region of this version."""
+    path = Path(path)
+    opened = _open_valid(path, write=False)
+    if opened is None:
+        raise ValueError(f"{path} is not a flexai region of version {constants().FLEXAI_REGION_VERSION}")
+    fd, mm = opened
+    ff = ffi()
+    c = constants()
+    try:
+        r = ff.cast("struct flexai_region *", ff.from_buffer(mm))
+        procs = []
+        for i in range(c.FLEXAI_MAX_PROCS):
+            s = r.procs[i]
+            if s.pid == 0:
+                continue
+            procs.append(ProcessView(
+                slot=i, pid=s.pid, memory_used=s.memory_used, context_bytes=s.context_bytes,
+                launches=s.launches, busy_ns=s.busy_ns,
+                alive=_flock_getlk(fd, c.FLEXAI_SLOT_LOCK_BASE + i),
+            ))
+        view = RegionView(
+            path=str(path),
+            slice_id=ff.string(r.slice_id).decode(errors="replace"),
+            device_uuid=ff.string(r.device_uuid).decode(errors="replace"),
+            device_index=r.device_index,
+            card_memory=r.card_memory,
+            memory_limit=r.memory_limit,
+            context_memory=r.context_memory,
+            memory_used_recorded=r.memory_used,
+            memory_peak=r.memory_peak,
+            oom_rejections=r.oom_rejections,
+            launches_retired=r.launches_retired,
+            busy_ns_retired=r.busy_ns_retired,
+            reclaimed_processes=r.reclaimed_processes,
+            compute_limit=r.compute.limit_percent,
+            compute_mode=r.compute.mode,
+            priority=r.compute.priority,
+            paused=bool(r.compute.paused),
+            generation=r.compute.generation,
+            busy_ns_total=r.compute.busy_ns_total,
+            processes_list=procs,
+        )
+        del r
+    finally:
+        mm.close()
+        os.close(fd)
+    return view
+
+
+def set_paused(path: str | os.PathLike, paused: bool) -> None:
+    """Pause or resume a slice's launches (the library obeys at its next launch)."""
+    opened = _open_valid(Path(path))
+    if opened is None:
+        raise ValueError(f"{path} is not a flexai region")
+    fd, mm = opened
+    try:
+        r = ffi().cast("struct flexai_region *", ffi().from_buffer(mm))
+        r.compute.paused = 1 if paused else 0
+        r.compute.generation += 1
+        del r
+    finally:
+        mm.close()
+        os.close(fd)
