@@ -106,3 +106,30 @@ def make_bundle(
     config = bundle / "config.json"
     config.write_text(json.dumps(minimal_spec(args, env, annotations), indent=2) + "\n")
     return config
+
+
+HOST_GLIBC = "/lib/x86_64-linux-gnu"
+LOADER = "ld-linux-x86-64.so.2"
+
+
+def add_host_programs(bundle: Path, programs: Sequence[Path]) -> bool:
+    """Let a busybox bundle run dynamically linked host programs: the host's glibc directory
+    is bind-mounted read-only and `programs` are copied to /bin. False (bundle unchanged) on
+    a host without a Debian-style x86_64 glibc layout."""
+    if not (os.path.isdir(HOST_GLIBC) and os.path.exists(os.path.join(HOST_GLIBC, LOADER))):
+        return False
+    bundle = Path(bundle)
+    rootfs = bundle / "rootfs"
+    (rootfs / "lib64").mkdir(exist_ok=True)
+    loader = rootfs / "lib64" / LOADER
+    if not loader.is_symlink():
+        loader.symlink_to(f"{HOST_GLIBC}/{LOADER}")
+    for program in programs:
+        shutil.copy2(program, rootfs / "bin" / Path(program).name)
+    config = bundle / "config.json"
+    spec = json.loads(config.read_text())
+    spec.setdefault("mounts", []).append({
+        "destination": HOST_GLIBC, "type": "bind", "source": os.path.realpath(HOST_GLIBC),
+        "options": ["rbind", "ro", "nosuid", "nodev"]})
+    config.write_text(json.dumps(spec, indent=2) + "\n")
+    return True

@@ -47,6 +47,8 @@ TARGETS: tuple[Target, ...] = (
     # Front doors of the per-container-start commands (see libflexai/launch/).
     Target("bin/flexai-runtime", ("launch/runtime_front.c", "launch/launch.c"), ()),
     Target("bin/flexai-hook", ("launch/hook_front.c", "launch/launch.c"), ()),
+    # What a program sees of its card (CUDA driver API + NVML): the demo runs it in a slice.
+    Target("bin/flexai-smi", ("tools/flexai_smi.c",), ("dl",)),
 )
 
 

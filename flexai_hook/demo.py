@@ -26,6 +26,12 @@ def _runtime_binary() -> str:
     return found
 
 
+def _smi() -> Path | None:
+    """The built flexai-smi, if any (flexai_hook/lib/bin)."""
+    path = Path(__file__).resolve().parent / "lib" / "bin" / "flexai-smi"
+    return path if os.access(path, os.X_OK) else None
+
+
 def _status(socket: str) -> dict:
     try:
         return client.call({"op": "status"}, socket)["status"]
@@ -37,13 +43,24 @@ def run(fraction: str, seconds: int, runtime_root: str, socket: str) -> int:
     runtime = _runtime_binary()
     _status(socket)  # fail early, with the daemon's own message, if it is not there
     container_id = f"flexai-demo-{os.getpid()}"
+    smi = _smi()
+    view = (
+        # What CUDA programs see: libflexai answers the driver calls. Ask for more than the
+        # slice holds, to show where it stops.
+        "echo '[container] what a CUDA program sees (flexai-smi):'; "
+        "flexai-smi --alloc \"$(awk -F= '$1==\"memory_limit\"{printf \"%dMiB\", $2/1048576+1024}' "
+        "/run/flexai/slice.conf)\" || true; "
+        if smi else "echo '[container] (flexai-smi is not built: no CUDA view)'; "
+    )
     script = (
         "echo '[container] started; my slice file says:'; cat /run/flexai/slice.conf; "
         "echo '[container] my card:'; ls -l /dev | grep -e flexai -e nvidia; "
-        f"env | grep ^FLEXAI_ | sort; sleep {int(seconds)}; echo '[container] done'"
+        f"env | grep ^FLEXAI_ | sort; {view}sleep {int(seconds)}; echo '[container] done'"
     )
     with tempfile.TemporaryDirectory(prefix="flexai-demo-") as tmp:
         bundle.make_bundle(Path(tmp), ["sh", "-c", script], env=[f"FLEXAI_FRACTION={fraction}"])
+        if smi and not bundle.add_host_programs(Path(tmp), [smi]):
+            click.echo("(this host's glibc layout is not Debian-style x86_64: no CUDA view in the demo)")
         cmd = [runtime, "--root", runtime_root, "run", "--bundle", tmp, container_id]
         env = dict(os.environ, FLEXAI_SOCKET=socket)
         click.echo(f"$ FLEXAI_FRACTION={fraction} {' '.join(cmd)}")

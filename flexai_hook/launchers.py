@@ -57,6 +57,14 @@ def install(bin_dir: str) -> list[str]:
             os.chmod(tmp, 0o755)
             os.replace(tmp, path)
             written.append(path)
+    smi = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib", "bin", "flexai-smi")
+    if os.path.exists(smi):  # the slice as programs see it; not on the start path, just a tool
+        path = os.path.join(bin_dir, "flexai-smi")
+        with open(smi, "rb") as src, open(path + ".tmp", "wb") as dst:
+            dst.write(src.read())
+        os.chmod(path + ".tmp", 0o755)
+        os.replace(path + ".tmp", path)
+        written.append(path)
     return written
 
 

@@ -71,8 +71,8 @@ if [ "$test" = 1 ]; then
 fi
 # flexai-runtime and flexai-hook run on every container start: C front doors + -I -S launchers.
 "$prefix/venv/bin/python" -m flexai_hook.launchers "$prefix/venv/bin" >/dev/null
-for cmd in flexai flexai-runtime flexai-hook flexaid; do
-  ln -sf "$prefix/venv/bin/$cmd" "/usr/local/bin/$cmd"
+for cmd in flexai flexai-runtime flexai-hook flexaid flexai-smi; do
+  if [ -e "$prefix/venv/bin/$cmd" ]; then ln -sf "$prefix/venv/bin/$cmd" "/usr/local/bin/$cmd"; fi
 done
 
 getent group flexai >/dev/null || groupadd --system flexai

@@ -49,4 +49,10 @@ def test_demo_end_to_end(daemon, tmp_path):
     assert "flexai-demo-" in during and "30%" in during
     assert "no slices reserved" in after
     assert "compute_limit=30" in out.stdout
+    # The container's CUDA view, through libflexai over the simulated driver: one card, its
+    # total the 30 % slice of the 16 GiB card, and the driver's refusal past it.
+    assert "CUDA driver API (driver 13.0): 1 device(s)" in out.stdout, out.stdout
+    assert "total 4.80 GiB" in out.stdout and "cuDeviceTotalMem 4.80 GiB" in out.stdout
+    assert "refused after" in out.stdout and "CUDA_ERROR_OUT_OF_MEMORY" in out.stdout
+    assert "NVML: 1 device(s)" in out.stdout
     assert daemon.slices() == []
