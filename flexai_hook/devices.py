@@ -1,4 +1,5 @@
-"""The cards on this host: a simulated backend described in the daemon's config, and NVML."""
+"""The cards on this host: a simulated backend described in the daemon's config, NVML and Ascend
+(flexai_hook/ascend.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class Card:
     name: str
     memory: int  # bytes
     device_paths: tuple[str, ...]
-    backend: str  # "simulated" or "nvml"
+    backend: str  # "simulated", "nvml" or "ascend"
 
 
 class InventoryError(RuntimeError):
@@ -42,15 +43,18 @@ def simulated_cards(described: Sequence[Mapping]) -> list[Card]:
             memory, share = parse_memory(memory)
             if memory is None:
                 raise InventoryError(f"simulated card {index}: memory must be a size, not a share")
+        if entry.get("kind") == "ascend":  # davinci-style nodes: the chip's, then the shared ones
+            from .ascend_nodes import davinci_paths
+
+            uuid = entry.get("uuid") or f"NPU-f1e0a100-0000-4000-8000-{index:012x}"
+            name = entry.get("name", "flexai simulated Ascend NPU")
+            paths = davinci_paths(entry.get("device") or f"/dev/flexai-sim-ascend/davinci{index}")
+        else:
+            uuid = entry.get("uuid") or f"GPU-f1e0a100-0000-4000-8000-{index:012x}"
+            name = entry.get("name", "flexai simulated GPU")
+            paths = (entry.get("device") or f"/dev/flexai-sim{index}",)
         cards.append(
-            Card(
-                index=index,
-                uuid=entry.get("uuid") or f"GPU-f1e0a100-0000-4000-8000-{index:012x}",
-                name=entry.get("name", "flexai simulated GPU"),
-                memory=memory,
-                device_paths=(entry.get("device") or f"/dev/flexai-sim{index}",),
-                backend="simulated",
-            )
+            Card(index=index, uuid=uuid, name=name, memory=memory, device_paths=paths, backend="simulated")
         )
     return cards
 
@@ -106,17 +110,27 @@ def nvml_cards() -> list[Card]:
 
 
 def discover(backend: str, simulated: Sequence[Mapping]) -> list[Card]:
-    """The inventory for the configured backend: `auto` prefers real cards, else simulated."""
+    """The inventory for the configured backend: `auto` prefers real cards (NVIDIA, then Ascend),
+    else the simulated ones."""
     if backend in ("auto", "nvml"):
         cards = nvml_cards()
         if cards or backend == "nvml":
             if not cards:
                 raise InventoryError("backend is nvml but NVML found no NVIDIA card")
             return cards
+    if backend in ("auto", "ascend"):
+        from .ascend import ascend_cards
+
+        cards, why = ascend_cards()
+        if cards:
+            return cards
+        if backend == "ascend":
+            raise InventoryError(f"backend is ascend but no Ascend chip was found: {why}")
+        log.info("no Ascend NPU (%s)", why)
     cards = simulated_cards(simulated)
     if not cards:
         raise InventoryError(
-            "no cards: NVML found none and the config describes no simulated cards "
+            "no cards: NVML and Ascend found none and the config describes no simulated cards "
             "(add simulated.cards to the daemon config)"
         )
     return cards

@@ -16,7 +16,7 @@ LIBRARY_IN_CONTAINER = "/usr/lib/flexai/libflexai.so"
 # simulated drivers' defaults, so processes with an emptied environment still find them).
 REGION_IN_CONTAINER = "/run/flexai/region"
 SIM_DIR_IN_CONTAINER = "/run/flexai/sim"
-SIM_LIBRARIES = ("libcuda.so.1", "libnvidia-ml.so.1")
+SIM_LIBRARIES = ("libcuda.so.1", "libnvidia-ml.so.1", "libascendcl.so")
 
 
 class LibraryMissing(FileNotFoundError):

@@ -79,9 +79,10 @@ def test_library_exports_only_driver_entry_points_and_dlsym(libs):
         pytest.skip("nm is not installed (binutils)")
     names = {line.split()[-1] for line in out.stdout.splitlines() if line.split()[1] in "TtWi"}
     assert "dlsym" in names and "cuMemAlloc_v2" in names and "nvmlDeviceGetMemoryInfo_v2" in names
-    assert all(n == "dlsym" or n.startswith(("cu", "nvml")) or n.startswith("_") for n in names), names
+    assert all(n == "dlsym" or n.startswith(("cu", "nvml", "acl")) or n.startswith("_") for n in names), names
     needed = subprocess.run(["readelf", "-d", str(libs["flexai"])], capture_output=True, text=True).stdout
     assert "libcuda" not in needed and "libnvidia-ml" not in needed and "libpython" not in needed
+    assert "libascendcl" not in needed
 
 
 def test_region_created_by_python_is_used_by_the_library(libs, tmp_path):
