@@ -144,6 +144,32 @@ def demo(fraction: str, seconds: int, runtime_root: str, socket: str) -> None:
     sys.exit(code)
 
 
+@main.group("slice")
+def slice_group() -> None:
+    """Change a running slice."""
+
+
+@slice_group.command("set")
+@click.argument("container")
+@click.option("--compute", type=click.IntRange(1, 100), default=None, help="New compute share, percent of the card.")
+@click.option("--pause", "pause", flag_value=True, default=None, help="Hold the slice's kernel launches.")
+@click.option("--resume", "pause", flag_value=False, help="Let a paused slice launch again.")
+@_socket_option
+def slice_set(container: str, compute: int | None, pause: bool | None, socket: str) -> None:
+    """Set CONTAINER's compute share, or pause/resume it; the library obeys within one control period."""
+    if compute is None and pause is None:
+        raise click.UsageError("give --compute N, --pause or --resume")
+    message: dict = {"op": "update", "container_id": container}
+    if compute is not None:
+        message["compute"] = compute
+    if pause is not None:
+        message["paused"] = pause
+    reply = _call(message, socket)
+    r = reply["reservation"]
+    state = "" if pause is None else (", paused" if pause else ", resumed")
+    click.echo(f"{container}: slice {r['slice_id']} on card {r['card_index']}, {r['compute']}% compute{state}")
+
+
 @main.command("library-path")
 def library_path() -> None:
     """Print the absolute path of libflexai.so, for use outside containers:

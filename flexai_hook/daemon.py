@@ -7,6 +7,7 @@ loop around it is in server.py, the service-manager glue in supervisor.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from .request import Request
 log = logging.getLogger("flexaid")
 
 DEFAULT_CONFIG = "/etc/flexai/flexaid.json"
-OPS = ("reserve", "release", "status")
+OPS = ("reserve", "release", "status", "update")
 # Where engines keep runc state, for `flexai recover` and reconciliation of reservations that
 # did not record their runtime: runc's default, Docker's, containerd's (k8s.io and default).
 DEFAULT_RUNTIME_ROOTS = (
@@ -147,7 +148,7 @@ class Service:
             "slice_id": reservation.slice_id, "device_uuid": reservation.card_uuid,
             "device_index": reservation.card_index, "card_memory": reservation.card_memory,
             "memory_limit": reservation.memory_bytes, "compute_limit": reservation.compute,
-            "priority": reservation.priority,
+            "priority": reservation.priority, "compute_mode": reservation.compute_mode,
         }
         if simulated:
             from . import simcards
@@ -159,6 +160,13 @@ class Service:
             if not conf.exists() or conf.read_text() != text:
                 simcards.write_sim_dir(sim_dir, self.cards)
         region.create_region(Path(reservation.slice_dir) / "region", limits)
+        # the card boards every sliced container of this host mounts (libflexai/controller.h)
+        from .spec import board_dir_for
+
+        boards = board_dir_for(self.config.slices_dir)
+        if not os.path.isdir(boards):
+            os.makedirs(boards, exist_ok=True)
+            os.chmod(boards, 0o1777)  # containers of any uid create their card's board
 
     def commit(self) -> str | None:
         """Write the ledger if it changed. None on success, else the error (and all is undone)."""
@@ -199,7 +207,40 @@ class Service:
             # From a poststop hook the id comes inside the OCI state it forwards.
             cid = message["container_id"] if "container_id" in message else message["state"]["id"]
             return self._release(cid)
+        if op == "update":
+            return self._update(message["container_id"], message.get("compute"), message.get("paused"))
         return {"ok": True, "status": self.status()}
+
+    def _update(self, container_id: str, compute: int | None, paused: bool | None) -> dict:
+        """Change a running slice's compute share and/or pause it: the ledger (so placement
+        stays honest), slice.conf and the region (the library obeys at its next launch)."""
+        current = self.ledger.reservations.get(container_id)
+        if current is None:
+            return {"ok": False, "error": f"no slice is reserved for container {container_id}"}
+        updated = current
+        if compute is not None and compute != current.compute:
+            _, used = self.ledger.used(current.card_index)
+            if used - current.compute + compute > 100:
+                return {"ok": False, "error": (
+                    f"card {current.card_index} has {100 - used + current.compute}% compute free for "
+                    f"{container_id}, {compute}% asked")}
+            from .record import replace as record_replace
+
+            updated = record_replace(current, compute=compute)
+            self.ledger = dataclasses.replace(
+                self.ledger, reservations={**self.ledger.reservations, container_id: updated})
+            self._write_slice_files(updated)  # slice.conf and the region's share (generation bumped)
+        if paused is not None:
+            from . import region
+
+            try:
+                region.set_compute(Path(updated.slice_dir) / "region", paused=paused)
+            except (OSError, ValueError) as exc:
+                return {"ok": False, "error": f"cannot pause slice {updated.slice_id}: {exc}"}
+        log.info("updated slice %s of %s: %d%% compute%s", updated.slice_id, container_id, updated.compute,
+                 "" if paused is None else (", paused" if paused else ", resumed"),
+                 extra=supervisor.fields(container_id, updated.slice_id, updated.card_uuid))
+        return {"ok": True, "reservation": updated.to_json()}
 
     def _reserve(self, container_id: str, request: Request, runtime: dict) -> dict:
         try:

@@ -164,6 +164,7 @@ def reserve(
         request=request.to_json(),
         runtime=dict(runtime or {}),
         backend=card.backend,
+        compute_mode=request.compute_mode,
     )
     return replace(ledger, reservations={**ledger.reservations, container_id: reservation}), reservation
 

@@ -234,7 +234,17 @@ class RegionView:
     paused: bool
     generation: int
     busy_ns_total: int
+    window_busy_ns: int = 0  # device time of the last full measured-share window (compute.reserved[0])
+    window_ns: int = 0  # its length (compute.reserved[1]); 0: none yet
     processes_list: list[ProcessView] = field(default_factory=list)
+
+    @property
+    def share_percent(self) -> float | None:
+        """Measured share of the card's time over the last full window (about 1 s), from the
+        device time the slice's processes measured; None before the first window closed."""
+        if not self.window_ns:
+            return None
+        return round(100.0 * self.window_busy_ns / self.window_ns, 1)
 
     @property
     def live(self) -> list[ProcessView]:
@@ -263,8 +273,11 @@ class RegionView:
             "launches": self.launches,
             "oom_rejections": self.oom_rejections,
             "compute_limit": self.compute_limit,
+            "compute_mode": "hard" if self.compute_mode == MODES["hard"] else "work-conserving",
             "paused": self.paused,
         }
+        if self.share_percent is not None:
+            data["share_percent"] = self.share_percent
         busy = self.busy_ns_total or (self.busy_ns_retired + sum(p.busy_ns for p in self.processes_list))
         if busy:
             data["busy_seconds"] = busy / 1e9
@@ -312,6 +325,8 @@ def read_region(path: str | os.PathLike) -> RegionView:
             paused=bool(r.compute.paused),
             generation=r.compute.generation,
             busy_ns_total=r.compute.busy_ns_total,
+            window_busy_ns=r.compute.reserved[0],
+            window_ns=r.compute.reserved[1],
             processes_list=procs,
         )
         del r
@@ -335,3 +350,38 @@ def set_paused(path: str | os.PathLike, paused: bool) -> None:
     finally:
         mm.close()
         os.close(fd)
+
+
+def set_compute(path: str | os.PathLike, *, limit_percent: int | None = None, mode: str | int | None = None,
+                priority: str | int | None = None, paused: bool | None = None) -> int:
+    """Change a running slice's share, mode, priority or pause in its region and bump
+    `generation`; the library obeys at its next launch (within one control period for a
+    thread that waits). Returns the new generation. ValueError when `path` is not a region or
+    a value is out of range."""
+    if limit_percent is not None and not 1 <= int(limit_percent) <= 100:
+        raise ValueError(f"compute share {limit_percent!r} is not a percentage in 1..100")
+    if isinstance(mode, str) and mode not in MODES:
+        raise ValueError(f"compute mode {mode!r} is not one of {', '.join(MODES)}")
+    if isinstance(priority, str) and priority not in PRIORITIES:
+        raise ValueError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+    opened = _open_valid(Path(path))
+    if opened is None:
+        raise ValueError(f"{path} is not a flexai region")
+    fd, mm = opened
+    try:
+        r = ffi().cast("struct flexai_region *", ffi().from_buffer(mm))
+        if limit_percent is not None:
+            r.compute.limit_percent = int(limit_percent)
+        if mode is not None:
+            r.compute.mode = MODES[mode] if isinstance(mode, str) else int(mode)
+        if priority is not None:
+            r.compute.priority = PRIORITIES[priority] if isinstance(priority, str) else int(priority)
+        if paused is not None:
+            r.compute.paused = 1 if paused else 0
+        r.compute.generation += 1  # after the values: readers see the change with the new generation
+        generation = int(r.compute.generation)
+        del r
+    finally:
+        mm.close()
+        os.close(fd)
+    return generation

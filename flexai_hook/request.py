@@ -19,6 +19,8 @@ ENV_PREFIX = "FLEXAI_"
 ANNOTATION_PREFIX = "flexai.io/"
 PRIORITIES = ("high", "normal", "low")
 DEFAULT_PRIORITY = "normal"
+COMPUTE_MODES = ("work-conserving", "hard")
+DEFAULT_COMPUTE_MODE = "work-conserving"
 
 # Suffix -> multiplier. Binary everywhere, as Docker's --memory does (there "1g" is 1 GiB too).
 _UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -98,6 +100,7 @@ class Request:
     compute: int | None = None  # percent of the card's compute, 1..100
     device: str | None = None  # pin: card index or UUID
     priority: str = DEFAULT_PRIORITY
+    compute_mode: str = DEFAULT_COMPUTE_MODE  # hard: capped at the share even on an idle card
 
     def resolve(self, card_memory: int) -> tuple[int, int]:
         """Memory bytes and compute percent this request takes on a card of `card_memory` bytes.
@@ -134,6 +137,7 @@ class Request:
                 ("compute", self.compute),
                 ("device", self.device),
                 ("priority", self.priority),
+                ("compute_mode", None if self.compute_mode == DEFAULT_COMPUTE_MODE else self.compute_mode),
             )
             if value is not None
         }
@@ -157,6 +161,8 @@ class Request:
             fields["device"] = self.device
         if self.priority != DEFAULT_PRIORITY:
             fields["priority"] = self.priority
+        if self.compute_mode != DEFAULT_COMPUTE_MODE:
+            fields["compute_mode"] = self.compute_mode
         return fields
 
 
@@ -219,6 +225,7 @@ def parse_fields(fields: Mapping[str, str], sources: Mapping[str, str] | None = 
         compute=int(values["compute"].rstrip("%")) if "compute" in values else None,
         device=values.get("device"),
         priority=values.get("priority", DEFAULT_PRIORITY),
+        compute_mode=values.get("compute_mode", DEFAULT_COMPUTE_MODE),
     )
 
 

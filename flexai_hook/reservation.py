@@ -24,6 +24,7 @@ class Reservation:
     request: Mapping = {}  # the request as sent, for status and audits
     runtime: Mapping = {}  # {"binary", "root"} of the OCI runtime that runs it, for reconciliation
     backend: str = ""  # the card's device backend ("simulated", "nvml"); "" when not recorded
+    compute_mode: str = "work-conserving"  # or "hard": capped at the share even on an idle card
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -51,5 +52,6 @@ class Reservation:
             f"memory_limit={self.memory_bytes}",
             f"compute_limit={self.compute}",
             f"priority={self.priority}",
+            f"compute_mode={self.compute_mode}",
         ]
         return "\n".join(lines) + "\n"

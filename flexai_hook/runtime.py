@@ -179,7 +179,7 @@ def slice_container(
         nodes = tuple(device_node(path) for path in reservation.device_paths)
         hook_env = (f"FLEXAI_SOCKET={socket}",) if socket else ()
         hook = spec_mod.Hook(path=hook_binary(), args=("flexai-hook", "poststop"), env=hook_env)
-        edited = spec_mod.apply(spec, spec_mod.injection_for(reservation, nodes, hook))
+        edited = spec_mod.apply(spec, spec_mod.injection_for(reservation, nodes, hook, settings=settings))
         from .atomicfile import write_atomically
 
         st = os.stat(config_path)

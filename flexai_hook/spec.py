@@ -11,6 +11,7 @@ import copy
 import os
 
 from . import library
+from .ascend_nodes import visible_devices_env
 from .record import record
 from .reservation import Reservation
 
@@ -55,13 +56,40 @@ class Injection:
     poststop: tuple[Hook, ...] = ()
 
 
+# The card boards (libflexai/controller.h): one file per card, shared by the slices of every
+# container on it, so their compute controllers see each other.
+BOARD_DIR_IN_CONTAINER = "/run/flexai/boards"
+
+
+def board_dir_for(slices_dir: str) -> str:
+    """The host's card-board directory beside flexaid's slices dir (/run/flexai/boards for the
+    default /run/flexai/slices); flexaid creates it."""
+    return os.path.join(os.path.dirname(os.path.normpath(slices_dir)), "boards")
+
+
 def injection_for(
-    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None = None
+    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None = None,
+    settings: dict | None = None,
 ) -> Injection:
     """What a reservation puts into the container: its card, its slice files, the preload
-    library with the /etc/ld.so.preload that names it, the slice's region, its release hook;
-    on a simulated backend also the simulated driver libraries where the NVIDIA toolkit puts
-    the real ones. `lib` overrides the library's host path (default: the built one)."""
+    library with the /etc/ld.so.preload that names it, the slice's region, the card boards,
+    its release hook; on a simulated backend also the simulated driver libraries where the
+    NVIDIA toolkit puts the real ones. `lib` overrides the library's host path (default: the
+    built one). `settings` is the runtime config (/etc/flexai/runtime.json): with
+    `"compute_backend": "mps"` the compute share is handed to NVIDIA MPS (flexai_hook/mps.py)."""
+    injection = _injection(reservation, devices, hook, lib)
+    if settings:
+        from . import mps
+
+        config = mps.mps_config(settings)
+        if config is not None:
+            injection = mps.merge(injection, mps.injection(reservation, config))
+    return injection
+
+
+def _injection(
+    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None
+) -> Injection:
     slice_dir = reservation.slice_dir
     mounts = [
         Mount(f"{slice_dir}/slice.conf", SLICE_FILE_IN_CONTAINER),
@@ -76,7 +104,9 @@ def injection_for(
         ("FLEXAI_DEVICE_UUID", reservation.card_uuid),
         ("FLEXAI_MEMORY_LIMIT", str(reservation.memory_bytes)),
         ("FLEXAI_COMPUTE_LIMIT", str(reservation.compute)),
+        ("FLEXAI_BOARD_DIR", BOARD_DIR_IN_CONTAINER),
     ]
+    mounts.append(Mount(board_dir_for(os.path.dirname(slice_dir)), BOARD_DIR_IN_CONTAINER, read_only=False))
     if reservation.backend == "simulated":
         driver_dir = library.driver_dir_in_container()
         for name in library.SIM_LIBRARIES:
@@ -84,6 +114,8 @@ def injection_for(
         sim_dir = library.sim_dir_for(os.path.dirname(slice_dir))
         mounts.append(Mount(sim_dir, library.SIM_DIR_IN_CONTAINER, read_only=False))
         env.append(("FLEXAI_SIM_DIR", library.SIM_DIR_IN_CONTAINER))
+    # Ascend chips: pin a chained Huawei Ascend runtime to the slice's chip (docs/ascend.md).
+    env.extend(visible_devices_env(reservation.device_paths))
     return Injection(devices=devices, mounts=tuple(mounts), env=tuple(env), poststop=(hook,))
 
 

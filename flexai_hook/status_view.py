@@ -46,6 +46,10 @@ def render(status: dict, socket: str, now: float | None = None) -> str:
                     live.append(f"{usage['launches']} kernel launches")
                 if "busy_seconds" in usage:
                     live.append(f"{usage['busy_seconds']:.1f}s busy")
+                if "share_percent" in usage:
+                    live.append(f"{usage['share_percent']:.1f}% of the card (measured)")
+                if usage.get("paused"):
+                    live.append("paused")
                 lines.append("      " + ", ".join(live))
     if not any(card["slices"] for card in status["cards"]):
         lines.append("no slices reserved")

@@ -1,59 +1,492 @@
-/* Compute: the launch entry points and the gate every launch passes.
+/* Compute: the launch entry points, the gate every launch passes, and device-time measurement.
  *
  * Each launch wrapper does three things: pass the gate, call the driver, count the launch.
- * The fast path is a few loads and one relaxed add to this process's own slot (a cache
- * line no other process writes): no lock, no system call.
+ * The gate runs the compute controller (controller.c, docs/compute.md) against the card
+ * board of the slice's card and the region's compute block; this file reads the clock,
+ * records events around launch batches through the real driver, feeds the measured device
+ * time to the controller and sleeps when told.
  *
- * flexai_compute_gate() is the seam for the compute controller (issue 6): today it only
- * holds launches while the daemon has paused the slice; the controller will decide there
- * whether the slice may launch now (its share, mode, priority and measured device time
- * live in region->compute) and record device time for the launch.
+ * Fast path (the slice holds the card's turn, nobody waits, little queued, same stream, no
+ * daemon change): a few thread-local and shared loads, no clock read, no lock, no system call.
+ * Per-thread state only (thread-local), so threads never contend in this file.
  */
 #include "flexai.h"
+#include "controller.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+typedef struct CUevent_st *CUevent;
+#define CUDA_ERROR_NOT_READY 600
+#define FX_STREAM_PER_THREAD ((CUstream)0x2)
+#define BATCH_MAX 64     /* launches per measured batch while running alone */
+#define RING 64          /* closed batches in flight per thread */
+#define POOL 160
+
+static struct {
+    pthread_once_t once;
+    int enabled;             /* 1: the controller runs; 0: only the pause gate */
+    struct flexai_board *board;
+    int slot;
+    uint64_t key;
+    CUresult (*ev_create)(CUevent *, unsigned int);
+    CUresult (*ev_record)(CUevent, CUstream);
+    CUresult (*ev_query)(CUevent);
+    CUresult (*ev_sync)(CUevent);
+    CUresult (*ev_elapsed)(float *, CUevent, CUevent);
+    CUresult (*ev_destroy)(CUevent);
+    CUresult (*ctx_current)(CUcontext *);
+} G = {PTHREAD_ONCE_INIT, 0, NULL, -1, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+
+struct batch {
+    CUevent start, end;
+    uint32_t launches;
+    int end_borrowed;        /* the next batch starts at this one's end event */
+    CUstream stream;
+};
+
+struct tstate {
+    int ready;               /* 0 not yet, 1 ready, -1 this thread cannot measure */
+    struct flexai_ctl_proc p;
+    CUcontext ctx;
+    struct batch ring[RING];
+    unsigned head, tail;
+    CUstream open_stream;
+    CUevent open_start;
+    uint32_t open_n;
+    int open_borrowed;       /* open_start is the previous batch's end */
+    int fast;                /* the last gate said: alone, holder, full cap */
+    uint64_t fast_turn;      /* the turn word when fast was set */
+    uint64_t fast_gen;
+    uint64_t cap_ns;
+    CUevent pool[POOL];
+    int npool;
+};
+
+/* One pointer of initial-exec TLS (no __tls_get_addr call on the launch path; 8 bytes fit the
+ * static TLS reserve even when the library is dlopen'd); the state itself is on the heap. */
+static __thread struct tstate *TP __attribute__((tls_model("initial-exec")));
+
+static struct tstate *tstate_slow(void)
+{
+    struct tstate *t = calloc(1, sizeof *t);
+    if (t)
+        TP = t;
+    return t;
+}
+
+static uint64_t now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ns(uint64_t ns)
+{
+    if (ns > 1000000)
+        ns = 1000000;
+    if (ns < 20000)
+        ns = 20000;
+    struct timespec ts = {0, (long)ns};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+        ;
+}
+
+/* ---- the card board ------------------------------------------------------------------ */
+
+static struct flexai_board *board_open(struct flexai_region *r)
+{
+    const char *dir = getenv("FLEXAI_BOARD_DIR");
+    char path[600];
+    char name[128];
+    if (r->device_uuid[0]) {
+        size_t n = 0;
+        for (const char *s = r->device_uuid; *s && n + 1 < sizeof name; s++)
+            name[n++] = (*s == '/' ? '_' : *s);
+        name[n] = 0;
+    } else {
+        snprintf(name, sizeof name, "card%d", r->device_index);
+    }
+    if (!dir || !*dir) {
+        struct stat st;
+        dir = stat(FLEXAI_BOARD_DIR, &st) == 0 && S_ISDIR(st.st_mode) &&
+                      access(FLEXAI_BOARD_DIR, W_OK) == 0
+                  ? FLEXAI_BOARD_DIR
+                  : "/dev/shm";
+    }
+    if (strcmp(dir, "/dev/shm") == 0)
+        snprintf(path, sizeof path, "/dev/shm/flexai-board-%s", name);
+    else
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+    mode_t old = umask(0);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
+    umask(old);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (st.st_size < (off_t)sizeof(struct flexai_board) &&
+                                ftruncate(fd, sizeof(struct flexai_board)) != 0)) {
+        close(fd);
+        return NULL;
+    }
+    void *m = mmap(NULL, sizeof(struct flexai_board), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return NULL;
+    struct flexai_board *b = m;
+    uint64_t magic = __atomic_load_n(&b->magic, __ATOMIC_ACQUIRE);
+    if (magic == 0)
+        flexai_board_init(b); /* idempotent: zeroed fields, magic stored last */
+    else if (magic != FLEXAI_BOARD_MAGIC || b->version != FLEXAI_BOARD_VERSION) {
+        munmap(m, sizeof(struct flexai_board));
+        return NULL;
+    }
+    return b;
+}
+
+/* A forked child starts with no batches: the parent's events belong to the parent's context. */
+static void compute_child_after_fork(void)
+{
+    if (TP)
+        memset(TP, 0, sizeof *TP);
+}
+
+static void compute_init(void)
+{
+    struct flexai_region *r = __atomic_load_n(&flexai_P.region, __ATOMIC_ACQUIRE);
+    if (!r)
+        return;
+    const char *by = getenv("FLEXAI_COMPUTE_BY");
+    if (by && strcmp(by, "mps") == 0)
+        return; /* MPS partitions the card; libflexai only keeps memory and pause */
+    const char *mode = getenv("FLEXAI_COMPUTE_MODE");
+    if (mode && strcmp(mode, "hard") == 0 &&
+        __atomic_load_n(&r->compute.mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD &&
+        (r->flags & FLEXAI_REGION_F_CREATED_BY_LIBRARY)) {
+        __atomic_store_n(&r->compute.mode, FLEXAI_MODE_HARD, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&r->compute.generation, 1, __ATOMIC_RELEASE);
+    }
+    *(void **)&G.ev_create = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventCreate");
+    *(void **)&G.ev_record = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventRecord");
+    *(void **)&G.ev_query = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventQuery");
+    *(void **)&G.ev_sync = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventSynchronize");
+    *(void **)&G.ev_elapsed = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventElapsedTime");
+    *(void **)&G.ev_destroy = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventDestroy_v2");
+    *(void **)&G.ctx_current = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetCurrent");
+    if (!G.ev_create || !G.ev_record || !G.ev_query || !G.ev_sync || !G.ev_elapsed ||
+        !G.ev_destroy || !G.ctx_current) {
+        flexai_warn("flexai: the driver lacks the event API; compute share not enforced");
+        return;
+    }
+    G.board = board_open(r);
+    if (!G.board) {
+        flexai_warn("flexai: no card board for the slice's card; compute share not enforced");
+        return;
+    }
+    /* the slice: its id, or outside containers the region every process of the tree maps */
+    G.key = flexai_ctl_key(r->slice_id[0] ? r->slice_id : flexai_P.cfg.region_path);
+    G.slot = flexai_board_join(G.board, G.key, __atomic_load_n(&r->compute.limit_percent, __ATOMIC_RELAXED),
+                               __atomic_load_n(&r->compute.priority, __ATOMIC_RELAXED), now_mono());
+    if (G.slot < 0) {
+        flexai_warn("flexai: the card board is full; compute share not enforced");
+        return;
+    }
+    pthread_atfork(NULL, NULL, compute_child_after_fork);
+    __atomic_store_n(&G.enabled, 1, __ATOMIC_RELEASE);
+}
+
+/* ---- events and batches ---------------------------------------------------------------- */
+
+static CUevent ev_get(struct tstate *t)
+{
+    if (t->npool > 0)
+        return t->pool[--t->npool];
+    CUevent e = NULL;
+    if (G.ev_create(&e, 0) != CUDA_SUCCESS)
+        return NULL;
+    return e;
+}
+
+static void ev_put(struct tstate *t, CUevent e)
+{
+    if (!e)
+        return;
+    if (t->npool < POOL)
+        t->pool[t->npool++] = e;
+    else
+        G.ev_destroy(e);
+}
+
+static void charge_batch(struct tstate *t, struct batch *b, uint64_t now)
+{
+    float ms = 0;
+    uint64_t ns = 0;
+    if (G.ev_elapsed(&ms, b->start, b->end) == CUDA_SUCCESS && ms > 0)
+        ns = (uint64_t)((double)ms * 1e6);
+    flexai_ctl_charge(G.board, &flexai_P.region->compute, &t->p, ns, b->launches, now);
+    struct flexai_proc *me = flexai_P.me;
+    if (me)
+        __atomic_fetch_add(&me->busy_ns, ns, __ATOMIC_RELAXED);
+    ev_put(t, b->start);
+    if (!b->end_borrowed)
+        ev_put(t, b->end);
+}
+
+/* Completed batches, oldest first, without blocking. */
+static void harvest(struct tstate *t, uint64_t now)
+{
+    while (t->tail != t->head) {
+        struct batch *b = &t->ring[t->tail % RING];
+        if (G.ev_query(b->end) != CUDA_SUCCESS)
+            break;
+        t->tail++;
+        charge_batch(t, b, now);
+    }
+}
+
+/* Waits (polling, so the slice keeps its heartbeat on the board) until batch idx completed. */
+static void wait_batch(struct tstate *t, unsigned idx)
+{
+    CUevent e = t->ring[idx % RING].end;
+    for (;;) {
+        CUresult rc = G.ev_query(e);
+        if (rc != CUDA_ERROR_NOT_READY)
+            break;
+        uint64_t now = now_mono();
+        flexai_ctl_launched(G.board, &t->p, 0, now + flexai_ctl_inflight_ns(&t->p), now);
+        struct timespec ts = {0, 30000};
+        nanosleep(&ts, NULL);
+    }
+    harvest(t, now_mono());
+}
+
+static void close_open(struct tstate *t)
+{
+    if (!t->open_start)
+        return;
+    if (t->open_n == 0) {
+        if (!t->open_borrowed)
+            ev_put(t, t->open_start);
+        else if (t->head != t->tail)
+            t->ring[(t->head - 1) % RING].end_borrowed = 0;
+        t->open_start = NULL;
+        return;
+    }
+    if (t->head - t->tail >= RING)
+        wait_batch(t, t->tail);
+    CUevent end = ev_get(t);
+    if (!end || G.ev_record(end, t->open_stream) != CUDA_SUCCESS) {
+        /* cannot measure this batch: count it as its estimate */
+        flexai_ctl_charge(G.board, &flexai_P.region->compute, &t->p,
+                          t->open_n * (t->p.est_launch_ns ? t->p.est_launch_ns : 0), t->open_n, now_mono());
+        if (!t->open_borrowed)
+            ev_put(t, t->open_start);
+        ev_put(t, end);
+    } else {
+        struct batch *b = &t->ring[t->head % RING];
+        b->start = t->open_start;
+        b->end = end;
+        b->launches = t->open_n;
+        b->end_borrowed = 0;
+        b->stream = t->open_stream;
+        t->head++;
+    }
+    t->open_start = NULL;
+    t->open_n = 0;
+}
+
+/* Before a launch on `stream`: make sure a batch is open there with its start marked. */
+static int open_batch(struct tstate *t, CUstream stream)
+{
+    if (t->open_start && t->open_stream == stream)
+        return 0;
+    close_open(t);
+    if (t->head != t->tail) {
+        struct batch *prev = &t->ring[(t->head - 1) % RING];
+        if (prev->stream == stream && G.ev_query(prev->end) == CUDA_ERROR_NOT_READY) {
+            /* the stream is still busy with the previous batch: this one starts at its end */
+            prev->end_borrowed = 1;
+            t->open_start = prev->end;
+            t->open_borrowed = 1;
+            t->open_stream = stream;
+            return 0;
+        }
+    }
+    CUevent s = ev_get(t);
+    if (!s || G.ev_record(s, stream) != CUDA_SUCCESS) {
+        ev_put(t, s);
+        return -1;
+    }
+    t->open_start = s;
+    t->open_borrowed = 0;
+    t->open_stream = stream;
+    return 0;
+}
+
+static void drain(struct tstate *t)
+{
+    close_open(t);
+    if (t->head != t->tail)
+        wait_batch(t, t->head - 1);
+    harvest(t, now_mono());
+}
+
+static int thread_ready(struct tstate *t)
+{
+    if (likely(t->ready))
+        return t->ready > 0;
+    CUcontext ctx = NULL;
+    if (G.ctx_current(&ctx) != CUDA_SUCCESS || !ctx) {
+        return 0; /* no context yet: the launch will fail anyway; try again next time */
+    }
+    memset(&t->p, 0, sizeof t->p);
+    t->p.slot = G.slot;
+    t->p.key = G.key;
+    t->p.last_generation = __atomic_load_n(&flexai_P.region->compute.generation, __ATOMIC_ACQUIRE);
+    t->ctx = ctx;
+    t->ready = 1;
+    return 1;
+}
+
+/* The full gate: returns once this thread may launch on `stream`. */
+static void gate_slow(struct flexai_region *r, struct tstate *t, CUstream stream)
+{
+    for (;;) {
+        uint64_t now = now_mono();
+        harvest(t, now);
+        struct flexai_ctl_decision d = flexai_ctl_gate(G.board, &r->compute, &t->p, now);
+        if (d.action == FLEXAI_CTL_GO) {
+            if (t->p.inflight_launches && flexai_ctl_inflight_ns(&t->p) >= d.inflight_cap_ns) {
+                close_open(t);
+                if (t->head != t->tail)
+                    wait_batch(t, t->tail);
+                else
+                    t->p.inflight_launches = 0; /* nothing measurable is in flight */
+                continue;
+            }
+            flexai_ctl_launched(G.board, &t->p, 0,
+                                now + flexai_ctl_inflight_ns(&t->p) + t->p.est_launch_ns, now);
+            t->cap_ns = d.inflight_cap_ns;
+            t->fast_turn = __atomic_load_n(&G.board->turn, __ATOMIC_RELAXED);
+            t->fast_gen = t->p.last_generation;
+            t->fast = d.inflight_cap_ns == FLEXAI_CTL_NO_CAP &&
+                      (int)(t->fast_turn & 0xff) - 1 == G.slot &&
+                      __atomic_load_n(&G.board->waiting, __ATOMIC_RELAXED) == 0 &&
+                      __atomic_load_n(&r->compute.mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD;
+            if (open_batch(t, stream) != 0)
+                t->fast = 0;
+            return;
+        }
+        t->fast = 0;
+        if (d.action == FLEXAI_CTL_WAIT) {
+            close_open(t);
+            sleep_ns(d.wait_ns);
+            continue;
+        }
+        drain(t);
+        flexai_ctl_release(G.board, &t->p, now_mono());
+    }
+}
+
+static inline void compute_gate(struct flexai_region *r, CUstream stream)
+{
+    if (unlikely(!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE))) {
+        pthread_once(&G.once, compute_init);
+        if (!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE)) {
+            /* controller off (MPS mode, no board): only the daemon's pause holds launches */
+            if (unlikely(__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED)))
+                flexai_compute_gate_slow(r, stream);
+            return;
+        }
+    }
+    struct tstate *t = TP;
+    if (unlikely(t == NULL) && (t = tstate_slow()) == NULL)
+        return;
+    if (unlikely(!thread_ready(t)))
+        return;
+    /* fast path: alone on the card with the turn, same stream, room in the batch and queue */
+    if (likely(t->fast) && t->open_stream == stream && t->open_start && t->open_n + 1 < BATCH_MAX &&
+        (uint64_t)(t->open_n + 1) * (t->p.est_launch_ns ? t->p.est_launch_ns : FLEXAI_CTL_INFLIGHT_NS / 8) <
+            t->cap_ns / 4 &&
+        __atomic_load_n(&G.board->turn, __ATOMIC_RELAXED) == t->fast_turn &&
+        __atomic_load_n(&G.board->waiting, __ATOMIC_RELAXED) == 0 &&
+        __atomic_load_n(&r->compute.generation, __ATOMIC_RELAXED) == t->fast_gen &&
+        !__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED) &&
+        flexai_ctl_inflight_ns(&t->p) < t->cap_ns)
+        return;
+    close_open(t); /* the batch is full (or the slice no longer runs alone): measure it */
+    gate_slow(r, t, stream);
+}
 
 void flexai_compute_gate_slow(struct flexai_region *r, CUstream stream)
 {
     (void)stream;
-    /* Paused by the daemon: wait until it resumes the slice (checked every millisecond). */
+    /* Paused by the daemon (controller off): wait until it resumes the slice. */
     while (__atomic_load_n(&r->compute.paused, __ATOMIC_ACQUIRE)) {
         struct timespec ts = {0, 1000000L};
         nanosleep(&ts, NULL);
     }
 }
 
-static inline void flexai_compute_gate(struct flexai_region *r, CUstream stream)
+/* After a launch the gate let through. */
+static inline void compute_after(CUresult rc)
 {
-    if (unlikely(__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED)))
-        flexai_compute_gate_slow(r, stream);
+    if (!G.enabled)
+        return;
+    struct tstate *t = TP;
+    if (!t || t->ready <= 0 || !t->open_start)
+        return;
+    if (rc != CUDA_SUCCESS)
+        return;
+    t->open_n++;
+    if (t->fast) {
+        t->p.inflight_launches++;
+        return;
+    }
+    uint64_t now = now_mono();
+    flexai_ctl_launched(G.board, &t->p, 1, now + flexai_ctl_inflight_ns(&t->p) + t->p.est_launch_ns, now);
+    if (!t->fast)
+        close_open(t); /* throttled or contended: measure every launch */
 }
 
 /* The region when this launch is the slice's, NULL when passing through. */
-static inline struct flexai_region *launch_begin(CUstream stream)
+static inline struct flexai_region *launch_begin(CUstream stream, int ptsz)
 {
     struct flexai_region *r = __atomic_load_n(&flexai_P.region, __ATOMIC_ACQUIRE);
     if (unlikely(r == NULL)) {
         if (!flexai_enforcing() || (r = flexai_attach_slow()) == NULL)
             return NULL;
     }
-    flexai_compute_gate(r, stream);
+    if (ptsz && stream == NULL)
+        stream = FX_STREAM_PER_THREAD;
+    compute_gate(r, stream);
     return r;
 }
 
 static inline void launch_end(struct flexai_region *r, CUresult rc)
 {
     struct flexai_proc *me = flexai_P.me;
-    if (r != NULL && rc == CUDA_SUCCESS && me != NULL)
-        __atomic_fetch_add(&me->launches, 1, __ATOMIC_RELAXED);
+    if (r != NULL) {
+        compute_after(rc);
+        if (rc == CUDA_SUCCESS && me != NULL)
+            __atomic_fetch_add(&me->launches, 1, __ATOMIC_RELAXED);
+    }
 }
 
-#define LAUNCH_WRAPPER(name, stream, call)                                                   \
+#define LAUNCH_WRAPPER(name, stream, ptsz, call)                                             \
     {                                                                                        \
         __typeof__(&name) real = REAL(name);                                                 \
         if (unlikely(!real))                                                                 \
             return CUDA_ERROR_NOT_INITIALIZED;                                               \
-        struct flexai_region *r = launch_begin(stream);                                      \
+        struct flexai_region *r = launch_begin(stream, ptsz);                                \
         CUresult rc = call;                                                                  \
         launch_end(r, rc);                                                                   \
         return rc;                                                                           \
@@ -62,37 +495,37 @@ static inline void launch_end(struct flexai_region *r, CUresult rc)
 #define KERNEL_ARGS f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams
 
 CUresult fx_cuLaunchKernel(FLEXAI_LAUNCH_ARGS, void **extra)
-LAUNCH_WRAPPER(cuLaunchKernel, hStream, real(KERNEL_ARGS, extra))
+LAUNCH_WRAPPER(cuLaunchKernel, hStream, 0, real(KERNEL_ARGS, extra))
 FLEXAI_ALIAS(cuLaunchKernel);
 
 CUresult fx_cuLaunchKernel_ptsz(FLEXAI_LAUNCH_ARGS, void **extra)
-LAUNCH_WRAPPER(cuLaunchKernel_ptsz, hStream, real(KERNEL_ARGS, extra))
+LAUNCH_WRAPPER(cuLaunchKernel_ptsz, hStream, 1, real(KERNEL_ARGS, extra))
 FLEXAI_ALIAS(cuLaunchKernel_ptsz);
 
 CUresult fx_cuLaunchCooperativeKernel(FLEXAI_LAUNCH_ARGS)
-LAUNCH_WRAPPER(cuLaunchCooperativeKernel, hStream, real(KERNEL_ARGS))
+LAUNCH_WRAPPER(cuLaunchCooperativeKernel, hStream, 0, real(KERNEL_ARGS))
 FLEXAI_ALIAS(cuLaunchCooperativeKernel);
 
 CUresult fx_cuLaunchCooperativeKernel_ptsz(FLEXAI_LAUNCH_ARGS)
-LAUNCH_WRAPPER(cuLaunchCooperativeKernel_ptsz, hStream, real(KERNEL_ARGS))
+LAUNCH_WRAPPER(cuLaunchCooperativeKernel_ptsz, hStream, 1, real(KERNEL_ARGS))
 FLEXAI_ALIAS(cuLaunchCooperativeKernel_ptsz);
 
 CUresult fx_cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams,
                              void **extra)
-LAUNCH_WRAPPER(cuLaunchKernelEx, config ? config->hStream : NULL,
+LAUNCH_WRAPPER(cuLaunchKernelEx, config ? config->hStream : NULL, 0,
                real(config, f, kernelParams, extra))
 FLEXAI_ALIAS(cuLaunchKernelEx);
 
 CUresult fx_cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f,
                                   void **kernelParams, void **extra)
-LAUNCH_WRAPPER(cuLaunchKernelEx_ptsz, config ? config->hStream : NULL,
+LAUNCH_WRAPPER(cuLaunchKernelEx_ptsz, config ? config->hStream : NULL, 1,
                real(config, f, kernelParams, extra))
 FLEXAI_ALIAS(cuLaunchKernelEx_ptsz);
 
 CUresult fx_cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
-LAUNCH_WRAPPER(cuGraphLaunch, hStream, real(hGraphExec, hStream))
+LAUNCH_WRAPPER(cuGraphLaunch, hStream, 0, real(hGraphExec, hStream))
 FLEXAI_ALIAS(cuGraphLaunch);
 
 CUresult fx_cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
-LAUNCH_WRAPPER(cuGraphLaunch_ptsz, hStream, real(hGraphExec, hStream))
+LAUNCH_WRAPPER(cuGraphLaunch_ptsz, hStream, 1, real(hGraphExec, hStream))
 FLEXAI_ALIAS(cuGraphLaunch_ptsz);

@@ -1,0 +1,241 @@
+/* A CUDA driver-API client that keeps a (simulated) card busy with kernels of known length,
+ * for the compute-share tests and bench/compute_share.py.
+ *
+ * It loads the driver the way libcudart does (dlopen("libcuda.so.1") + dlsym), so a preloaded
+ * libflexai sees every launch. Kernels are the simulator's spin kernels (name starting with
+ * flexai_sim_spin: the first parameter is the ns each wave of blocks lasts; waves =
+ * ceil(blocks / sm_count)), so the client knows the device time of every kernel it launched
+ * and reports it independently of libflexai's own measurement.
+ *
+ * usage: compute_client [--kernel-us L[+L...]] [--blocks N] [--seconds S] [--start-at NS]
+ *                       [--bucket-ms B] [--api launch|ptsz|ex|coop|graph] [--graph-nodes N]
+ *                       [--closed] [--think-us T] [--sm-count N]
+ * --start-at: CLOCK_MONOTONIC ns to begin at (so several clients start together).
+ * --closed: one kernel at a time, synchronised, completion latency measured (from the moment
+ *           the client wants to launch to the end of its synchronisation).
+ * Prints one JSON object: launches, busy_ns (device time of the kernels launched), buckets
+ * (busy ns by launch time, per bucket), latency figures, wall_ns.
+ */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef int CUresult;
+typedef void *CUcontext, *CUstream, *CUfunction, *CUlibrary, *CUkernel, *CUgraph, *CUgraphExec;
+typedef struct {
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    CUstream hStream;
+    void *attrs;
+    unsigned int numAttrs;
+} CUlaunchConfig;
+
+#define F(ret, name, args) static ret(*p_##name) args;
+F(CUresult, cuInit, (unsigned))
+F(CUresult, cuDevicePrimaryCtxRetain, (CUcontext *, int))
+F(CUresult, cuCtxSetCurrent, (CUcontext))
+F(CUresult, cuLibraryLoadData, (CUlibrary *, const void *, void *, void **, unsigned, void *, void **, unsigned))
+F(CUresult, cuLibraryGetKernel, (CUkernel *, CUlibrary, const char *))
+F(CUresult, cuKernelGetFunction, (CUfunction *, CUkernel))
+F(CUresult, cuStreamCreate, (CUstream *, unsigned))
+F(CUresult, cuStreamSynchronize, (CUstream))
+F(CUresult, cuLaunchKernel, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **, void **))
+F(CUresult, cuLaunchKernel_ptsz, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **, void **))
+F(CUresult, cuLaunchKernelEx, (const CUlaunchConfig *, CUfunction, void **, void **))
+F(CUresult, cuLaunchCooperativeKernel, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void **))
+F(CUresult, cuStreamBeginCapture_v2, (CUstream, int))
+F(CUresult, cuStreamEndCapture, (CUstream, CUgraph *))
+F(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec *, CUgraph, unsigned long long))
+F(CUresult, cuGraphLaunch, (CUgraphExec, CUstream))
+#undef F
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what, CUresult rc)
+{
+    fprintf(stderr, "compute_client: %s failed (%d)\n", what, rc);
+    exit(3);
+}
+
+#define CK(call, what)                                                                        \
+    do {                                                                                      \
+        CUresult rc_ = (call);                                                                \
+        if (rc_)                                                                              \
+            die(what, rc_);                                                                   \
+    } while (0)
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t kern[32] = {1000000};
+    int nk = 1;
+    unsigned blocks = 1;
+    double seconds = 5;
+    uint64_t start_at = 0, bucket_ns = 50000000, think_ns = 0;
+    const char *api = "launch";
+    int closed = 0, graph_nodes = 8;
+    unsigned sm = 132;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+        if (!strcmp(a, "--kernel-us")) {
+            nk = 0;
+            for (const char *t = v; *t && nk < 32;) {
+                char *e;
+                kern[nk++] = (uint64_t)(strtod(t, &e) * 1000);
+                t = *e == '+' ? e + 1 : e;
+            }
+            i++;
+        } else if (!strcmp(a, "--blocks")) blocks = (unsigned)atoi(v), i++;
+        else if (!strcmp(a, "--seconds")) seconds = atof(v), i++;
+        else if (!strcmp(a, "--start-at")) start_at = strtoull(v, NULL, 10), i++;
+        else if (!strcmp(a, "--bucket-ms")) bucket_ns = (uint64_t)(atof(v) * 1e6), i++;
+        else if (!strcmp(a, "--api")) api = v, i++;
+        else if (!strcmp(a, "--graph-nodes")) graph_nodes = atoi(v), i++;
+        else if (!strcmp(a, "--think-us")) think_ns = (uint64_t)(atof(v) * 1000), i++;
+        else if (!strcmp(a, "--sm-count")) sm = (unsigned)atoi(v), i++;
+        else if (!strcmp(a, "--closed")) closed = 1;
+        else {
+            fprintf(stderr, "compute_client: unknown argument %s\n", a);
+            return 2;
+        }
+    }
+    if (blocks < 1 || nk < 1 || sm < 1)
+        return 2;
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!h) {
+        fprintf(stderr, "compute_client: %s\n", dlerror());
+        return 3;
+    }
+#define LOAD(name)                                                                            \
+    do {                                                                                      \
+        *(void **)&p_##name = dlsym(h, #name);                                                \
+        if (!p_##name) {                                                                      \
+            fprintf(stderr, "compute_client: no %s\n", #name);                                \
+            return 3;                                                                         \
+        }                                                                                     \
+    } while (0)
+    LOAD(cuInit); LOAD(cuDevicePrimaryCtxRetain); LOAD(cuCtxSetCurrent); LOAD(cuLibraryLoadData);
+    LOAD(cuLibraryGetKernel); LOAD(cuKernelGetFunction); LOAD(cuStreamCreate);
+    LOAD(cuStreamSynchronize); LOAD(cuLaunchKernel); LOAD(cuLaunchKernel_ptsz);
+    LOAD(cuLaunchKernelEx); LOAD(cuLaunchCooperativeKernel); LOAD(cuStreamBeginCapture_v2);
+    LOAD(cuStreamEndCapture); LOAD(cuGraphInstantiateWithFlags); LOAD(cuGraphLaunch);
+
+    CUcontext ctx;
+    CUlibrary lib;
+    CUkernel kernel;
+    CUfunction f;
+    CUstream s;
+    CK(p_cuInit(0), "cuInit");
+    CK(p_cuDevicePrimaryCtxRetain(&ctx, 0), "cuDevicePrimaryCtxRetain");
+    CK(p_cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+    CK(p_cuLibraryLoadData(&lib, "flexai-sim-image", NULL, NULL, 0, NULL, NULL, 0), "cuLibraryLoadData");
+    CK(p_cuLibraryGetKernel(&kernel, lib, "flexai_sim_spin"), "cuLibraryGetKernel");
+    CK(p_cuKernelGetFunction(&f, kernel), "cuKernelGetFunction");
+    CK(p_cuStreamCreate(&s, 0), "cuStreamCreate");
+
+    /* per-wave ns so that each kernel lasts exactly kern[i] */
+    uint64_t waves = (blocks + sm - 1) / sm;
+    uint64_t per[32], dur[32];
+    for (int i = 0; i < nk; i++) {
+        per[i] = kern[i] / waves;
+        dur[i] = per[i] * waves;
+    }
+    int use_graph = !strcmp(api, "graph");
+    CUgraphExec exec = NULL;
+    uint64_t graph_dur = 0;
+    if (use_graph) {
+        CUgraph g;
+        CK(p_cuStreamBeginCapture_v2(s, 0), "cuStreamBeginCapture_v2");
+        for (int i = 0; i < graph_nodes; i++) {
+            uint64_t v = per[i % nk];
+            void *params[] = {&v};
+            CK(p_cuLaunchKernel(f, blocks, 1, 1, 128, 1, 1, 0, s, params, NULL), "capture launch");
+            graph_dur += dur[i % nk];
+        }
+        CK(p_cuStreamEndCapture(s, &g), "cuStreamEndCapture");
+        CK(p_cuGraphInstantiateWithFlags(&exec, g, 0), "cuGraphInstantiateWithFlags");
+    }
+
+    if (start_at)
+        while (now_ns() < start_at) {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+    uint64_t t0 = start_at ? start_at : now_ns();
+    uint64_t end = t0 + (uint64_t)(seconds * 1e9);
+    size_t nb = (size_t)((end - t0) / bucket_ns + 1);
+    uint64_t *bucket = calloc(nb, sizeof *bucket);
+    size_t lat_cap = 1 << 20, nlat = 0;
+    uint64_t *lat = closed ? calloc(lat_cap, sizeof *lat) : NULL;
+    uint64_t launches = 0, busy = 0;
+    int ki = 0;
+    for (;;) {
+        uint64_t t = now_ns();
+        if (t >= end)
+            break;
+        uint64_t v = per[ki % nk], d = dur[ki % nk];
+        void *params[] = {&v};
+        if (use_graph) {
+            CK(p_cuGraphLaunch(exec, s), "cuGraphLaunch");
+            d = graph_dur;
+        } else if (!strcmp(api, "ptsz")) {
+            CK(p_cuLaunchKernel_ptsz(f, blocks, 1, 1, 128, 1, 1, 0, s, params, NULL), "cuLaunchKernel_ptsz");
+        } else if (!strcmp(api, "ex")) {
+            CUlaunchConfig cfg = {blocks, 1, 1, 128, 1, 1, 0, s, NULL, 0};
+            CK(p_cuLaunchKernelEx(&cfg, f, params, NULL), "cuLaunchKernelEx");
+        } else if (!strcmp(api, "coop")) {
+            CK(p_cuLaunchCooperativeKernel(f, blocks, 1, 1, 128, 1, 1, 0, s, params), "cuLaunchCooperativeKernel");
+        } else {
+            CK(p_cuLaunchKernel(f, blocks, 1, 1, 128, 1, 1, 0, s, params, NULL), "cuLaunchKernel");
+        }
+        ki++;
+        launches++;
+        busy += d;
+        size_t b = (size_t)((t - t0) / bucket_ns);
+        if (b < nb)
+            bucket[b] += d;
+        if (closed) {
+            CK(p_cuStreamSynchronize(s), "cuStreamSynchronize");
+            if (nlat < lat_cap)
+                lat[nlat++] = now_ns() - t;
+            if (think_ns) {
+                struct timespec ts = {(time_t)(think_ns / 1000000000ULL), (long)(think_ns % 1000000000ULL)};
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    CK(p_cuStreamSynchronize(s), "final cuStreamSynchronize");
+    uint64_t wall = now_ns() - t0;
+    printf("{\"launches\": %llu, \"busy_ns\": %llu, \"wall_ns\": %llu, \"bucket_ns\": %llu, "
+           "\"kernel_ns\": %llu, \"buckets\": [",
+           (unsigned long long)launches, (unsigned long long)busy, (unsigned long long)wall,
+           (unsigned long long)bucket_ns, (unsigned long long)dur[0]);
+    for (size_t i = 0; i < nb; i++)
+        printf("%s%llu", i ? ", " : "", (unsigned long long)bucket[i]);
+    printf("]");
+    if (closed && nlat) {
+        qsort(lat, nlat, sizeof *lat, cmp_u64);
+        double sum = 0;
+        for (size_t i = 0; i < nlat; i++)
+            sum += (double)lat[i];
+        printf(", \"lat_n\": %zu, \"lat_mean_us\": %.1f, \"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f",
+               nlat, sum / (double)nlat / 1000, (double)lat[nlat / 2] / 1000,
+               (double)lat[nlat * 99 / 100] / 1000);
+    }
+    printf("}\n");
+    return 0;
+}

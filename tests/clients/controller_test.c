@@ -1,0 +1,359 @@
+/* Unit harness for libflexai/controller.c: slices on one simulated serial card, in simulated
+ * time (a discrete-event loop, so results do not depend on the speed of the test machine).
+ *
+ * The card runs kernels one after another in the order they were booked (FIFO across every
+ * slice, as the simulated driver's shared timeline does). Each slice is one process with one
+ * stream; an event recorded before a launch completes at max(launch time, the stream's tail),
+ * so the measured elapsed time includes whatever other slices queued in between -- exactly the
+ * bias the controller's turn has to remove. Each slice feeds that measurement to
+ * flexai_ctl_charge() when it observes the completion, asks flexai_ctl_gate() before every
+ * launch, and obeys.
+ *
+ * usage: controller_test [--duration MS] [--window A:B] [--change MS:SLICE:SHARE]
+ *                        [--pause MS:SLICE] [--resume MS:SLICE] SLICE...
+ *   SLICE: comma-separated key=value: share=30 prio=low|normal|high mode=wc|hard
+ *          k=50+1000 (kernel lengths in us, cycled) start=MS stop=MS
+ *          closed=1 (one kernel at a time, latency measured) think=US host=NS (host cost/launch)
+ * Prints one JSON object: per slice its share of the busy card time and of wall time in the
+ * window, launches, latency (closed loop); card utilisation; convergence time.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "controller.h"
+
+#define MAXS 8
+#define MS 1000000ULL
+#define US 1000ULL
+#define BUCKET (10 * MS)
+#define MAXB 4096
+#define RING 65536
+#define QUEUE_AHEAD (50 * MS)
+
+struct inflight {
+    uint64_t end, measured;
+};
+
+struct slice {
+    uint32_t share, prio, mode;
+    uint64_t k[32];
+    int nk, ki;
+    uint64_t start, stop, think, host;
+    int closed;
+    struct flexai_compute c;
+    struct flexai_compute *cp;  /* the slice's compute block: own, or another process's */
+    int same;                   /* -1, or the process whose slice this one belongs to */
+    struct flexai_ctl_proc p;
+    uint64_t next;
+    struct inflight ring[RING];
+    uint64_t head, tail;   /* ring[tail..head) in flight */
+    uint64_t stream_tail;
+    int cl_waiting;
+    int draining;
+    uint64_t cl_issue, cl_end, cl_ready;
+    double lat_sum, lat_max;
+    uint64_t lat_n, launches;
+    uint64_t bucket[MAXB];
+};
+
+static struct slice S[MAXS];
+static int NS;
+static struct flexai_board board;
+static uint64_t card_free;
+
+struct change { uint64_t at; int idx; int kind; uint32_t val; int done; };
+static struct change CH[16];
+static int NCH;
+
+static void account(struct slice *s, uint64_t a, uint64_t b)
+{
+    while (a < b) {
+        uint64_t bi = a / BUCKET;
+        uint64_t e = (bi + 1) * BUCKET;
+        if (e > b)
+            e = b;
+        if (bi < MAXB)
+            s->bucket[bi] += e - a;
+        a = e;
+    }
+}
+
+static void observe(struct slice *s, uint64_t now)
+{
+    while (s->tail < s->head && s->ring[s->tail % RING].end <= now) {
+        struct inflight *f = &s->ring[s->tail % RING];
+        flexai_ctl_charge(&board, s->cp, &s->p, f->measured, 1, now);
+        s->tail++;
+    }
+}
+
+static void launch(struct slice *s, uint64_t now)
+{
+    uint64_t dur = s->k[s->ki++ % s->nk];
+    uint64_t ev = now > s->stream_tail ? now : s->stream_tail; /* event before the kernel */
+    uint64_t start = ev > card_free ? ev : card_free;
+    uint64_t end = start + dur;
+    card_free = end;
+    s->stream_tail = end;
+    account(s, start, end);
+    s->ring[s->head % RING] = (struct inflight){end, end - ev};
+    s->head++;
+    s->launches++;
+    flexai_ctl_launched(&board, &s->p, 1, end, now);
+    if (s->closed) {
+        s->cl_waiting = 1;
+        s->cl_issue = s->cl_ready ? s->cl_ready : now; /* latency counts the wait for the gate */
+        s->cl_end = end;
+    }
+}
+
+static void step(struct slice *s, uint64_t now)
+{
+    observe(s, now);
+    if (now >= s->stop) {
+        s->next = UINT64_MAX;
+        return;
+    }
+    if (s->closed && s->cl_waiting) {
+        if (s->cl_end <= now) {
+            double lat = (double)(s->cl_end - s->cl_issue);
+            s->lat_sum += lat;
+            s->lat_n++;
+            if (lat > s->lat_max)
+                s->lat_max = lat;
+            s->cl_waiting = 0;
+            s->next = now + (s->think ? s->think : 1);
+            s->cl_ready = s->next;
+        } else {
+            s->next = s->cl_end + 2 * US; /* synchronize: woken shortly after completion */
+        }
+        return;
+    }
+    struct flexai_ctl_decision d;
+    if (s->draining)  /* told to drain: no new gate until this process's work completed */
+        d = (struct flexai_ctl_decision){FLEXAI_CTL_DRAIN, 0, 0};
+    else
+        d = flexai_ctl_gate(&board, s->cp, &s->p, now);
+    s->draining = d.action == FLEXAI_CTL_DRAIN;
+    if (d.action == FLEXAI_CTL_WAIT) {
+        s->next = now + (d.wait_ns ? d.wait_ns : 1);
+    } else if (d.action == FLEXAI_CTL_DRAIN) {
+        if (s->tail < s->head) {
+            /* polls its last event, showing signs of life on the board meanwhile */
+            uint64_t last = s->ring[(s->head - 1) % RING].end;
+            flexai_ctl_launched(&board, &s->p, 0, last, now);
+            s->next = last + 20 * US < now + FLEXAI_CTL_POLL_NS ? last + 20 * US : now + FLEXAI_CTL_POLL_NS;
+        } else {
+            flexai_ctl_release(&board, &s->p, now);
+            s->draining = 0;
+            s->next = now + 1 * US;
+        }
+    } else {
+        if (s->tail < s->head && flexai_ctl_inflight_ns(&s->p) >= d.inflight_cap_ns) {
+            uint64_t oldest = s->ring[s->tail % RING].end;
+            uint64_t poll = now + FLEXAI_CTL_POLL_NS;
+            flexai_ctl_launched(&board, &s->p, 0, s->ring[(s->head - 1) % RING].end, now);
+            s->next = oldest + 10 * US < poll ? oldest + 10 * US : poll;
+        } else if (s->stream_tail > now + QUEUE_AHEAD) {
+            /* the driver's own bound: a launch blocks while its stream has work booked more
+             * than queue_ahead_ns ahead (the simulated driver's default, 50 ms) */
+            s->next = s->stream_tail - QUEUE_AHEAD;
+        } else {
+            launch(s, now);
+            s->next = now + s->host;
+        }
+    }
+}
+
+static uint32_t parse_prio(const char *v)
+{
+    if (!strcmp(v, "high"))
+        return FLEXAI_PRIORITY_HIGH;
+    if (!strcmp(v, "low"))
+        return FLEXAI_PRIORITY_LOW;
+    return FLEXAI_PRIORITY_NORMAL;
+}
+
+static void parse_slice(struct slice *s, char *spec, int idx)
+{
+    s->share = 100;
+    s->prio = FLEXAI_PRIORITY_NORMAL;
+    s->stop = UINT64_MAX;
+    s->host = 2 * US;
+    s->same = -1;
+    s->k[0] = 1000 * US;
+    s->nk = 1;
+    for (char *kv = strtok(spec, ","); kv; kv = strtok(NULL, ",")) {
+        char *v = strchr(kv, '=');
+        if (!v) {
+            fprintf(stderr, "bad slice field %s\n", kv);
+            exit(2);
+        }
+        *v++ = 0;
+        if (!strcmp(kv, "share"))
+            s->share = (uint32_t)atoi(v);
+        else if (!strcmp(kv, "prio"))
+            s->prio = parse_prio(v);
+        else if (!strcmp(kv, "mode"))
+            s->mode = !strcmp(v, "hard") ? FLEXAI_MODE_HARD : FLEXAI_MODE_WORK_CONSERVING;
+        else if (!strcmp(kv, "k")) {
+            s->nk = 0;
+            for (char *t = v; *t && s->nk < 32;) {
+                s->k[s->nk++] = (uint64_t)(strtod(t, &t) * US);
+                if (*t == '+')
+                    t++;
+            }
+        } else if (!strcmp(kv, "start"))
+            s->start = (uint64_t)atof(v) * MS;
+        else if (!strcmp(kv, "stop"))
+            s->stop = (uint64_t)atof(v) * MS;
+        else if (!strcmp(kv, "closed"))
+            s->closed = atoi(v);
+        else if (!strcmp(kv, "think"))
+            s->think = (uint64_t)(atof(v) * US);
+        else if (!strcmp(kv, "host"))
+            s->host = (uint64_t)atoll(v);
+        else if (!strcmp(kv, "same"))
+            s->same = atoi(v);
+        else {
+            fprintf(stderr, "unknown slice field %s\n", kv);
+            exit(2);
+        }
+    }
+    s->c.limit_percent = s->share;
+    s->c.mode = s->mode;
+    s->c.priority = s->prio;
+    s->c.generation = 1;
+    s->p.slot = -1;
+    s->cp = &s->c;
+    if (s->same >= 0 && s->same < idx) {
+        /* another process of an earlier slice: same key, same compute block */
+        s->cp = S[s->same].cp;
+        idx = s->same;
+    }
+    s->p.key = flexai_ctl_key((char[]){(char)('A' + idx), 0});
+    s->next = s->start;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t duration = 5000 * MS, w0 = 0, w1 = 0;
+    flexai_board_init(&board);
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--duration") && i + 1 < argc) {
+            duration = (uint64_t)atof(argv[++i]) * MS;
+        } else if (!strcmp(argv[i], "--window") && i + 1 < argc) {
+            double a, b;
+            if (sscanf(argv[++i], "%lf:%lf", &a, &b) != 2)
+                return 2;
+            w0 = (uint64_t)(a * MS);
+            w1 = (uint64_t)(b * MS);
+        } else if ((!strcmp(argv[i], "--change") || !strcmp(argv[i], "--pause") ||
+                    !strcmp(argv[i], "--resume")) && i + 1 < argc && NCH < 16) {
+            struct change *c = &CH[NCH++];
+            double at;
+            unsigned val = 0;
+            c->kind = argv[i][2] == 'c' ? 0 : argv[i][2] == 'p' ? 1 : 2;
+            if (sscanf(argv[++i], "%lf:%d:%u", &at, &c->idx, &val) < 2)
+                return 2;
+            c->at = (uint64_t)(at * MS);
+            c->val = val;
+        } else if (NS < MAXS) {
+            parse_slice(&S[NS], argv[i], NS);
+            NS++;
+        }
+    }
+    if (w1 == 0) {
+        w0 = duration / 5;
+        w1 = duration;
+    }
+    if (duration / BUCKET > MAXB)
+        duration = MAXB * BUCKET;
+
+    for (;;) {
+        int bi = -1;
+        for (int i = 0; i < NS; i++)
+            if (S[i].next != UINT64_MAX && (bi < 0 || S[i].next < S[bi].next))
+                bi = i;
+        if (bi < 0 || S[bi].next >= duration)
+            break;
+        uint64_t now = S[bi].next;
+        for (int j = 0; j < NCH; j++) {
+            struct change *c = &CH[j];
+            if (!c->done && c->at <= now) {
+                struct flexai_compute *cc = S[c->idx].cp;
+                if (c->kind == 0)
+                    __atomic_store_n(&cc->limit_percent, c->val, __ATOMIC_RELAXED);
+                else
+                    __atomic_store_n(&cc->paused, c->kind == 1, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&cc->generation, 1, __ATOMIC_RELEASE);
+                c->done = 1;
+            }
+        }
+        struct slice *s = &S[bi];
+        if (s->p.slot < 0) {
+            s->p.slot = flexai_board_join(&board, s->p.key, s->cp->limit_percent, s->prio, now);
+            s->p.last_generation = s->cp->generation;
+        }
+        step(s, now);
+    }
+
+    /* results */
+    uint64_t b0 = w0 / BUCKET, b1 = w1 / BUCKET;
+    if (b1 > MAXB)
+        b1 = MAXB;
+    double total = 0, busy[MAXS] = {0};
+    for (int i = 0; i < NS; i++) {
+        for (uint64_t b = b0; b < b1; b++)
+            busy[i] += (double)S[i].bucket[b];
+        total += busy[i];
+    }
+    double wall = (double)((b1 - b0) * BUCKET);
+    /* convergence: first time after which every slice's cumulative share of the busy time,
+     * counted from the last slice's start, stays within 2 points of its target */
+    uint64_t t0 = 0;
+    for (int i = 0; i < NS; i++)
+        if (S[i].start > t0)
+            t0 = S[i].start;
+    double conv = -1;
+    {
+        double cum[MAXS] = {0}, ct = 0;
+        uint64_t last_bad = t0 / BUCKET;
+        uint64_t nb = duration / BUCKET;
+        double tsum = 0;
+        for (int i = 0; i < NS; i++)
+            tsum += S[i].share;
+        for (uint64_t b = t0 / BUCKET; b < nb; b++) {
+            for (int i = 0; i < NS; i++) {
+                cum[i] += (double)S[i].bucket[b];
+                ct += (double)S[i].bucket[b];
+            }
+            for (int i = 0; i < NS; i++) {
+                double target = 100.0 * S[i].share / tsum;
+                double got = ct > 0 ? 100.0 * cum[i] / ct : 0;
+                if (got - target > 2 || target - got > 2)
+                    last_bad = b + 1;
+            }
+        }
+        if (last_bad < nb)
+            conv = (double)(last_bad * BUCKET - t0) / MS;
+    }
+    printf("{\"window_ms\": [%.1f, %.1f], \"utilization\": %.3f, \"converge_ms\": %.1f, "
+           "\"handovers\": %llu, \"slices\": [",
+           (double)w0 / MS, (double)w1 / MS, 100.0 * total / wall, conv,
+           (unsigned long long)board.handovers);
+    for (int i = 0; i < NS; i++) {
+        struct slice *s = &S[i];
+        printf("%s{\"target\": %u, \"priority\": %u, \"mode\": %u, \"share_busy\": %.3f, "
+               "\"share_wall\": %.3f, \"launches\": %llu, \"lat_mean_us\": %.1f, "
+               "\"lat_max_us\": %.1f, \"lat_n\": %llu, \"measured_permille\": %d}",
+               i ? ", " : "", s->cp->limit_percent, s->prio, s->mode,
+               total > 0 ? 100.0 * busy[i] / total : 0, 100.0 * busy[i] / wall,
+               (unsigned long long)s->launches, s->lat_n ? s->lat_sum / (double)s->lat_n / US : 0,
+               s->lat_max / US, (unsigned long long)s->lat_n, flexai_ctl_measured_permille(s->cp));
+    }
+    printf("]}\n");
+    return 0;
+}
