@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
-import sysconfig
-from pathlib import Path
 
 LIBRARY_NAME = "libflexai.so"
 # Where the runtime mounts it inside sliced containers, and what /etc/ld.so.preload names.
@@ -23,16 +20,14 @@ class LibraryMissing(FileNotFoundError):
     pass
 
 
-def library_dir() -> Path:
+def library_dir() -> str:
     """flexai_hook/lib/ of this package: the wheel's copy, or the in-place build of an
     editable install (`python -m flexai_hook.cbuild` writes there)."""
-    return Path(__file__).resolve().parent / "lib"
+    return os.path.join(os.path.dirname(os.path.realpath(__file__)), "lib")
 
 
-def library_path() -> Path:
-    """Absolute path of the built libflexai.so; LibraryMissing (with the fix) if not built."""
-    path = library_dir() / LIBRARY_NAME
-    if not path.is_file():
+def _built(path: str) -> str:
+    if not os.path.isfile(path):
         raise LibraryMissing(
             f"{path} is not built: run `python -m flexai_hook.cbuild` (or reinstall flexai, "
             "which builds it)"
@@ -40,23 +35,25 @@ def library_path() -> Path:
     return path
 
 
+def library_path() -> str:
+    """Absolute path of the built libflexai.so; LibraryMissing (with the fix) if not built."""
+    return _built(os.path.join(library_dir(), LIBRARY_NAME))
+
+
 def preload_text() -> str:
     """The container's /etc/ld.so.preload."""
     return LIBRARY_IN_CONTAINER + "\n"
 
 
-def sim_library_path(name: str) -> Path:
+def sim_library_path(name: str) -> str:
     """A built simulated driver library (flexai_hook/lib/sim/)."""
-    path = library_dir() / "sim" / name
-    if not path.is_file():
-        raise LibraryMissing(f"{path} is not built: run `python -m flexai_hook.cbuild`")
-    return path
+    return _built(os.path.join(library_dir(), "sim", name))
 
 
 def driver_dir_in_container() -> str:
-    """Where the NVIDIA container toolkit puts the driver libraries: /usr/lib/<multiarch>."""
-    multiarch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
-    return f"/usr/lib/{multiarch}"
+    """Where the NVIDIA container toolkit puts the driver libraries: /usr/lib/<multiarch>
+    (Debian's multiarch triplet; x86_64-linux-gnu, aarch64-linux-gnu)."""
+    return f"/usr/lib/{os.uname().machine}-linux-gnu"
 
 
 def sim_dir_for(slices_dir: str) -> str:

@@ -26,7 +26,7 @@ def libs():
     from flexai_hook import cbuild, library
 
     cbuild.build(cbuild.package_lib_dir())
-    lib = library.library_dir()
+    lib = Path(library.library_dir())
     paths = {"flexai": lib / "libflexai.so", "cuda": lib / "sim" / "libcuda.so.1",
              "nvml": lib / "sim" / "libnvidia-ml.so.1"}
     for name, path in paths.items():
