@@ -220,7 +220,7 @@ class Service:
         updated = current
         if compute is not None and compute != current.compute:
             _, used = self.ledger.used(current.card_index)
-            if used - current.compute + compute > 100:
+            if current.priority != ledger_mod.BEST_EFFORT and used - current.compute + compute > 100:
                 return {"ok": False, "error": (
                     f"card {current.card_index} has {100 - used + current.compute}% compute free for "
                     f"{container_id}, {compute}% asked")}

@@ -28,6 +28,9 @@ class PlacementError(RuntimeError):
     """The request cannot be placed; str() is the one line the user sees."""
 
 
+BEST_EFFORT = "low"  # the priority whose compute share is not guaranteed
+
+
 @dataclass(frozen=True)
 class Ledger:
     reservations: Mapping[str, Reservation] = field(default_factory=dict)  # by container id
@@ -39,9 +42,15 @@ class Ledger:
         )
 
     def used(self, index: int) -> tuple[int, int]:
-        """(memory bytes, compute percent) reserved on card `index`."""
+        """(memory bytes, guaranteed compute percent) reserved on card `index`.
+
+        `low` slices are best-effort: they yield the card while higher-priority slices have
+        work (docs/compute.md), so their share is not a guarantee and does not count here.
+        That is how a card is time-shared among more slices than its compute could give each
+        at once; memory always counts."""
         held = self.on_card(index)
-        return sum(r.memory_bytes for r in held), sum(r.compute for r in held)
+        return (sum(r.memory_bytes for r in held),
+                sum(r.compute for r in held if r.priority != BEST_EFFORT))
 
 
 def card_states(ledger: Ledger, cards: Sequence[Card], request: Request) -> list[placement.CardState]:
@@ -80,6 +89,8 @@ def demand_of(request: Request, cards: Sequence[Card]) -> placement.Demand:
         compute = max(request.resolve(c.memory)[1] for c in cards) if cards else 100
     else:
         memory, compute = request.resolve(1000)
+    if request.priority == BEST_EFFORT:
+        compute = 0  # best-effort: needs only memory (see Ledger.used)
     return placement.Demand(memory=memory, compute=compute * 10, pin=request.device)
 
 
@@ -145,7 +156,8 @@ def reserve(
         raise PlacementError(_no_fit_message(request, ledger, cards))
     memory, compute = request.resolve(card.memory)
     mem_used, compute_used = ledger.used(card.index)
-    if mem_used + memory > card.memory or compute_used + compute > 100:
+    guaranteed = compute if request.priority != BEST_EFFORT else 0
+    if mem_used + memory > card.memory or compute_used + guaranteed > 100:
         raise PlacementError(_no_fit_message(request, ledger, cards))
     slice_id = new_id()
     reservation = Reservation(

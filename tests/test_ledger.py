@@ -108,3 +108,19 @@ def test_corrupt_file_is_refused_with_the_path(tmp_path, content):
     with pytest.raises(L.LedgerCorrupt) as info:
         L.LedgerFile(path).load()
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_low_priority_slices_time_share_compute_but_never_memory():
+    # One card: a normal 70 % slice leaves 30 % of compute to guarantee. Low slices are
+    # best-effort (they yield while higher ones have work), so two 50 % lows still fit...
+    led, normal = reserve(L.Ledger(), "n", Request(memory_bytes=2 * GIB, compute=70), cards=CARDS[:1])
+    led, low1 = reserve(led, "l1", Request(memory_bytes=2 * GIB, compute=50, priority="low"), cards=CARDS[:1])
+    led, low2 = reserve(led, "l2", Request(memory_bytes=2 * GIB, compute=50, priority="low"), cards=CARDS[:1])
+    assert {normal.card_index, low1.card_index, low2.card_index} == {0}
+    assert led.used(0) == (6 * GIB, 70)
+    # ...but a guaranteed 40 % does not (70 + 40 > 100), low slices or not,
+    with pytest.raises(L.PlacementError):
+        reserve(led, "n2", Request(memory_bytes=GIB, compute=40), cards=CARDS[:1])
+    # and memory is never oversubscribed, whatever the priority.
+    with pytest.raises(L.PlacementError):
+        reserve(led, "l3", Request(memory_bytes=11 * GIB, compute=10, priority="low"), cards=CARDS[:1])
