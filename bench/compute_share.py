@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """Achieved vs requested compute share of sliced processes on one simulated card.
 
-Each slice is a process running tests/clients/compute_client (driver API, dlopen'd
-libcuda.so.1 -- the simulated one -- with libflexai.so preloaded and FLEXAI_COMPUTE=<share>),
-saturating the card with spin kernels of a known length. The clients count the device time of
+Each slice is a process running tests/clients/compute_client (CUDA's driver API through
+dlopen'd libcuda.so.1, or AscendCL through dlopen'd libascendcl.so -- the simulated ones --
+with libflexai.so preloaded and FLEXAI_COMPUTE=<share>), saturating the card with spin kernels
+of a known length. Every scenario runs once per runtime (--driver): the CUDA and Ascend
+columns of the same table. The clients count the device time of
 the kernels they launched themselves (by launch time, in 50 ms buckets), so the figures do
 not depend on libflexai's own measurement. Scenarios (issue 6): 30/70, 10/90, 20/30/50 and
 5/95 with kernels of 50 us, 1 ms, 20 ms and mixed lengths; a 30/70 pair with grids of 1 to
 8192 blocks; a lone hard slice; a lone work-conserving slice; high vs low priority latency;
 and the throughput of one unlimited slice with the library vs without (alternating runs).
 
-    python bench/compute_share.py                 # everything, ~2 min
+    python bench/compute_share.py                 # everything, CUDA and Ascend, ~4 min
     python bench/compute_share.py --quick         # fewer scenarios, shorter runs
+    python bench/compute_share.py --driver acl    # only the Ascend (ACL) column
     python bench/compute_share.py --json          # machine-readable
     python bench/compute_share.py --baseline      # also each share scenario without libflexai
 
@@ -44,7 +47,9 @@ from flexai_hook.simcards import SimCard, write_sim_dir  # noqa: E402
 
 LIB = ROOT / "flexai_hook" / "lib"
 CLIENT_SRC = ROOT / "tests" / "clients" / "compute_client.c"
-CARD = SimCard(0, "GPU-f1e0a100-0000-4000-8000-0000000000b0", 80 << 30, "flexai bench card")
+CARDS = {"cuda": SimCard(0, "GPU-f1e0a100-0000-4000-8000-0000000000b0", 80 << 30, "flexai bench card"),
+         "acl": SimCard(0, "NPU-f1e0a100-0000-4000-8000-0000000000b0", 64 << 30, "flexai bench Ascend card")}
+DRIVERS = ("cuda", "acl")
 TOL = 2.0
 
 KERNELS = {"50us": ("50",), "1ms": ("1000",), "20ms": ("20000",),
@@ -66,9 +71,9 @@ class Run:
     """One scenario: a fresh simulator directory and board directory, its client processes
     (stopped by pid whatever happens)."""
 
-    def __init__(self, tmp: Path, client: Path, name: str):
+    def __init__(self, tmp: Path, client: Path, name: str, driver: str):
         self.dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
-        self.sim = write_sim_dir(self.dir / "sim", [CARD])
+        self.sim = write_sim_dir(self.dir / "sim", [CARDS[driver]])
         self.boards = self.dir / "boards"
         self.boards.mkdir()
         self.client = client
@@ -112,13 +117,13 @@ class Run:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_slices(tmp: Path, client: Path, name: str, slices: list[dict], seconds: float,
+def run_slices(tmp: Path, client: Path, driver: str, name: str, slices: list[dict], seconds: float,
                limited: bool = True) -> list[dict]:
-    run = Run(tmp, client, name)
+    run = Run(tmp, client, name, driver)
     try:
         start_at = time.monotonic_ns() + 400_000_000
         for i, s in enumerate(slices):
-            args = ["--kernel-us", s["kernel"], "--blocks", str(s.get("blocks", 1)),
+            args = ["--driver", driver, "--kernel-us", s["kernel"], "--blocks", str(s.get("blocks", 1)),
                     "--seconds", str(seconds), "--start-at", str(start_at), "--api", s.get("api", "launch")]
             if s.get("closed"):
                 args += ["--closed", "--think-us", str(s.get("think_us", 0))]
@@ -153,52 +158,53 @@ def converge_ms(results: list[dict], targets: list[float]) -> float | None:
     return None if last_bad >= n else last_bad * bucket_ns / 1e6
 
 
-def share_scenario(tmp, client, label, shares, kernels, seconds, warmup, limited=True, blocks=1):
+def share_scenario(tmp, client, driver, label, shares, kernels, seconds, warmup, limited=True, blocks=1):
     slices = [{"share": s, "kernel": kernels[i % len(kernels)], "blocks": blocks} for i, s in enumerate(shares)]
-    results = run_slices(tmp, client, label.replace("/", "-"), slices, seconds, limited)
+    results = run_slices(tmp, client, driver, label.replace("/", "-"), slices, seconds, limited)
     got, util = shares_of(results, warmup)
     total = sum(shares)
     targets = [100.0 * s / total for s in shares]
     return {
-        "scenario": label, "limited": limited, "blocks": blocks, "targets": targets,
+        "driver": driver, "scenario": label, "limited": limited, "blocks": blocks, "targets": targets,
         "achieved": [round(g, 2) for g in got],
         "error_points": round(max(abs(g - t) for g, t in zip(got, targets)), 2),
         "converge_ms": converge_ms(results, targets), "utilization": round(util, 1),
     }
 
 
-def lone(tmp, client, mode, seconds, warmup):
-    results = run_slices(tmp, client, f"lone-{mode}", [{"share": 30, "kernel": "1000", "mode": mode}], seconds)
+def lone(tmp, client, driver, mode, seconds, warmup):
+    results = run_slices(tmp, client, driver, f"lone-{mode}", [{"share": 30, "kernel": "1000", "mode": mode}], seconds)
     r = results[0]
     first = int(warmup * 1e9 // r["bucket_ns"])
     n = len(r["buckets"]) - 1
     used = 100.0 * sum(r["buckets"][first:n]) / ((n - first) * r["bucket_ns"])
-    return {"scenario": f"lone {mode or 'work-conserving'} 30%", "target": 30 if mode == "hard" else 100,
+    return {"driver": driver, "scenario": f"lone {mode or 'work-conserving'} 30%", "target": 30 if mode == "hard" else 100,
             "card_share": round(used, 2)}
 
 
-def priority(tmp, client, seconds):
+def priority(tmp, client, driver, seconds):
     high = {"share": 50, "kernel": "1000", "priority": "high", "closed": True, "think_us": 2000}
     low = {"share": 50, "kernel": "100", "priority": "low"}
-    alone = run_slices(tmp, client, "prio-alone", [high], seconds)[0]
-    both = run_slices(tmp, client, "prio-both", [high, low], seconds)
-    return {"scenario": "high (1 ms, closed loop) beside low (100 us, saturating)",
+    alone = run_slices(tmp, client, driver, "prio-alone", [high], seconds)[0]
+    both = run_slices(tmp, client, driver, "prio-both", [high, low], seconds)
+    return {"driver": driver, "scenario": "high (1 ms, closed loop) beside low (100 us, saturating)",
             "alone_mean_us": alone.get("lat_mean_us"), "with_low_mean_us": both[0].get("lat_mean_us"),
             "alone_p99_us": alone.get("lat_p99_us"), "with_low_p99_us": both[0].get("lat_p99_us"),
             "ratio_mean": round(both[0]["lat_mean_us"] / alone["lat_mean_us"], 3)
             if alone.get("lat_mean_us") else None}
 
 
-def overhead(tmp, client, seconds, rounds):
+def overhead(tmp, client, driver, seconds, rounds):
     rows = {}
     for kernel in ("50", "4"):
         with_lib, without = [], []
         for _ in range(rounds):
             for limited, sink in ((False, without), (True, with_lib)):
-                r = run_slices(tmp, client, "overhead", [{"share": 100, "kernel": kernel}], seconds, limited)[0]
+                r = run_slices(tmp, client, driver, "overhead", [{"share": 100, "kernel": kernel}], seconds,
+                               limited)[0]
                 sink.append(r["launches"] / (r["wall_ns"] / 1e9))
         a, b = statistics.median(without), statistics.median(with_lib)
-        rows[f"{kernel}us"] = {"launches_per_s_without": round(a), "launches_per_s_with": round(b),
+        rows[f"{driver} {kernel}us"] = {"launches_per_s_without": round(a), "launches_per_s_with": round(b),
                                "overhead_percent": round(100.0 * (a - b) / a, 2)}
     return rows
 
@@ -209,28 +215,36 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--baseline", action="store_true", help="also run each share scenario without libflexai")
     ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--driver", choices=(*DRIVERS, "both"), default="both",
+                    help="the runtime the clients launch through: cuda, acl (Ascend) or both (default)")
     args = ap.parse_args()
+    drivers = DRIVERS if args.driver == "both" else (args.driver,)
     seconds = args.seconds or (2.0 if args.quick else 4.0)
     warmup = min(1.0, seconds / 3)
     tmp = Path(tempfile.mkdtemp(prefix="flexai-compute-bench-"))
-    report: dict = {"seconds": seconds, "warmup": warmup, "shares": [], "grids": []}
+    report: dict = {"seconds": seconds, "warmup": warmup, "shares": [], "grids": [], "lone": [],
+                    "priority": [], "overhead": {}}
     try:
         client = build(tmp)
         kernel_sets = {"1ms": KERNELS["1ms"], "mixed": KERNELS["mixed"]} if args.quick else KERNELS
         for shares in SHARES:
             for kname, kernels in kernel_sets.items():
                 label = "/".join(map(str, shares))
-                for limited in ((True, False) if args.baseline else (True,)):
-                    row = share_scenario(tmp, client, label, shares, kernels, seconds, warmup, limited)
-                    row["kernel"] = kname
-                    report["shares"].append(row)
+                for driver in drivers:
+                    for limited in ((True, False) if args.baseline else (True,)):
+                        row = share_scenario(tmp, client, driver, label, shares, kernels, seconds, warmup, limited)
+                        row["kernel"] = kname
+                        report["shares"].append(row)
         for blocks in ([1, 8192] if args.quick else GRIDS):
-            row = share_scenario(tmp, client, "30/70", (30, 70), ("1000",), seconds, warmup, True, blocks)
-            row["kernel"] = "1ms"
-            report["grids"].append(row)
-        report["lone"] = [lone(tmp, client, "", seconds, warmup), lone(tmp, client, "hard", seconds, warmup)]
-        report["priority"] = priority(tmp, client, seconds)
-        report["overhead"] = overhead(tmp, client, min(seconds, 2.0), 1 if args.quick else 3)
+            for driver in drivers:
+                row = share_scenario(tmp, client, driver, "30/70", (30, 70), ("1000",), seconds, warmup, True, blocks)
+                row["kernel"] = "1ms"
+                report["grids"].append(row)
+        for driver in drivers:
+            report["lone"] += [lone(tmp, client, driver, "", seconds, warmup),
+                               lone(tmp, client, driver, "hard", seconds, warmup)]
+            report["priority"].append(priority(tmp, client, driver, seconds))
+            report["overhead"].update(overhead(tmp, client, driver, min(seconds, 2.0), 1 if args.quick else 3))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -238,19 +252,21 @@ def main() -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"compute share on one simulated card ({seconds:.1f} s runs, window after {warmup:.1f} s)")
-    print(f"{'scenario':<10} {'kernel':<7} {'blocks':>6} {'lib':<4} {'target':<18} {'achieved':<24} "
-          f"{'err pts':>7} {'converge':>9} {'util%':>6}")
+    print(f"{'driver':<6} {'scenario':<10} {'kernel':<7} {'blocks':>6} {'lib':<4} {'target':<18} "
+          f"{'achieved':<24} {'err pts':>7} {'converge':>9} {'util%':>6}")
     for row in report["shares"] + report["grids"]:
         conv = "-" if row["converge_ms"] is None else f"{row['converge_ms']:.0f} ms"
-        print(f"{row['scenario']:<10} {row['kernel']:<7} {row['blocks']:>6} {'yes' if row['limited'] else 'no':<4} "
+        print(f"{row['driver']:<6} {row['scenario']:<10} {row['kernel']:<7} {row['blocks']:>6} "
+              f"{'yes' if row['limited'] else 'no':<4} "
               f"{'/'.join(f'{t:.0f}' for t in row['targets']):<18} "
               f"{'/'.join(f'{a:.1f}' for a in row['achieved']):<24} {row['error_points']:>7.2f} "
               f"{conv:>9} {row['utilization']:>6.1f}")
     for row in report["lone"]:
-        print(f"{row['scenario']}: {row['card_share']:.1f} % of the card (target {row['target']})")
-    p = report["priority"]
-    print(f"priority: {p['scenario']}: mean {p['alone_mean_us']} us alone, {p['with_low_mean_us']} us "
-          f"beside low (x{p['ratio_mean']}); p99 {p['alone_p99_us']} / {p['with_low_p99_us']} us")
+        print(f"{row['driver']}: {row['scenario']}: {row['card_share']:.1f} % of the card (target {row['target']})")
+    for p in report["priority"]:
+        print(f"{p['driver']}: priority: {p['scenario']}: mean {p['alone_mean_us']} us alone, "
+              f"{p['with_low_mean_us']} us beside low (x{p['ratio_mean']}); "
+              f"p99 {p['alone_p99_us']} / {p['with_low_p99_us']} us")
     for k, row in report["overhead"].items():
         print(f"overhead, unlimited slice, {k} kernels: {row['launches_per_s_without']}/s without, "
               f"{row['launches_per_s_with']}/s with libflexai ({row['overhead_percent']:+.2f} %)")

@@ -265,9 +265,14 @@ def _ns(value: float | None) -> str:
 
 def measure(driver: Path, base: dict, lib: Path, region: Path, args) -> dict:
     """Alternating runs without and with the library; medians and the added cost."""
+    # Each vendor's slice gets its own card board: another slice seen on the board in the
+    # last second (the previous vendor's runs) would rightly keep this one off the alone path.
+    boards = region.with_name(region.name + "-boards")
+    boards.mkdir(exist_ok=True)
     kinds = {
         "without": base,
-        "with": {**base, "LD_PRELOAD": str(lib), "FLEXAI_MEMORY": "64GiB", "FLEXAI_REGION": str(region)},
+        "with": {**base, "LD_PRELOAD": str(lib), "FLEXAI_MEMORY": "64GiB", "FLEXAI_REGION": str(region),
+                 "FLEXAI_BOARD_DIR": str(boards)},
     }
     twin = driver.name.removeprefix("driver_") in SAME_PROCESS
     samples: dict[str, dict[str, list[float]]] = {

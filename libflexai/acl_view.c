@@ -18,7 +18,8 @@
  *    to size its caching allocator: the wrapper never charges, never fails where the driver
  *    succeeded, and keeps free <= total.
  *  - compute: every launch (aclrtLaunchKernel, ...V2, ...WithConfig, ...WithHostArgs) passes
- *    the same gate as CUDA launches and is counted in the process's slot.
+ *    the same gate as CUDA launches (compute.c: card board, controller, priorities, hard
+ *    mode, pause), measured with ACL timeline events, and is counted in the process's slot.
  *
  * Routing: programs linked against libascendcl.so bind to these exports (the preloaded
  * library comes first); dlopen + dlsym lookups of acl* names reach flexai_acl_dlsym through
@@ -656,6 +657,88 @@ FLEXAI_ALIAS(aclrtMemGetAllocationGranularity);
 
 /* ---- launches --------------------------------------------------------------------------- */
 
+/* ACL's device timing for the compute gate (compute.c): timeline events around launch
+ * batches. The event functions are not intercepted, so dlsym on the library finds the real
+ * ones. ACL_EVENT_TIME_LINE events are unlimited in number and carry timestamps (CANN:
+ * aclrtCreateEventWithFlag); a runtime without that call gets plain aclrtCreateEvent ones. */
+#define FX_ACL_EVENT_TIME_LINE 0x00000008u
+
+static struct {
+    aclError (*create_flag)(aclrtEvent *, uint32_t);
+    aclError (*create)(aclrtEvent *);
+    aclError (*record)(aclrtEvent, aclrtStream);
+    aclError (*query_status)(aclrtEvent, aclrtEventRecordedStatus *);
+    aclError (*query)(aclrtEvent, aclrtEventStatus *);
+    aclError (*elapsed)(float *, aclrtEvent, aclrtEvent);
+    aclError (*destroy)(aclrtEvent);
+    aclError (*current_context)(aclrtContext *);
+} AT; /* resolved once, by acl_bind under compute.c's once */
+
+static int acl_bind(void)
+{
+    void *h = acl_lib(1);
+    if (!h)
+        return -1;
+    *(void **)&AT.create_flag = flexai_real_dlsym(h, "aclrtCreateEventWithFlag");
+    *(void **)&AT.create = flexai_real_dlsym(h, "aclrtCreateEvent");
+    *(void **)&AT.record = flexai_real_dlsym(h, "aclrtRecordEvent");
+    *(void **)&AT.query_status = flexai_real_dlsym(h, "aclrtQueryEventStatus");
+    *(void **)&AT.query = flexai_real_dlsym(h, "aclrtQueryEvent");
+    *(void **)&AT.elapsed = flexai_real_dlsym(h, "aclrtEventElapsedTime");
+    *(void **)&AT.destroy = flexai_real_dlsym(h, "aclrtDestroyEvent");
+    *(void **)&AT.current_context = flexai_real_dlsym(h, "aclrtGetCurrentContext");
+    return (AT.create_flag || AT.create) && AT.record && (AT.query_status || AT.query) &&
+                   AT.elapsed && AT.destroy && AT.current_context
+               ? 0
+               : -1;
+}
+
+static int acl_thread_ready(void)
+{
+    aclrtContext ctx = NULL;
+    return AT.current_context(&ctx) == ACL_SUCCESS && ctx != NULL;
+}
+
+static int acl_create(void **ev)
+{
+    aclError rc = AT.create_flag ? AT.create_flag((aclrtEvent *)ev, FX_ACL_EVENT_TIME_LINE)
+                                 : AT.create((aclrtEvent *)ev);
+    return rc == ACL_SUCCESS ? 0 : -1;
+}
+
+static int acl_record(void *ev, void *stream)
+{
+    return AT.record(ev, stream) == ACL_SUCCESS ? 0 : -1;
+}
+
+static int acl_query(void *ev)
+{
+    if (AT.query_status) {
+        aclrtEventRecordedStatus st = ACL_EVENT_RECORDED_STATUS_NOT_READY;
+        if (AT.query_status(ev, &st) != ACL_SUCCESS)
+            return -1;
+        return st == ACL_EVENT_RECORDED_STATUS_COMPLETE;
+    }
+    aclrtEventStatus st = ACL_EVENT_STATUS_NOT_READY;
+    if (AT.query(ev, &st) != ACL_SUCCESS)
+        return -1;
+    return st == ACL_EVENT_STATUS_COMPLETE;
+}
+
+static int acl_elapsed(float *ms, void *start, void *end)
+{
+    return AT.elapsed(ms, start, end) == ACL_SUCCESS ? 0 : -1;
+}
+
+static void acl_destroy(void *ev)
+{
+    AT.destroy(ev);
+}
+
+static const struct flexai_device_timer ACL_TIMER = {
+    "ACL", acl_bind, acl_thread_ready, acl_create, acl_record, acl_query, acl_elapsed, acl_destroy,
+};
+
 static inline struct flexai_region *launch_begin(aclrtStream stream)
 {
     struct flexai_region *r = __atomic_load_n(&flexai_P.region, __ATOMIC_ACQUIRE);
@@ -663,16 +746,17 @@ static inline struct flexai_region *launch_begin(aclrtStream stream)
         if (!flexai_enforcing() || (r = flexai_attach_slow()) == NULL)
             return NULL;
     }
-    (void)stream;
-    if (unlikely(__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED)))
-        flexai_compute_gate_slow(r, NULL);
+    flexai_compute_before(&ACL_TIMER, r, stream);
     return r;
 }
 
 static inline void launch_end(struct flexai_region *r, aclError rc)
 {
     struct flexai_proc *me = flexai_P.me;
-    if (r != NULL && rc == ACL_SUCCESS && me != NULL)
+    if (r == NULL)
+        return;
+    flexai_compute_after(&ACL_TIMER, rc == ACL_SUCCESS);
+    if (rc == ACL_SUCCESS && me != NULL)
         __atomic_fetch_add(&me->launches, 1, __ATOMIC_RELAXED);
 }
 

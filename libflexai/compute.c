@@ -1,10 +1,11 @@
-/* Compute: the launch entry points, the gate every launch passes, and device-time measurement.
+/* Compute: the gate every launch passes, device-time measurement, and CUDA's launch entry points.
  *
  * Each launch wrapper does three things: pass the gate, call the driver, count the launch.
  * The gate runs the compute controller (controller.c, docs/compute.md) against the card
  * board of the slice's card and the region's compute block; this file reads the clock,
- * records events around launch batches through the real driver, feeds the measured device
- * time to the controller and sleeps when told.
+ * records events around launch batches through the vendor's runtime (a struct
+ * flexai_device_timer: CUDA's below, ACL's in acl_view.c), feeds the measured device time
+ * to the controller and sleeps when told. The gate knows nothing vendor-specific.
  *
  * Fast path (the slice holds the card's turn, nobody waits, little queued, same stream, no
  * daemon change): a few thread-local and shared loads, no clock read, no lock, no system call.
@@ -33,40 +34,33 @@ typedef struct CUevent_st *CUevent;
 static struct {
     pthread_once_t once;
     int enabled;             /* 1: the controller runs; 0: only the pause gate */
+    const struct flexai_device_timer *timer; /* the runtime whose launches are measured */
     struct flexai_board *board;
     int slot;
     uint64_t key;
-    CUresult (*ev_create)(CUevent *, unsigned int);
-    CUresult (*ev_record)(CUevent, CUstream);
-    CUresult (*ev_query)(CUevent);
-    CUresult (*ev_sync)(CUevent);
-    CUresult (*ev_elapsed)(float *, CUevent, CUevent);
-    CUresult (*ev_destroy)(CUevent);
-    CUresult (*ctx_current)(CUcontext *);
-} G = {PTHREAD_ONCE_INIT, 0, NULL, -1, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+} G = {PTHREAD_ONCE_INIT, 0, NULL, NULL, -1, 0};
 
 struct batch {
-    CUevent start, end;
+    void *start, *end;       /* the runtime's events */
     uint32_t launches;
     int end_borrowed;        /* the next batch starts at this one's end event */
-    CUstream stream;
+    void *stream;
 };
 
 struct tstate {
     int ready;               /* 0 not yet, 1 ready, -1 this thread cannot measure */
     struct flexai_ctl_proc p;
-    CUcontext ctx;
     struct batch ring[RING];
     unsigned head, tail;
-    CUstream open_stream;
-    CUevent open_start;
+    void *open_stream;
+    void *open_start;
     uint32_t open_n;
     int open_borrowed;       /* open_start is the previous batch's end */
     int fast;                /* the last gate said: alone, holder, full cap */
     uint64_t fast_turn;      /* the turn word when fast was set */
     uint64_t fast_gen;
     uint64_t cap_ns;
-    CUevent pool[POOL];
+    void *pool[POOL];
     int npool;
 };
 
@@ -162,7 +156,8 @@ static void compute_child_after_fork(void)
 static void compute_init(void)
 {
     struct flexai_region *r = __atomic_load_n(&flexai_P.region, __ATOMIC_ACQUIRE);
-    if (!r)
+    const struct flexai_device_timer *timer = __atomic_load_n(&G.timer, __ATOMIC_ACQUIRE);
+    if (!r || !timer)
         return;
     const char *by = getenv("FLEXAI_COMPUTE_BY");
     if (by && strcmp(by, "mps") == 0)
@@ -174,16 +169,9 @@ static void compute_init(void)
         __atomic_store_n(&r->compute.mode, FLEXAI_MODE_HARD, __ATOMIC_RELAXED);
         __atomic_add_fetch(&r->compute.generation, 1, __ATOMIC_RELEASE);
     }
-    *(void **)&G.ev_create = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventCreate");
-    *(void **)&G.ev_record = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventRecord");
-    *(void **)&G.ev_query = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventQuery");
-    *(void **)&G.ev_sync = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventSynchronize");
-    *(void **)&G.ev_elapsed = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventElapsedTime");
-    *(void **)&G.ev_destroy = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventDestroy_v2");
-    *(void **)&G.ctx_current = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetCurrent");
-    if (!G.ev_create || !G.ev_record || !G.ev_query || !G.ev_sync || !G.ev_elapsed ||
-        !G.ev_destroy || !G.ctx_current) {
-        flexai_warn("flexai: the driver lacks the event API; compute share not enforced");
+    if (timer->bind() != 0) {
+        flexai_warn("flexai: the %s runtime lacks the event API; compute share not enforced",
+                    timer->api);
         return;
     }
     G.board = board_open(r);
@@ -205,31 +193,31 @@ static void compute_init(void)
 
 /* ---- events and batches ---------------------------------------------------------------- */
 
-static CUevent ev_get(struct tstate *t)
+static void *ev_get(struct tstate *t)
 {
     if (t->npool > 0)
         return t->pool[--t->npool];
-    CUevent e = NULL;
-    if (G.ev_create(&e, 0) != CUDA_SUCCESS)
+    void *e = NULL;
+    if (G.timer->create(&e) != 0)
         return NULL;
     return e;
 }
 
-static void ev_put(struct tstate *t, CUevent e)
+static void ev_put(struct tstate *t, void *e)
 {
     if (!e)
         return;
     if (t->npool < POOL)
         t->pool[t->npool++] = e;
     else
-        G.ev_destroy(e);
+        G.timer->destroy(e);
 }
 
 static void charge_batch(struct tstate *t, struct batch *b, uint64_t now)
 {
     float ms = 0;
     uint64_t ns = 0;
-    if (G.ev_elapsed(&ms, b->start, b->end) == CUDA_SUCCESS && ms > 0)
+    if (G.timer->elapsed_ms(&ms, b->start, b->end) == 0 && ms > 0)
         ns = (uint64_t)((double)ms * 1e6);
     flexai_ctl_charge(G.board, &flexai_P.region->compute, &t->p, ns, b->launches, now);
     struct flexai_proc *me = flexai_P.me;
@@ -240,12 +228,13 @@ static void charge_batch(struct tstate *t, struct batch *b, uint64_t now)
         ev_put(t, b->end);
 }
 
-/* Completed batches, oldest first, without blocking. */
+/* Completed batches, oldest first, without blocking. A batch whose event reports an error
+ * (its context destroyed under it) is taken as completed: it must not hold the ring. */
 static void harvest(struct tstate *t, uint64_t now)
 {
     while (t->tail != t->head) {
         struct batch *b = &t->ring[t->tail % RING];
-        if (G.ev_query(b->end) != CUDA_SUCCESS)
+        if (G.timer->query(b->end) == 0)
             break;
         t->tail++;
         charge_batch(t, b, now);
@@ -255,10 +244,9 @@ static void harvest(struct tstate *t, uint64_t now)
 /* Waits (polling, so the slice keeps its heartbeat on the board) until batch idx completed. */
 static void wait_batch(struct tstate *t, unsigned idx)
 {
-    CUevent e = t->ring[idx % RING].end;
+    void *e = t->ring[idx % RING].end;
     for (;;) {
-        CUresult rc = G.ev_query(e);
-        if (rc != CUDA_ERROR_NOT_READY)
+        if (G.timer->query(e) != 0)
             break;
         uint64_t now = now_mono();
         flexai_ctl_launched(G.board, &t->p, 0, now + flexai_ctl_inflight_ns(&t->p), now);
@@ -282,8 +270,8 @@ static void close_open(struct tstate *t)
     }
     if (t->head - t->tail >= RING)
         wait_batch(t, t->tail);
-    CUevent end = ev_get(t);
-    if (!end || G.ev_record(end, t->open_stream) != CUDA_SUCCESS) {
+    void *end = ev_get(t);
+    if (!end || G.timer->record(end, t->open_stream) != 0) {
         /* cannot measure this batch: count it as its estimate */
         flexai_ctl_charge(G.board, &flexai_P.region->compute, &t->p,
                           t->open_n * (t->p.est_launch_ns ? t->p.est_launch_ns : 0), t->open_n, now_mono());
@@ -304,14 +292,14 @@ static void close_open(struct tstate *t)
 }
 
 /* Before a launch on `stream`: make sure a batch is open there with its start marked. */
-static int open_batch(struct tstate *t, CUstream stream)
+static int open_batch(struct tstate *t, void *stream)
 {
     if (t->open_start && t->open_stream == stream)
         return 0;
     close_open(t);
     if (t->head != t->tail) {
         struct batch *prev = &t->ring[(t->head - 1) % RING];
-        if (prev->stream == stream && G.ev_query(prev->end) == CUDA_ERROR_NOT_READY) {
+        if (prev->stream == stream && G.timer->query(prev->end) == 0) {
             /* the stream is still busy with the previous batch: this one starts at its end */
             prev->end_borrowed = 1;
             t->open_start = prev->end;
@@ -320,8 +308,8 @@ static int open_batch(struct tstate *t, CUstream stream)
             return 0;
         }
     }
-    CUevent s = ev_get(t);
-    if (!s || G.ev_record(s, stream) != CUDA_SUCCESS) {
+    void *s = ev_get(t);
+    if (!s || G.timer->record(s, stream) != 0) {
         ev_put(t, s);
         return -1;
     }
@@ -343,21 +331,18 @@ static int thread_ready(struct tstate *t)
 {
     if (likely(t->ready))
         return t->ready > 0;
-    CUcontext ctx = NULL;
-    if (G.ctx_current(&ctx) != CUDA_SUCCESS || !ctx) {
+    if (!G.timer->thread_ready())
         return 0; /* no context yet: the launch will fail anyway; try again next time */
-    }
     memset(&t->p, 0, sizeof t->p);
     t->p.slot = G.slot;
     t->p.key = G.key;
     t->p.last_generation = __atomic_load_n(&flexai_P.region->compute.generation, __ATOMIC_ACQUIRE);
-    t->ctx = ctx;
     t->ready = 1;
     return 1;
 }
 
 /* The full gate: returns once this thread may launch on `stream`. */
-static void gate_slow(struct flexai_region *r, struct tstate *t, CUstream stream)
+static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
 {
     for (;;) {
         uint64_t now = now_mono();
@@ -396,16 +381,34 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, CUstream stream
     }
 }
 
-static inline void compute_gate(struct flexai_region *r, CUstream stream)
+/* Daemon pause only (controller off, or another vendor's launch): wait until resumed. */
+static void pause_gate(struct flexai_region *r)
+{
+    while (__atomic_load_n(&r->compute.paused, __ATOMIC_ACQUIRE)) {
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static inline void compute_gate(const struct flexai_device_timer *timer, struct flexai_region *r,
+                                void *stream)
 {
     if (unlikely(!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE))) {
+        const struct flexai_device_timer *none = NULL;
+        __atomic_compare_exchange_n(&G.timer, &none, timer, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
         pthread_once(&G.once, compute_init);
         if (!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE)) {
             /* controller off (MPS mode, no board): only the daemon's pause holds launches */
             if (unlikely(__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED)))
-                flexai_compute_gate_slow(r, stream);
+                pause_gate(r);
             return;
         }
+    }
+    if (unlikely(timer != G.timer)) {
+        /* a second runtime in one process: its device time is not measured */
+        if (unlikely(__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED)))
+            pause_gate(r);
+        return;
     }
     struct tstate *t = TP;
     if (unlikely(t == NULL) && (t = tstate_slow()) == NULL)
@@ -426,25 +429,15 @@ static inline void compute_gate(struct flexai_region *r, CUstream stream)
     gate_slow(r, t, stream);
 }
 
-void flexai_compute_gate_slow(struct flexai_region *r, CUstream stream)
-{
-    (void)stream;
-    /* Paused by the daemon (controller off): wait until it resumes the slice. */
-    while (__atomic_load_n(&r->compute.paused, __ATOMIC_ACQUIRE)) {
-        struct timespec ts = {0, 1000000L};
-        nanosleep(&ts, NULL);
-    }
-}
-
 /* After a launch the gate let through. */
-static inline void compute_after(CUresult rc)
+static inline void compute_after(const struct flexai_device_timer *timer, int ok)
 {
-    if (!G.enabled)
+    if (!G.enabled || timer != G.timer)
         return;
     struct tstate *t = TP;
     if (!t || t->ready <= 0 || !t->open_start)
         return;
-    if (rc != CUDA_SUCCESS)
+    if (!ok)
         return;
     t->open_n++;
     if (t->fast) {
@@ -453,9 +446,78 @@ static inline void compute_after(CUresult rc)
     }
     uint64_t now = now_mono();
     flexai_ctl_launched(G.board, &t->p, 1, now + flexai_ctl_inflight_ns(&t->p) + t->p.est_launch_ns, now);
-    if (!t->fast)
-        close_open(t); /* throttled or contended: measure every launch */
+    close_open(t); /* throttled or contended: measure every launch */
 }
+
+void flexai_compute_before(const struct flexai_device_timer *timer, struct flexai_region *r,
+                           void *stream)
+{
+    compute_gate(timer, r, stream);
+}
+
+void flexai_compute_after(const struct flexai_device_timer *timer, int ok)
+{
+    compute_after(timer, ok);
+}
+
+/* ---- CUDA ------------------------------------------------------------------------------ */
+
+/* The real driver's event functions, resolved once by cu_bind (under G.once). */
+static struct {
+    CUresult (*create)(CUevent *, unsigned int);
+    CUresult (*record)(CUevent, CUstream);
+    CUresult (*query)(CUevent);
+    CUresult (*elapsed)(float *, CUevent, CUevent);
+    CUresult (*destroy)(CUevent);
+    CUresult (*ctx_current)(CUcontext *);
+} CU;
+
+static int cu_bind(void)
+{
+    *(void **)&CU.create = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventCreate");
+    *(void **)&CU.record = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventRecord");
+    *(void **)&CU.query = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventQuery");
+    *(void **)&CU.elapsed = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventElapsedTime");
+    *(void **)&CU.destroy = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventDestroy_v2");
+    *(void **)&CU.ctx_current = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetCurrent");
+    return CU.create && CU.record && CU.query && CU.elapsed && CU.destroy && CU.ctx_current ? 0 : -1;
+}
+
+static int cu_thread_ready(void)
+{
+    CUcontext ctx = NULL;
+    return CU.ctx_current(&ctx) == CUDA_SUCCESS && ctx != NULL;
+}
+
+static int cu_create(void **ev)
+{
+    return CU.create((CUevent *)ev, 0) == CUDA_SUCCESS ? 0 : -1;
+}
+
+static int cu_record(void *ev, void *stream)
+{
+    return CU.record(ev, stream) == CUDA_SUCCESS ? 0 : -1;
+}
+
+static int cu_query(void *ev)
+{
+    CUresult rc = CU.query(ev);
+    return rc == CUDA_SUCCESS ? 1 : rc == CUDA_ERROR_NOT_READY ? 0 : -1;
+}
+
+static int cu_elapsed(float *ms, void *start, void *end)
+{
+    return CU.elapsed(ms, start, end) == CUDA_SUCCESS ? 0 : -1;
+}
+
+static void cu_destroy(void *ev)
+{
+    CU.destroy(ev);
+}
+
+static const struct flexai_device_timer CUDA_TIMER = {
+    "CUDA", cu_bind, cu_thread_ready, cu_create, cu_record, cu_query, cu_elapsed, cu_destroy,
+};
 
 /* The region when this launch is the slice's, NULL when passing through. */
 static inline struct flexai_region *launch_begin(CUstream stream, int ptsz)
@@ -467,7 +529,7 @@ static inline struct flexai_region *launch_begin(CUstream stream, int ptsz)
     }
     if (ptsz && stream == NULL)
         stream = FX_STREAM_PER_THREAD;
-    compute_gate(r, stream);
+    compute_gate(&CUDA_TIMER, r, stream);
     return r;
 }
 
@@ -475,7 +537,7 @@ static inline void launch_end(struct flexai_region *r, CUresult rc)
 {
     struct flexai_proc *me = flexai_P.me;
     if (r != NULL) {
-        compute_after(rc);
+        compute_after(&CUDA_TIMER, rc == CUDA_SUCCESS);
         if (rc == CUDA_SUCCESS && me != NULL)
             __atomic_fetch_add(&me->launches, 1, __ATOMIC_RELAXED);
     }

@@ -388,7 +388,26 @@ FLEXAI_HIDDEN int flexai_acl_dlsym(void *handle, const char *name, void **out);
 FLEXAI_HIDDEN int64_t flexai_acl_card_memory(void);
 
 /* ---- compute.c ------------------------------------------------------------------------ */
-FLEXAI_HIDDEN void flexai_compute_gate_slow(struct flexai_region *r, CUstream stream);
+/* A vendor runtime's device timing, all the compute gate needs of it: events recorded on a
+ * stream around launch batches and the device time between them. compute.c supplies CUDA's,
+ * acl_view.c ACL's; the gate, batching and controller are the same for both. */
+struct flexai_device_timer {
+    const char *api;                            /* "CUDA", "ACL": for messages */
+    int (*bind)(void);                          /* resolves the runtime's functions: 0 ok */
+    int (*thread_ready)(void);                  /* 1: the calling thread has a context/device */
+    int (*create)(void **ev);                   /* 0 ok */
+    int (*record)(void *ev, void *stream);      /* 0 ok */
+    int (*query)(void *ev);                     /* 1 completed, 0 not yet, -1 error */
+    int (*elapsed_ms)(float *ms, void *start, void *end); /* 0 ok; both completed */
+    void (*destroy)(void *ev);
+};
+/* Before a launch of the slice on `stream` (the runtime's own default-stream value for the
+ * default stream): returns once the launch may go. The first vendor to launch binds the
+ * controller; launches of another vendor in the same process only obey pause. */
+FLEXAI_HIDDEN void flexai_compute_before(const struct flexai_device_timer *timer,
+                                         struct flexai_region *r, void *stream);
+/* After that launch: `ok` when the runtime accepted it. */
+FLEXAI_HIDDEN void flexai_compute_after(const struct flexai_device_timer *timer, int ok);
 
 #pragma GCC visibility pop
 

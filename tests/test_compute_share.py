@@ -1,8 +1,9 @@
 """Compute shares end to end: sliced processes (libflexai preloaded) saturating one simulated card.
 
-Each slice runs tests/clients/compute_client (driver API through dlopen'd libcuda.so.1, the
-simulated one): spin kernels of known length, device time counted by the client itself per
-50 ms bucket of launch time. Shares are fractions of the card's busy time over a window, in
+Each slice runs tests/clients/compute_client (CUDA's driver API through dlopen'd libcuda.so.1,
+or AscendCL through dlopen'd libascendcl.so: the simulated ones; the share tests run for
+both, with the same bounds): spin kernels of known length, device time counted by the client
+itself per 50 ms bucket of launch time. Shares are fractions of the card's busy time over a window, in
 the simulator's time (the shared card timeline), so they do not depend on how fast this
 machine is; no test asserts a wall-clock duration.
 """
@@ -38,10 +39,11 @@ def compute_client(tmp_path_factory) -> str:
 
 
 class Slices:
-    """Client processes of one test; every one is killed by pid at the end."""
+    """Client processes of one test (on `driver`: cuda or acl); every one is killed by pid at
+    the end."""
 
-    def __init__(self, tmp: Path, libs, client: str):
-        self.tmp, self.libs, self.client = tmp, libs, client
+    def __init__(self, tmp: Path, libs, client: str, driver: str = "cuda"):
+        self.tmp, self.libs, self.client, self.driver = tmp, libs, client, driver
         self.sim = Sim(tmp / "sim", memories=(16 << 30,))
         self.boards = tmp / "boards"
         self.boards.mkdir()
@@ -58,7 +60,8 @@ class Slices:
                                region=self.region(i), board_dir=self.boards)
             if s.get("mode"):
                 env["FLEXAI_COMPUTE_MODE"] = s["mode"]
-            args = [self.client, "--kernel-us", s.get("kernel", "1000"), "--seconds", str(seconds),
+            args = [self.client, "--driver", self.driver, "--kernel-us", s.get("kernel", "1000"),
+                    "--seconds", str(seconds),
                     "--start-at", str(self.start_at), "--api", s.get("api", "launch"),
                     "--blocks", str(s.get("blocks", 1))]
             if s.get("closed"):
@@ -87,9 +90,14 @@ class Slices:
                 pass
 
 
+@pytest.fixture(params=["cuda", "acl"])
+def driver(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def slices(tmp_path, libs, compute_client):  # noqa: F811
-    s = Slices(tmp_path, libs, compute_client)
+def slices(tmp_path, libs, compute_client, driver):  # noqa: F811
+    s = Slices(tmp_path, libs, compute_client, driver)
     yield s
     s.stop()
 
@@ -118,9 +126,15 @@ def test_saturating_slices_get_their_shares_over_5s(slices, shares, kernels):
         assert abs(measured - target) <= 2 * TOL, (i, measured, target)
 
 
-def test_graph_launches_are_limited_too(slices):
-    slices.start([{"share": 30, "kernel": "500", "api": "graph"},
-                  {"share": 70, "kernel": "500", "api": "ex"}], seconds=4)
+@pytest.mark.parametrize("driver, apis", [
+    ("cuda", ("graph", "ex")),
+    ("cuda", ("ptsz", "coop")),
+    ("acl", ("v2", "cfg")),
+    ("acl", ("hostargs", "launch")),
+], indirect=["driver"], ids=["cuda-graph/ex", "cuda-ptsz/coop", "acl-v2/cfg", "acl-hostargs/launch"])
+def test_every_launch_entry_point_is_limited(slices, apis):
+    slices.start([{"share": 30, "kernel": "500", "api": apis[0]},
+                  {"share": 70, "kernel": "500", "api": apis[1]}], seconds=4)
     got, _ = window_shares(slices.results(), 1.0, 4.0)
     assert abs(got[0] - 30) <= TOL and abs(got[1] - 70) <= TOL, got
 
@@ -137,11 +151,11 @@ def test_lone_work_conserving_slice_gets_the_whole_card(slices):
     assert util > 95, util
 
 
-def test_high_priority_latency_beside_a_saturating_low_slice(slices, tmp_path, libs, compute_client):  # noqa: F811
+def test_high_priority_latency_beside_a_saturating_low_slice(slices, tmp_path, libs, compute_client, driver):  # noqa: F811
     high = {"share": 50, "kernel": "2000", "priority": "high", "closed": True, "think_us": 3000}
     slices.start([high], seconds=2)
     alone = slices.results()[0]
-    other = Slices(tmp_path / "pair", libs, compute_client)
+    other = Slices(tmp_path / "pair", libs, compute_client, driver)
     try:
         other.start([high, {"share": 50, "kernel": "100", "priority": "low"}], seconds=3)
         with_low = other.results()[0]
@@ -169,9 +183,30 @@ def test_share_changed_in_the_region_takes_effect_within_a_second(slices):
 # ---- containers: flexai-runtime + real runc + flexaid on a simulated card -----------------
 
 
-def test_two_sliced_containers_share_the_card_30_70(libs, compute_client, runc, make_daemon, make_bundle):  # noqa: F811
+@pytest.fixture
+def card_daemon(request, make_daemon):
+    """flexaid with one simulated 16 GiB card: NVIDIA, or Ascend (device nodes made by the
+    simulator under a fresh /dev directory, removed afterwards)."""
+    if request.param == "cuda":
+        yield make_daemon(memories=("16GiB",))
+        return
+    if os.geteuid() != 0:
+        pytest.skip("simulated Ascend device nodes need root")
+    import secrets
+    dev_dir = f"/dev/flexai-test-ascend-{secrets.token_hex(3)}"
+    try:
+        yield make_daemon(simulated={"cards": [{"name": "sim Ascend 910B", "memory": "16GiB", "kind": "ascend",
+                                                "device": f"{dev_dir}/davinci0"}]})
+    finally:
+        shutil.rmtree(dev_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("card_daemon", ["cuda", "acl"], indirect=True)
+def test_two_sliced_containers_share_the_card_30_70(libs, compute_client, runc, card_daemon, make_bundle,  # noqa: F811
+                                                    request):
     """FLEXAI_FRACTION=0.3 and 0.7 containers, each saturating the card with 1 ms kernels: the
-    card boards are mounted into both, so their controllers share the card 30/70."""
+    card boards are mounted into both, so their controllers share the card 30/70 (CUDA and
+    ACL programs alike)."""
     import threading
 
     from test_libflexai_e2e import dynamic_bundle
@@ -179,12 +214,14 @@ def test_two_sliced_containers_share_the_card_30_70(libs, compute_client, runc, 
 
     if not os.path.exists("/lib64/ld-linux-x86-64.so.2") or not os.path.isdir("/lib/x86_64-linux-gnu"):
         pytest.skip("this test builds its rootfs from an x86_64 Debian-style host glibc")
-    daemon = make_daemon(memories=("16GiB",))
+    daemon = card_daemon
+    driver = request.node.callspec.params["card_daemon"]
     start_at = time.monotonic_ns() + 3_000_000_000  # CLOCK_MONOTONIC is the same inside the containers
     seconds = 6
     bundles = {}
     for cid, fraction in (("share30", "0.3"), ("share70", "0.7")):
-        bundle = dynamic_bundle(make_bundle, compute_client, ["/bin/flexai_client", "--kernel-us", "1000",
+        bundle = dynamic_bundle(make_bundle, compute_client, ["/bin/flexai_client", "--driver", driver,
+                                "--kernel-us", "1000",
                                 "--seconds", str(seconds), "--start-at", str(start_at)],
                                 [f"FLEXAI_FRACTION={fraction}"])
         bundles[cid] = bundle

@@ -1,14 +1,17 @@
-/* A CUDA driver-API client that keeps a (simulated) card busy with kernels of known length,
- * for the compute-share tests and bench/compute_share.py.
+/* A client that keeps a (simulated) card busy with kernels of known length, through the CUDA
+ * driver API or AscendCL, for the compute-share tests and bench/compute_share.py.
  *
- * It loads the driver the way libcudart does (dlopen("libcuda.so.1") + dlsym), so a preloaded
- * libflexai sees every launch. Kernels are the simulator's spin kernels (name starting with
- * flexai_sim_spin: the first parameter is the ns each wave of blocks lasts; waves =
- * ceil(blocks / sm_count)), so the client knows the device time of every kernel it launched
- * and reports it independently of libflexai's own measurement.
+ * It loads the runtime the way frameworks do (dlopen("libcuda.so.1") or
+ * dlopen("libascendcl.so") + dlsym), so a preloaded libflexai sees every launch. Kernels are
+ * the simulators' spin kernels (name starting with flexai_sim_spin: the first parameter -- ACL:
+ * the first 8 bytes of the arguments -- is the ns each wave of blocks lasts; waves =
+ * ceil(blocks / sm_count), AI cores on Ascend), so the client knows the device time of every
+ * kernel it launched and reports it independently of libflexai's own measurement.
  *
- * usage: compute_client [--kernel-us L[+L...]] [--blocks N] [--seconds S] [--start-at NS]
- *                       [--bucket-ms B] [--api launch|ptsz|ex|coop|graph] [--graph-nodes N]
+ * usage: compute_client [--driver cuda|acl] [--kernel-us L[+L...]] [--blocks N] [--seconds S]
+ *                       [--start-at NS] [--bucket-ms B] [--graph-nodes N]
+ *                       [--api launch|ptsz|ex|coop|graph       (cuda)
+ *                              launch|v2|cfg|hostargs]         (acl)
  *                       [--closed] [--think-us T] [--sm-count N]
  * --start-at: CLOCK_MONOTONIC ns to begin at (so several clients start together).
  * --closed: one kernel at a time, synchronised, completion latency measured (from the moment
@@ -53,6 +56,25 @@ F(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec *, CUgraph, unsigned long 
 F(CUresult, cuGraphLaunch, (CUgraphExec, CUstream))
 #undef F
 
+/* AscendCL (acl/acl_rt.h), the part this client uses */
+typedef int aclError;
+typedef void *aclrtStream, *aclrtFuncHandle, *aclrtBinHandle, *aclrtArgsHandle, *aclrtParamHandle;
+#define A(ret, name, args) static ret(*a_##name) args;
+A(aclError, aclInit, (const char *))
+A(aclError, aclrtSetDevice, (int32_t))
+A(aclError, aclrtCreateStream, (aclrtStream *))
+A(aclError, aclrtSynchronizeStream, (aclrtStream))
+A(aclError, aclrtBinaryLoadFromData, (const void *, size_t, const void *, aclrtBinHandle *))
+A(aclError, aclrtBinaryGetFunction, (aclrtBinHandle, const char *, aclrtFuncHandle *))
+A(aclError, aclrtLaunchKernel, (aclrtFuncHandle, uint32_t, const void *, size_t, aclrtStream))
+A(aclError, aclrtLaunchKernelV2, (aclrtFuncHandle, uint32_t, const void *, size_t, void *, aclrtStream))
+A(aclError, aclrtLaunchKernelWithConfig, (aclrtFuncHandle, uint32_t, aclrtStream, void *, aclrtArgsHandle, void *))
+A(aclError, aclrtLaunchKernelWithHostArgs, (aclrtFuncHandle, uint32_t, aclrtStream, void *, void *, size_t, void *, size_t))
+A(aclError, aclrtKernelArgsInit, (aclrtFuncHandle, aclrtArgsHandle *))
+A(aclError, aclrtKernelArgsAppend, (aclrtArgsHandle, void *, size_t, aclrtParamHandle *))
+A(aclError, aclrtKernelArgsFinalize, (aclrtArgsHandle))
+#undef A
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -86,7 +108,7 @@ int main(int argc, char **argv)
     unsigned blocks = 1;
     double seconds = 5;
     uint64_t start_at = 0, bucket_ns = 50000000, think_ns = 0;
-    const char *api = "launch";
+    const char *api = "launch", *driver = "cuda";
     int closed = 0, graph_nodes = 8;
     unsigned sm = 132;
     for (int i = 1; i < argc; i++) {
@@ -104,6 +126,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--start-at")) start_at = strtoull(v, NULL, 10), i++;
         else if (!strcmp(a, "--bucket-ms")) bucket_ns = (uint64_t)(atof(v) * 1e6), i++;
         else if (!strcmp(a, "--api")) api = v, i++;
+        else if (!strcmp(a, "--driver")) driver = v, i++;
         else if (!strcmp(a, "--graph-nodes")) graph_nodes = atoi(v), i++;
         else if (!strcmp(a, "--think-us")) think_ns = (uint64_t)(atof(v) * 1000), i++;
         else if (!strcmp(a, "--sm-count")) sm = (unsigned)atoi(v), i++;
@@ -115,7 +138,12 @@ int main(int argc, char **argv)
     }
     if (blocks < 1 || nk < 1 || sm < 1)
         return 2;
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    int acl = !strcmp(driver, "acl");
+    if (!acl && strcmp(driver, "cuda")) {
+        fprintf(stderr, "compute_client: --driver is cuda or acl, not %s\n", driver);
+        return 2;
+    }
+    void *h = dlopen(acl ? "libascendcl.so" : "libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     if (!h) {
         fprintf(stderr, "compute_client: %s\n", dlerror());
         return 3;
@@ -128,24 +156,48 @@ int main(int argc, char **argv)
             return 3;                                                                         \
         }                                                                                     \
     } while (0)
-    LOAD(cuInit); LOAD(cuDevicePrimaryCtxRetain); LOAD(cuCtxSetCurrent); LOAD(cuLibraryLoadData);
-    LOAD(cuLibraryGetKernel); LOAD(cuKernelGetFunction); LOAD(cuStreamCreate);
-    LOAD(cuStreamSynchronize); LOAD(cuLaunchKernel); LOAD(cuLaunchKernel_ptsz);
-    LOAD(cuLaunchKernelEx); LOAD(cuLaunchCooperativeKernel); LOAD(cuStreamBeginCapture_v2);
-    LOAD(cuStreamEndCapture); LOAD(cuGraphInstantiateWithFlags); LOAD(cuGraphLaunch);
-
-    CUcontext ctx;
-    CUlibrary lib;
-    CUkernel kernel;
-    CUfunction f;
-    CUstream s;
-    CK(p_cuInit(0), "cuInit");
-    CK(p_cuDevicePrimaryCtxRetain(&ctx, 0), "cuDevicePrimaryCtxRetain");
-    CK(p_cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
-    CK(p_cuLibraryLoadData(&lib, "flexai-sim-image", NULL, NULL, 0, NULL, NULL, 0), "cuLibraryLoadData");
-    CK(p_cuLibraryGetKernel(&kernel, lib, "flexai_sim_spin"), "cuLibraryGetKernel");
-    CK(p_cuKernelGetFunction(&f, kernel), "cuKernelGetFunction");
-    CK(p_cuStreamCreate(&s, 0), "cuStreamCreate");
+#define ALOAD(name)                                                                           \
+    do {                                                                                      \
+        *(void **)&a_##name = dlsym(h, #name);                                                \
+        if (!a_##name) {                                                                      \
+            fprintf(stderr, "compute_client: no %s\n", #name);                                \
+            return 3;                                                                         \
+        }                                                                                     \
+    } while (0)
+    CUstream s = NULL;
+    CUfunction f = NULL;
+    aclrtStream as = NULL;
+    aclrtFuncHandle af = NULL;
+    if (acl) {
+        ALOAD(aclInit); ALOAD(aclrtSetDevice); ALOAD(aclrtCreateStream); ALOAD(aclrtSynchronizeStream);
+        ALOAD(aclrtBinaryLoadFromData); ALOAD(aclrtBinaryGetFunction); ALOAD(aclrtLaunchKernel);
+        ALOAD(aclrtLaunchKernelV2); ALOAD(aclrtLaunchKernelWithConfig);
+        ALOAD(aclrtLaunchKernelWithHostArgs); ALOAD(aclrtKernelArgsInit);
+        ALOAD(aclrtKernelArgsAppend); ALOAD(aclrtKernelArgsFinalize);
+        static const char blob[] = "flexai-sim-binary";
+        aclrtBinHandle bin;
+        CK(a_aclInit(NULL), "aclInit");
+        CK(a_aclrtSetDevice(0), "aclrtSetDevice");
+        CK(a_aclrtBinaryLoadFromData(blob, sizeof blob, NULL, &bin), "aclrtBinaryLoadFromData");
+        CK(a_aclrtBinaryGetFunction(bin, "flexai_sim_spin", &af), "aclrtBinaryGetFunction");
+        CK(a_aclrtCreateStream(&as), "aclrtCreateStream");
+    } else {
+        LOAD(cuInit); LOAD(cuDevicePrimaryCtxRetain); LOAD(cuCtxSetCurrent); LOAD(cuLibraryLoadData);
+        LOAD(cuLibraryGetKernel); LOAD(cuKernelGetFunction); LOAD(cuStreamCreate);
+        LOAD(cuStreamSynchronize); LOAD(cuLaunchKernel); LOAD(cuLaunchKernel_ptsz);
+        LOAD(cuLaunchKernelEx); LOAD(cuLaunchCooperativeKernel); LOAD(cuStreamBeginCapture_v2);
+        LOAD(cuStreamEndCapture); LOAD(cuGraphInstantiateWithFlags); LOAD(cuGraphLaunch);
+        CUcontext ctx;
+        CUlibrary lib;
+        CUkernel kernel;
+        CK(p_cuInit(0), "cuInit");
+        CK(p_cuDevicePrimaryCtxRetain(&ctx, 0), "cuDevicePrimaryCtxRetain");
+        CK(p_cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+        CK(p_cuLibraryLoadData(&lib, "flexai-sim-image", NULL, NULL, 0, NULL, NULL, 0), "cuLibraryLoadData");
+        CK(p_cuLibraryGetKernel(&kernel, lib, "flexai_sim_spin"), "cuLibraryGetKernel");
+        CK(p_cuKernelGetFunction(&f, kernel), "cuKernelGetFunction");
+        CK(p_cuStreamCreate(&s, 0), "cuStreamCreate");
+    }
 
     /* per-wave ns so that each kernel lasts exactly kern[i] */
     uint64_t waves = (blocks + sm - 1) / sm;
@@ -154,7 +206,7 @@ int main(int argc, char **argv)
         per[i] = kern[i] / waves;
         dur[i] = per[i] * waves;
     }
-    int use_graph = !strcmp(api, "graph");
+    int use_graph = !acl && !strcmp(api, "graph");
     CUgraphExec exec = NULL;
     uint64_t graph_dur = 0;
     if (use_graph) {
@@ -189,7 +241,23 @@ int main(int argc, char **argv)
             break;
         uint64_t v = per[ki % nk], d = dur[ki % nk];
         void *params[] = {&v};
-        if (use_graph) {
+        if (acl) {
+            if (!strcmp(api, "v2")) {
+                CK(a_aclrtLaunchKernelV2(af, blocks, &v, sizeof v, NULL, as), "aclrtLaunchKernelV2");
+            } else if (!strcmp(api, "hostargs")) {
+                CK(a_aclrtLaunchKernelWithHostArgs(af, blocks, as, NULL, &v, sizeof v, NULL, 0),
+                   "aclrtLaunchKernelWithHostArgs");
+            } else if (!strcmp(api, "cfg")) {
+                aclrtArgsHandle ah;
+                aclrtParamHandle ph;
+                CK(a_aclrtKernelArgsInit(af, &ah), "aclrtKernelArgsInit");
+                CK(a_aclrtKernelArgsAppend(ah, &v, sizeof v, &ph), "aclrtKernelArgsAppend");
+                CK(a_aclrtKernelArgsFinalize(ah), "aclrtKernelArgsFinalize");
+                CK(a_aclrtLaunchKernelWithConfig(af, blocks, as, NULL, ah, NULL), "aclrtLaunchKernelWithConfig");
+            } else {
+                CK(a_aclrtLaunchKernel(af, blocks, &v, sizeof v, as), "aclrtLaunchKernel");
+            }
+        } else if (use_graph) {
             CK(p_cuGraphLaunch(exec, s), "cuGraphLaunch");
             d = graph_dur;
         } else if (!strcmp(api, "ptsz")) {
@@ -209,7 +277,7 @@ int main(int argc, char **argv)
         if (b < nb)
             bucket[b] += d;
         if (closed) {
-            CK(p_cuStreamSynchronize(s), "cuStreamSynchronize");
+            CK(acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "stream synchronize");
             if (nlat < lat_cap)
                 lat[nlat++] = now_ns() - t;
             if (think_ns) {
@@ -218,7 +286,7 @@ int main(int argc, char **argv)
             }
         }
     }
-    CK(p_cuStreamSynchronize(s), "final cuStreamSynchronize");
+    CK(acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "final stream synchronize");
     uint64_t wall = now_ns() - t0;
     printf("{\"launches\": %llu, \"busy_ns\": %llu, \"wall_ns\": %llu, \"bucket_ns\": %llu, "
            "\"kernel_ns\": %llu, \"buckets\": [",

@@ -3,10 +3,11 @@
  * A launch books a duration on its card's shared timeline (sim/common), after the previous
  * work of its stream; every process on the host books on the same timeline, so kernels of
  * two containers on one card really queue behind each other. Durations (docs/ascend.md):
- *   - a function whose name starts with "flexai_sim_spin" runs for the nanoseconds in the
- *     first 8 bytes of its arguments (argsData, hostArgs or the appended args);
- *   - any other function runs launch_ns + ceil(blockDim / sm_count) * block_ns (the
- *     simulator's tunables; sm_count stands for the AI cores of the card).
+ *   waves = ceil(blockDim / sm_count) (sm_count stands for the AI cores of the card), and
+ *   - a function whose name starts with "flexai_sim_spin" runs waves times the nanoseconds
+ *     in the first 8 bytes of its arguments (argsData, hostArgs or the appended args);
+ *   - any other function runs waves * block_ns (the simulator's tunables);
+ *   never less than launch_ns.
  * A stream may be booked at most queue_ahead_ns past now; a launch beyond that blocks the
  * caller, as a full task queue does. */
 #include <fcntl.h>
