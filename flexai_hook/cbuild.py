@@ -45,7 +45,7 @@ TARGETS: tuple[Target, ...] = (
     Target("sim/libascendcl.so", ("sim/acl", "sim/common"), ("pthread", "rt", "m"),
            "libascendcl.so"),
     # Front doors of the per-container-start commands (see libflexai/launch/).
-    Target("bin/flexai-runtime", ("launch/runtime_front.c", "launch/launch.c"), ()),
+    Target("bin/flexai-runtime", ("launch/runtime_front.c", "launch/prepare.c", "launch/launch.c"), ()),
     Target("bin/flexai-hook", ("launch/hook_front.c", "launch/launch.c"), ()),
     # What a program sees of its card (CUDA driver API + NVML): the demo runs it in a slice.
     Target("bin/flexai-smi", ("tools/flexai_smi.c",), ("dl",)),

@@ -26,7 +26,7 @@ from .request import Request
 log = logging.getLogger("flexaid")
 
 DEFAULT_CONFIG = "/etc/flexai/flexaid.json"
-OPS = ("reserve", "release", "status", "update")
+OPS = ("reserve", "release", "status", "update", "prepare")
 # Where engines keep runc state, for `flexai recover` and reconciliation of reservations that
 # did not record their runtime: runc's default, Docker's, containerd's (k8s.io and default).
 DEFAULT_RUNTIME_ROOTS = (
@@ -209,7 +209,34 @@ class Service:
             return self._release(cid)
         if op == "update":
             return self._update(message["container_id"], message.get("compute"), message.get("paused"))
+        if op == "prepare":
+            return self._prepare(message)
         return {"ok": True, "status": self.status()}
+
+    def _prepare(self, message: dict) -> dict:
+        """reserve + the config.json edits, for flexai-runtime's C front door (flexai_hook/prepare.py
+        has the rules; runtime.py applies the same ones when Python starts the container)."""
+        from . import prepare
+        from .request import RequestError
+
+        container_id, spec = message["container_id"], message["spec"]
+        try:
+            request = prepare.request_of(spec)
+        except RequestError as exc:
+            return {"ok": False, "error": str(exc)}
+        if request is None:
+            return {"ok": True, "spec": None}
+        reply = self._reserve(container_id, request, message["runtime"])
+        if not reply["ok"]:
+            return reply
+        try:
+            reservation = self.ledger.reservations[container_id]
+            edited = prepare.sliced_spec(spec, reservation, message["hook"], message.get("socket"),
+                                         message.get("settings"))
+        except (OSError, prepare.PrepareError) as exc:
+            self._release(container_id, "could not prepare; released")
+            return {"ok": False, "error": f"could not prepare {container_id} for its slice: {exc}"}
+        return {"ok": True, "spec": edited}
 
     def _update(self, container_id: str, compute: int | None, paused: bool | None) -> dict:
         """Change a running slice's compute share and/or pause it: the ledger (so placement

@@ -143,7 +143,7 @@ def already_sliced(spec: dict) -> bool:
 
 
 def create_container(state_raw: bytes) -> int:
-    from . import runtime
+    from . import prepare
     from .request import RequestError, from_container
     from .reservation import Reservation
     from .spec import Hook, injection_for
@@ -179,7 +179,7 @@ def create_container(state_raw: bytes) -> int:
         raise HookFailure(f"flexaid could not reserve a slice for {container_id}: {exc}") from None
     try:
         reservation = Reservation.from_json(reply["reservation"])
-        nodes = tuple(runtime.device_node(p) for p in reservation.device_paths)
+        nodes = tuple(prepare.device_node(p) for p in reservation.device_paths)
         injection = injection_for(reservation, nodes, Hook(path="/", args=()))
         root = spec.get("root", {}).get("path", "rootfs")
         root = root if os.path.isabs(root) else os.path.join(bundle, root)
@@ -187,7 +187,7 @@ def create_container(state_raw: bytes) -> int:
             add_device(root, node)
         for mount in injection.mounts:
             add_mount(root, mount)
-    except (OSError, runtime.Failure, KeyError) as exc:
+    except (OSError, prepare.PrepareError, KeyError) as exc:
         try:
             client.call({"op": "release", "container_id": container_id}, socket)
         except (client.DaemonUnavailable, client.DaemonRefused):

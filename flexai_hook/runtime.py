@@ -140,21 +140,16 @@ def slice_container(
     """Reserve and inject a slice if config.json asks for one. False: no request, pass through."""
     import json
 
-    from . import client, spec as spec_mod
-    from .request import RequestError, from_container
+    from . import client, prepare
+    from .request import RequestError
     from .reservation import Reservation
 
     try:
         spec = json.loads(raw)
     except ValueError:
         return False  # not ours to judge: the real runtime reports a broken config.json
-    if not isinstance(spec, dict):
-        return False
-    process = spec.get("process") if isinstance(spec.get("process"), dict) else {}
-    env = [e for e in process.get("env") or [] if isinstance(e, str)]
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
     try:
-        request = from_container(env, {k: str(v) for k, v in annotations.items()})
+        request = prepare.request_of(spec)
     except RequestError as exc:
         raise Failure(str(exc)) from None
     if request is None:
@@ -176,40 +171,17 @@ def slice_container(
         raise Failure(f"flexaid could not reserve a slice for {invocation.container_id}: {exc}") from None
     try:
         reservation = Reservation.from_json(reply["reservation"])
-        nodes = tuple(device_node(path) for path in reservation.device_paths)
-        hook_env = (f"FLEXAI_SOCKET={socket}",) if socket else ()
-        hook = spec_mod.Hook(path=hook_binary(), args=("flexai-hook", "poststop"), env=hook_env)
-        edited = spec_mod.apply(spec, spec_mod.injection_for(reservation, nodes, hook, settings=settings))
+        edited = prepare.sliced_spec(spec, reservation, hook_binary(), socket, settings)
         from .atomicfile import write_atomically
 
         st = os.stat(config_path)
-        write_atomically(
-            config_path,
-            json.dumps(edited, indent=2).encode(),
-            mode=st.st_mode & 0o7777,
-            owner=(st.st_uid, st.st_gid),
-        )
-    except (OSError, Failure) as exc:
+        # no fsync: after a host crash the container is gone, and so is any use of its bundle
+        write_atomically(config_path, json.dumps(edited, indent=2).encode(), mode=st.st_mode & 0o7777,
+                         owner=(st.st_uid, st.st_gid), sync=False)
+    except (OSError, Failure, prepare.PrepareError) as exc:
         _release(invocation.container_id, socket)
         raise Failure(f"could not prepare {invocation.container_id} for its slice: {exc}") from None
     return True
-
-
-def device_node(path: str):
-    """The spec entry for a host device node, read from the node itself."""
-    import stat
-
-    from .spec import DeviceNode
-
-    st = os.stat(path)
-    if stat.S_ISCHR(st.st_mode):
-        kind = "c"
-    elif stat.S_ISBLK(st.st_mode):
-        kind = "b"
-    else:
-        raise Failure(f"{path} is not a device node")
-    return DeviceNode(path=path, type=kind, major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
-                      file_mode=st.st_mode & 0o777)
 
 
 def hook_binary() -> str:

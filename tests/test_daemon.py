@@ -224,3 +224,56 @@ def test_a_failed_ledger_write_answers_an_error_and_changes_nothing(daemon):
     daemon.state_dir.mkdir()
     assert reserve(daemon, "later", fraction=10)["ok"]
     assert daemon.call({"op": "release", "container_id": "kept"})["released"] is True
+
+
+def prepare(daemon, cid, spec, **extra):
+    return daemon.call({"op": "prepare", "container_id": cid, "spec": spec, "hook": "/opt/flexai/bin/flexai-hook",
+                        "runtime": {"binary": "/usr/bin/runc"}, **extra})
+
+
+def test_prepare_reserves_and_answers_the_sliced_config(daemon):
+    """The C front door's path: flexaid edits config.json with the rules runtime.py applies."""
+    from flexai_hook import prepare as prepare_mod, spec as spec_mod
+    from flexai_hook.reservation import Reservation
+
+    spec = {"ociVersion": "1.0.2", "process": {"args": ["true"], "env": ["FLEXAI_FRACTION=0.25"]},
+            "annotations": {"flexai.io/priority": "high"}}
+    reply = prepare(daemon, "p1", spec, socket="/run/x.sock", settings={"runtime": "runc"})
+    assert validation.problem("protocol.schema.json", reply, "reply") is None
+    assert list(reply) == ["ok", "spec"]  # the front door reads "spec" as the last member
+    (res,) = daemon.slices()
+    assert res["container_id"] == "p1" and res["memory_bytes"] == 4 * GIB and res["priority"] == "high"
+    expected = prepare_mod.sliced_spec(spec, Reservation.from_json(res), "/opt/flexai/bin/flexai-hook",
+                                       "/run/x.sock", {"runtime": "runc"})
+    assert reply["spec"] == expected
+    assert reply["spec"]["linux"]["devices"][0]["path"] == daemon.cards[0]["device"]
+    (hook,) = reply["spec"]["hooks"]["poststop"]
+    assert hook["path"] == "/opt/flexai/bin/flexai-hook" and "FLEXAI_SOCKET=/run/x.sock" in hook["env"]
+    assert any(m["destination"] == spec_mod.SLICE_FILE_IN_CONTAINER for m in reply["spec"]["mounts"])
+    assert prepare(daemon, "p1", spec)["spec"]["linux"] == reply["spec"]["linux"]  # idempotent
+    assert len(daemon.slices()) == 1
+
+
+def test_prepare_without_a_request_reserves_nothing(daemon):
+    reply = prepare(daemon, "p2", {"process": {"env": ["FLEXAI_NOTHING=1", "PATH=/bin"]}})
+    assert reply == {"ok": True, "spec": None}
+    assert daemon.slices() == []
+
+
+@pytest.mark.parametrize("env, said", [
+    (["FLEXAI_FRACTION=1.5"], "FLEXAI_FRACTION"),
+    (["FLEXAI_FRACTION=0.9"], "no card can fit"),
+])
+def test_prepare_refusals_are_one_line_and_reserve_nothing(daemon, env, said):
+    reserve(daemon, "other", fraction=20)
+    with pytest.raises(client.DaemonRefused) as info:
+        prepare(daemon, "p3", {"process": {"env": env}})
+    assert said in str(info.value) and "\n" not in str(info.value)
+    assert [s["container_id"] for s in daemon.slices()] == ["other"]
+
+
+def test_prepare_message_is_validated(daemon):
+    with pytest.raises(client.DaemonRefused) as info:
+        daemon.call({"op": "prepare", "container_id": "p4", "spec": {}, "hook": "relative/hook",
+                     "runtime": {"binary": "/usr/bin/runc"}})
+    assert "invalid request" in str(info.value)

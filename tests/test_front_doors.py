@@ -45,7 +45,8 @@ def run_front(bindir, args, tmp_path, cwd=None, env=None, stdin=b""):
     record = tmp_path / "argv.txt"
     record.unlink(missing_ok=True)
     full_env = {"PATH": "/usr/bin:/bin", "FAKE_ARGV": str(record), "FLEXAI_RUNTIME": str(bindir / "fake-runc"),
-                "FLEXAI_RUNTIME_CONFIG": str(tmp_path / "no-runtime.json"), **(env or {})}
+                "FLEXAI_RUNTIME_CONFIG": str(tmp_path / "no-runtime.json"),
+                "FLEXAI_SOCKET": str(tmp_path / "no-daemon.sock"), **(env or {})}
     out = subprocess.run([str(bindir / "flexai-runtime"), *args], cwd=cwd or tmp_path, env=full_env,
                          input=stdin, capture_output=True, timeout=30)
     passed = record.read_text().splitlines() if record.exists() else None
@@ -123,8 +124,10 @@ def test_never_execs_itself_as_the_real_runtime(bindir, tmp_path):
 
 
 class FakeDaemon:
-    def __init__(self, path: Path, reply: bytes | None):
-        self.path, self.reply, self.received = path, reply, []
+    """Answers one connection per reply given, in order; records each request line."""
+
+    def __init__(self, path: Path, *replies: bytes | None):
+        self.path, self.replies, self.received = path, list(replies), []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(4)
@@ -132,20 +135,21 @@ class FakeDaemon:
         self.thread.start()
 
     def serve(self):
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return  # closed by the test: nobody connected
-        with conn:
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-            self.received.append(buf)
-            if self.reply is not None:
-                conn.sendall(self.reply)
+        for reply in self.replies:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed by the test: nobody connected
+            with conn:
+                buf = b""
+                while not buf.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                self.received.append(buf)
+                if reply is not None:
+                    conn.sendall(reply)
 
     def close(self):
         self.sock.close()
@@ -192,3 +196,117 @@ def test_poststop_sends_nothing_for_garbage(bindir, tmp_path, garbage):
 def test_other_hook_stages_go_to_python(bindir, tmp_path):
     out = hook(bindir, ["createContainer"], STATE, tmp_path / "d.sock")
     assert out.returncode == 1 and b"flexai-hook-py" in out.stderr
+
+
+# ---- sliced create/run: flexaid prepares the bundle, no Python process --------------------
+
+SLICED = {"ociVersion": "1.0.2", "process": {"args": ["true"], "env": ["FLEXAI_FRACTION=0.3"]},
+          "root": {"path": "rootfs"}}
+
+
+def sliced_bundle(tmp_path, config=SLICED) -> Path:
+    b = tmp_path / "bundle"
+    b.mkdir(exist_ok=True)
+    (b / "config.json").write_text(json.dumps(config, indent=2))
+    (b / "config.json").chmod(0o640)
+    return b
+
+
+def test_sliced_create_is_prepared_by_flexaid_and_run_without_python(bindir, tmp_path):
+    edited = {**SLICED, "annotations": {"edited": "by flexaid"}}
+    reply = json.dumps({"ok": True, "spec": edited}, separators=(",", ":")).encode() + b"\n"
+    daemon = FakeDaemon(tmp_path / "d.sock", reply)
+    b = sliced_bundle(tmp_path)
+    args = ["--root", "rel-root", "--log", "/x.log", "create", "--bundle", str(b), "--pid-file", "p", "c1"]
+    try:
+        out, passed = run_front(bindir, args, tmp_path, env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert out.returncode == 0 and b"flexai-runtime-py" not in out.stderr, out.stderr
+    assert passed == [str(bindir / "fake-runc"), *args]  # the real runtime, argv unchanged
+    assert json.loads((b / "config.json").read_text()) == edited
+    assert (b / "config.json").stat().st_mode & 0o777 == 0o640  # mode kept
+    assert not [p for p in b.iterdir() if p.name.startswith(".config.json")]  # no temp file left
+    (request,) = [json.loads(line) for line in daemon.received]
+    assert request == {"op": "prepare", "container_id": "c1", "spec": SLICED, "settings": {},
+                       "hook": str(bindir / "flexai-hook"), "socket": str(tmp_path / "d.sock"),
+                       "runtime": {"binary": str(bindir / "fake-runc"), "root": str(tmp_path / "rel-root")}}
+    from flexai_hook import validation
+
+    assert validation.problem("protocol.schema.json", request, "prepare_message") is None
+
+
+def test_prepare_request_carries_the_runtime_config_and_its_socket(bindir, tmp_path):
+    sock = tmp_path / "d.sock"
+    config = tmp_path / "runtime.json"
+    config.write_text('{\n  "runtime": "%s",\n  "socket": "%s"\n}\n' % (bindir / "fake-runc", sock))
+    daemon = FakeDaemon(sock, b'{"ok":true,"spec":null}\n')
+    b = sliced_bundle(tmp_path)
+    try:
+        out, passed = run_front(bindir, ["run", "-b", str(b), "c2"], tmp_path,
+                                env={"FLEXAI_RUNTIME": "", "FLEXAI_SOCKET": "", "FLEXAI_RUNTIME_CONFIG": str(config)})
+    finally:
+        daemon.close()
+    # flexaid found no request after all: the real runtime runs on the untouched bundle
+    assert out.returncode == 0 and passed == [str(bindir / "fake-runc"), "run", "-b", str(b), "c2"]
+    assert json.loads((b / "config.json").read_text()) == SLICED
+    request = json.loads(daemon.received[0])
+    assert request["settings"] == {"runtime": str(bindir / "fake-runc"), "socket": str(sock)}
+    assert request["socket"] == str(sock) and "root" not in request["runtime"]
+
+
+@pytest.mark.parametrize("reply", [
+    b'{"ok":false,"error":"FLEXAI_FRACTION: 1.5 is not a fraction in 0.01..1"}\n',
+    b'{"ok":true,"reservation":{}}\n',
+    b"garbage\n",
+    None,  # connection closed without an answer
+])
+def test_anything_but_a_prepared_spec_goes_to_python(bindir, tmp_path, reply):
+    daemon = FakeDaemon(tmp_path / "d.sock", reply)
+    b = sliced_bundle(tmp_path)
+    try:
+        out, passed = run_front(bindir, ["create", "--bundle", str(b), "c3"], tmp_path,
+                                env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert passed is None and b"flexai-runtime-py" in out.stderr  # Python redoes it and says why
+    assert json.loads((b / "config.json").read_text()) == SLICED
+
+
+def test_no_daemon_goes_to_python(bindir, tmp_path):
+    b = sliced_bundle(tmp_path)
+    out, passed = run_front(bindir, ["create", "--bundle", str(b), "c4"], tmp_path)
+    assert passed is None and b"flexai-runtime-py" in out.stderr
+
+
+def test_a_failed_start_releases_the_slice(bindir, tmp_path):
+    (bindir / "fake-runc").write_text("#!/bin/sh\necho no such image >&2\nexit 3\n")
+    reply = json.dumps({"ok": True, "spec": SLICED}, separators=(",", ":")).encode() + b"\n"
+    daemon = FakeDaemon(tmp_path / "d.sock", reply, b'{"ok":true,"released":true}\n')
+    b = sliced_bundle(tmp_path)
+    try:
+        out, _ = run_front(bindir, ["create", "--bundle", str(b), "c5"], tmp_path,
+                           env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert out.returncode == 3 and b"no such image" in out.stderr
+    assert [json.loads(x)["op"] for x in daemon.received] == ["prepare", "release"]
+    assert json.loads(daemon.received[1]) == {"op": "release", "container_id": "c5"}
+
+
+def test_sliced_container_through_runc_with_no_python_installed(tmp_path, built, runc, make_daemon, make_bundle):
+    """A real flexaid and runc: the C front doors alone (no flexai-runtime-py/-hook-py beside
+    them) start a sliced container, which sees its slice, and poststop releases it."""
+    d = tmp_path / "cbin"
+    d.mkdir()
+    for name in ("flexai-runtime", "flexai-hook"):
+        shutil.copy2(built / name, d / name)
+    daemon = make_daemon(memories=("16GiB",))
+    bundle = make_bundle(["sh", "-c", "cat /run/flexai/slice.conf"], env=["FLEXAI_FRACTION=0.25"])
+    out = subprocess.run([str(d / "flexai-runtime"), "--root", str(runc.root), "run", "--bundle", str(bundle), "np1"],
+                         env={"PATH": "/usr/bin:/bin", "FLEXAI_SOCKET": daemon.socket, "FLEXAI_RUNTIME": runc.binary,
+                              "FLEXAI_RUNTIME_CONFIG": "/nonexistent"},
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr + daemon.log().encode()
+    assert f"memory_limit={4 << 30}".encode() in out.stdout
+    assert daemon.slices() == []  # released by the C poststop hook

@@ -10,9 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #define MAX_STATE (1 << 20)
@@ -30,20 +27,6 @@ static size_t read_all(int fd, char *buf, size_t cap)
         n += (size_t)r;
     }
     return n;
-}
-
-static int write_all(int fd, const char *buf, size_t len)
-{
-    while (len) {
-        ssize_t w = write(fd, buf, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        buf += w;
-        len -= (size_t)w;
-    }
-    return 0;
 }
 
 static int poststop(void)
@@ -70,46 +53,15 @@ static int poststop(void)
     const char *path = getenv("FLEXAI_SOCKET");
     if (!path || !*path)
         path = DEFAULT_SOCKET;
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof addr.sun_path) {
-        fprintf(stderr, "flexai-hook: could not release the slice: socket path %s is too long\n", path);
-        return 0;
-    }
-    strcpy(addr.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {.tv_sec = 10};
-    if (fd >= 0) {
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    }
-    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        fprintf(stderr, "flexai-hook: could not release the slice: flexaid is not reachable at %s (%s); "
-                        "reconciliation will release it once flexaid runs\n", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return 0;
-    }
-    write_all(fd, msg, len); /* a refusal may close early: read the answer regardless */
-    char reply[4096];
-    size_t got = 0;
-    while (got < sizeof reply - 1 && !memchr(reply, '\n', got)) { /* one reply line */
-        ssize_t r = read(fd, reply + got, sizeof reply - 1 - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
-    reply[got] = 0;
-    if (got == 0) {
-        fprintf(stderr, "flexai-hook: could not release the slice: flexaid at %s did not answer\n", path);
+    const char *why = NULL;
+    char *reply = flexai_daemon_call(path, msg, len, &why);
+    if (!reply) {
+        fprintf(stderr, "flexai-hook: could not release the slice: flexaid %s; "
+                        "reconciliation will release it once flexaid runs\n", why);
     } else if (strncmp(reply, "{\"ok\":true", 10) != 0) {
-        char *nl = strchr(reply, '\n');
-        if (nl)
-            *nl = 0;
         fprintf(stderr, "flexai-hook: flexaid did not release the slice: %s\n", reply);
     }
+    free(reply);
     return 0;
 }
 

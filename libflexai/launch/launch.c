@@ -6,11 +6,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define DEFAULT_RUNTIME_CONFIG "/etc/flexai/runtime.json"
 #define MAX_CONFIG (64 << 20)
+
+const char *const flexai_global_value_flags[] = {
+    "--root", "--log", "--log-format", "--log-level", "--criu", "--rootless", "--cgroup-manager", NULL};
+const char *const flexai_create_value_flags[] = {
+    "--bundle", "-b", "--console-socket", "--pid-file", "--preserve-fds", NULL};
+
+int flexai_takes_value(const char *arg, const char *const *flags)
+{
+    if (strchr(arg, '='))
+        return 0;
+    for (; *flags; flags++)
+        if (strcmp(arg, *flags) == 0)
+            return 1;
+    return 0;
+}
 
 static int self_path(char *out, size_t cap)
 {
@@ -39,8 +57,7 @@ void flexai_exec_python(const char *name, char **argv)
     exit(1);
 }
 
-/* The whole file, NUL-terminated, or NULL. */
-static char *slurp(const char *path, size_t *len)
+char *flexai_slurp(const char *path, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -68,7 +85,7 @@ static char *slurp(const char *path, size_t *len)
 int flexai_file_mentions_flexai(const char *path)
 {
     size_t len = 0;
-    char *raw = slurp(path, &len);
+    char *raw = flexai_slurp(path, &len);
     if (!raw)
         return -1;
     int found = memmem(raw, len, "FLEXAI_", 7) || memmem(raw, len, "flexai.io/", 10);
@@ -96,9 +113,7 @@ static const char *plain_string(const char *p, char *out, size_t cap)
     return end + 1;
 }
 
-/* "runtime" from a flat JSON object of plain strings (what runtime.json is). 1: found,
- * 0: absent, -1: the file is something this reader does not understand. */
-static int runtime_from_config(const char *raw, char *out, size_t cap)
+int flexai_config_value(const char *raw, const char *wanted, char *out, size_t cap)
 {
     char key[64], value[PATH_MAX];
     int found = 0;
@@ -116,7 +131,7 @@ static int runtime_from_config(const char *raw, char *out, size_t cap)
             return -1;
         if (!(p = plain_string(skip_ws(p), value, sizeof value)))
             return -1;
-        if (strcmp(key, "runtime") == 0) {
+        if (strcmp(key, wanted) == 0) {
             if (strlen(value) >= cap)
                 return -1;
             strcpy(out, value);
@@ -144,6 +159,82 @@ static int usable(const char *candidate, const char *self_real)
     return strcmp(real, self_real) != 0; /* never ourselves: that would loop */
 }
 
+const char *flexai_runtime_config_path(void)
+{
+    const char *config = getenv("FLEXAI_RUNTIME_CONFIG");
+    return config ? config : DEFAULT_RUNTIME_CONFIG;
+}
+
+int flexai_write_all(int fd, const char *buf, size_t len)
+{
+    while (len) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+char *flexai_daemon_call(const char *path, const char *msg, size_t len, const char **why)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof addr.sun_path) {
+        *why = "cannot be reached: its socket path is too long";
+        return NULL;
+    }
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *why = strerror(errno);
+        return NULL;
+    }
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        static char reason[256];
+        snprintf(reason, sizeof reason, "is not reachable at %s (%s)", path, strerror(errno));
+        *why = reason;
+        close(fd);
+        return NULL;
+    }
+    flexai_write_all(fd, msg, len); /* a refusal may close early: read the answer regardless */
+    size_t cap = 1 << 16, got = 0;
+    char *reply = malloc(cap);
+    char *nl = NULL;
+    while (reply && !nl) {
+        if (got + 1 >= cap) {
+            char *bigger = cap < (64u << 20) ? realloc(reply, cap * 2) : NULL;
+            if (!bigger) {
+                free(reply);
+                reply = NULL;
+                break;
+            }
+            reply = bigger;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, reply + got, cap - 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        nl = memchr(reply + got, '\n', (size_t)r);
+        got += (size_t)r;
+    }
+    close(fd);
+    if (!reply || !nl) {
+        *why = reply ? "did not answer" : "sent an answer too large to read";
+        free(reply);
+        return NULL;
+    }
+    *nl = 0;
+    return reply;
+}
+
 int flexai_real_runtime(char *out, size_t cap)
 {
     char name[PATH_MAX] = "runc", self[PATH_MAX];
@@ -153,11 +244,10 @@ int flexai_real_runtime(char *out, size_t cap)
             return -1;
         strcpy(name, env);
     } else {
-        const char *config = getenv("FLEXAI_RUNTIME_CONFIG");
         size_t len;
-        char *raw = slurp(config ? config : DEFAULT_RUNTIME_CONFIG, &len);
+        char *raw = flexai_slurp(flexai_runtime_config_path(), &len);
         if (raw) {
-            int got = strlen(raw) == len ? runtime_from_config(raw, name, sizeof name) : -1;
+            int got = strlen(raw) == len ? flexai_config_value(raw, "runtime", name, sizeof name) : -1;
             free(raw);
             if (got < 0)
                 return -1;

@@ -148,22 +148,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "compute_client: %s\n", dlerror());
         return 3;
     }
-#define LOAD(name)                                                                            \
+#define LOAD_AS(var, name)                                                                    \
     do {                                                                                      \
-        *(void **)&p_##name = dlsym(h, #name);                                                \
-        if (!p_##name) {                                                                      \
+        *(void **)&var = dlsym(h, #name);                                                     \
+        if (!var) {                                                                           \
             fprintf(stderr, "compute_client: no %s\n", #name);                                \
             return 3;                                                                         \
         }                                                                                     \
     } while (0)
-#define ALOAD(name)                                                                           \
-    do {                                                                                      \
-        *(void **)&a_##name = dlsym(h, #name);                                                \
-        if (!a_##name) {                                                                      \
-            fprintf(stderr, "compute_client: no %s\n", #name);                                \
-            return 3;                                                                         \
-        }                                                                                     \
-    } while (0)
+#define LOAD(name) LOAD_AS(p_##name, name)
+#define ALOAD(name) LOAD_AS(a_##name, name)
     CUstream s = NULL;
     CUfunction f = NULL;
     aclrtStream as = NULL;

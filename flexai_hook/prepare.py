@@ -1,0 +1,63 @@
+"""Where a container's config.json becomes a sliced one: its request, then the OCI edits for
+the slice reserved for it.
+
+Two callers, one set of rules: flexai-runtime's Python implementation (flexai_hook/runtime.py,
+which reserves through the socket) and flexaid's `prepare` operation, which flexai-runtime's C
+front door (libflexai/launch/runtime_front.c) calls so that starting a sliced container runs
+no Python process of its own: flexaid is already running.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Mapping
+
+from . import spec as spec_mod
+from .request import Request, from_container
+from .reservation import Reservation
+
+
+class PrepareError(Exception):
+    """The reserved slice cannot be put into this container; str() is one line."""
+
+
+def request_of(spec: object) -> Request | None:
+    """The flexai request of a parsed config.json, None when it asks for nothing (or is not an
+    object: the real runtime reports a broken config.json). Raises request.RequestError."""
+    if not isinstance(spec, dict):
+        return None
+    process = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+    env = [e for e in process.get("env") or [] if isinstance(e, str)]
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    return from_container(env, {k: str(v) for k, v in annotations.items()})
+
+
+def sliced_spec(spec: dict, reservation: Reservation, hook_path: str, socket: str | None,
+                settings: Mapping | None) -> dict:
+    """config.json with the reservation's card, slice files, library and poststop hook (the hook
+    told the daemon's socket when one is configured). Reads the card's device nodes."""
+    nodes = tuple(device_node(path) for path in reservation.device_paths)
+    hook_env = (f"FLEXAI_SOCKET={socket}",) if socket else ()
+    hook = spec_mod.Hook(path=hook_path, args=("flexai-hook", "poststop"), env=hook_env)
+    try:
+        injection = spec_mod.injection_for(reservation, nodes, hook, settings=dict(settings or {}))
+    except ValueError as exc:  # mps.MpsConfigError: the runtime config asks for the impossible
+        raise PrepareError(f"runtime config: {exc}") from None
+    return spec_mod.apply(spec, injection)
+
+
+def device_node(path: str) -> spec_mod.DeviceNode:
+    """The spec entry for a host device node, read from the node itself."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise PrepareError(f"the card's device node {path} cannot be read: {exc.strerror}") from None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise PrepareError(f"{path} is not a device node")
+    return spec_mod.DeviceNode(path=path, type=kind, major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
+                               file_mode=st.st_mode & 0o777)
