@@ -214,7 +214,10 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
             error = service.commit()
             for conn in touched:
                 for reply in conn.held:
-                    if error and reply.get("ok") and ("reservation" in reply or "released" in reply):
+                    # a change the ledger could not keep is not acknowledged (prepare's "spec"
+                    # carries a reservation too)
+                    if error and reply.get("ok") and ("reservation" in reply or "released" in reply
+                                                      or "spec" in reply):
                         reply = {"ok": False, "error": error}
                     conn.outbuf += json.dumps(reply, separators=(",", ":")).encode() + b"\n"
                 conn.held.clear()

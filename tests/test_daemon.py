@@ -219,6 +219,8 @@ def test_a_failed_ledger_write_answers_an_error_and_changes_nothing(daemon):
         reserve(daemon, "lost", fraction=10)
     with pytest.raises(client.DaemonRefused, match="cannot save its ledger"):
         daemon.call({"op": "release", "container_id": "kept"})
+    with pytest.raises(client.DaemonRefused, match="cannot save its ledger"):  # the C front door's op
+        prepare(daemon, "lost2", {"process": {"env": ["FLEXAI_FRACTION=0.1"]}})
     assert [s["container_id"] for s in daemon.slices()] == ["kept"]
     assert sorted(p.name for p in daemon.slices_dir.iterdir()) == [kept["slice_id"]]
     daemon.state_dir.mkdir()
