@@ -394,8 +394,11 @@ static inline void compute_gate(const struct flexai_device_timer *timer, struct 
                                 void *stream)
 {
     if (unlikely(!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE))) {
+        /* the first runtime to launch is the measured one; a plain load first, so a process
+         * whose controller stays off (MPS mode, no board) pays no locked instruction per launch */
         const struct flexai_device_timer *none = NULL;
-        __atomic_compare_exchange_n(&G.timer, &none, timer, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        if (!__atomic_load_n(&G.timer, __ATOMIC_ACQUIRE))
+            __atomic_compare_exchange_n(&G.timer, &none, timer, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
         pthread_once(&G.once, compute_init);
         if (!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE)) {
             /* controller off (MPS mode, no board): only the daemon's pause holds launches */

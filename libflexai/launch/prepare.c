@@ -268,7 +268,9 @@ void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, 
             put_string(&m, socket);
         }
         puts_(&m, ",\"settings\":");
-        if (settings ? put_json_line(&m, settings, settings_len) : (puts_(&m, "{}"), 0))
+        if (!settings)
+            puts_(&m, "{}");
+        else if (put_json_line(&m, settings, settings_len))
             m.failed = 1;
         puts_(&m, ",\"spec\":");
         if (put_json_line(&m, spec, spec_len))
