@@ -29,10 +29,12 @@ from flexai_hook import client
 BIN = Path(sys.executable).parent
 
 
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_daemon(tmp: Path, run: Path) -> tuple[subprocess.Popen, str]:
+    """The ledger on disk (state_dir, fsync'd as in production), slice files on tmpfs (`run`,
+    as /run/flexai/slices is)."""
     cards = [{"memory": "80GiB", "device": f"/dev/flexai-load{i}"} for i in range(8)]
     config = {"socket": str(tmp / "flexaid.sock"), "socket_group": "root", "state_dir": str(tmp / "state"),
-              "slices_dir": str(tmp / "slices"), "backend": "simulated", "simulated": {"cards": cards},
+              "slices_dir": str(run / "slices"), "backend": "simulated", "simulated": {"cards": cards},
               "reconcile": {"interval": 0}}
     (tmp / "flexaid.json").write_text(json.dumps(config))
     proc = subprocess.Popen([str(BIN / "flexaid"), "--config", str(tmp / "flexaid.json"), "--log-level", "error"])
@@ -77,11 +79,14 @@ def worker(args) -> tuple[int, list[float]]:
 
 
 def rss_mib(pid: int) -> float:
+    """Resident memory of flexaid and its children (its file writer), MiB."""
     with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+        own = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), float("nan"))
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    return own + sum(rss_mib(c) for c in children)
 
 
 def main() -> int:
@@ -91,7 +96,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flexai-load-"))
-    daemon, path = start_daemon(tmp)
+    run = Path(tempfile.mkdtemp(prefix="flexai-load-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    daemon, path = start_daemon(tmp, run)
     results = {}
     try:
         ctx = multiprocessing.get_context("fork")
@@ -119,6 +125,7 @@ def main() -> int:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
         for i in range(8):
             try:
                 os.unlink(f"/dev/flexai-load{i}")

@@ -19,8 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import devices, ledger as ledger_mod, placement, reconcile, server, supervisor, validation
+from . import devices, ledger as ledger_mod, library, placement, reconcile, region, server, simcards, supervisor
+from . import validation, writer
+from .spec import board_dir_for, preload_file_for
 from .atomicfile import write_atomically
+from .batch import Batch, Persisted, answer
 from .request import Request
 
 log = logging.getLogger("flexaid")
@@ -95,10 +98,13 @@ def load_config(path: str | None) -> Config:
 class Service:
     """Applies protocol messages to the ledger. Every change is on disk before it is answered.
 
-    Changes are group-committed: the server applies every request that arrived together with
-    `handle`, then calls `commit` once (one ledger write and fsync for the batch) and only
-    then sends the answers. A failed write rolls the whole batch back and every answer of it
-    becomes an error, so an acknowledged change is always on disk.
+    Changes are group-committed: `handle` applies a request in memory and notes the slice
+    files it needs; `take_batch` collects everything applied since the last one, `persist`
+    writes the slice files and the ledger (one fsync for the batch), and only then are the
+    batch's answers sent (`answer`). The server runs `persist` in a helper thread while the
+    loop applies the next requests; `commit` does all three in one go. A failed ledger write
+    rolls back everything not yet on disk and every answer of it becomes an error, so an
+    acknowledged change is always on disk.
     """
 
     def __init__(self, config: Config, cards: Sequence[devices.Card]):
@@ -116,8 +122,9 @@ class Service:
                 ledger_mod.observe(self.workload, Request.from_json(held.request), self.cards)
             except (ValueError, KeyError, TypeError):
                 pass  # a ledger written before requests were recorded: nothing to learn
-        self._after_commit: list = []  # side effects that must wait for the ledger write
-        self._on_abort: list = []  # undo of side effects done ahead of it
+        self._created: list = []  # reservations applied since the last batch (slice files to write)
+        self._removed: list = []  # releases applied since the last batch (slice dirs to remove)
+        self._host_files_written = False
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
         os.makedirs(config.slices_dir, exist_ok=True)
         self._sync_slice_dirs()
@@ -134,63 +141,126 @@ class Service:
         for reservation in wanted.values():
             self._write_slice_files(reservation)
 
-    def _write_slice_files(self, reservation) -> None:
-        os.makedirs(reservation.slice_dir, mode=0o755, exist_ok=True)
-        # No fsync: slice files live on /run (tmpfs) and are rewritten from the ledger at start.
-        write_atomically(Path(reservation.slice_dir) / "slice.conf", reservation.slice_conf().encode(), sync=False)
-        # The preload library's files: /etc/ld.so.preload naming it, and the slice's shared
-        # region (created once; a restart only refreshes its limits, live accounting stays).
-        from . import library, region
-
-        write_atomically(Path(reservation.slice_dir) / "ld.so.preload", library.preload_text().encode(), sync=False)
-        simulated = reservation.backend == "simulated"
+    def _region_limits(self, reservation) -> dict:
         limits = {
             "slice_id": reservation.slice_id, "device_uuid": reservation.card_uuid,
             "device_index": reservation.card_index, "card_memory": reservation.card_memory,
             "memory_limit": reservation.memory_bytes, "compute_limit": reservation.compute,
             "priority": reservation.priority, "compute_mode": reservation.compute_mode,
         }
-        if simulated:
-            from . import simcards
-
+        if reservation.backend == "simulated":
             limits["context_memory"] = int(simcards.TUNABLES["context_bytes"])  # what the simulator charges
-            sim_dir = library.sim_dir_for(self.config.slices_dir)
-            text = simcards.render_config(self.cards)
-            conf = Path(sim_dir) / simcards.CONFIG_NAME
-            if not conf.exists() or conf.read_text() != text:
-                simcards.write_sim_dir(sim_dir, self.cards)
-        region.create_region(Path(reservation.slice_dir) / "region", limits)
-        # the card boards every sliced container of this host mounts (libflexai/controller.h)
-        from .spec import board_dir_for
+        return limits
 
+    def _slice_files(self, reservation) -> list[tuple[str, bytes, int, int]]:
+        """The slice's files as (name, content, mode, size): slice.conf and its shared region
+        (libflexai/flexai_region.h; its process table left as zeros)."""
+        return [
+            ("slice.conf", reservation.slice_conf().encode(), 0o644, 0),
+            ("region", region.region_image(self._region_limits(reservation)), 0o666, region.region_size()),
+        ]
+
+    def _host_files(self) -> None:
+        """What every slice of this host shares: /etc/ld.so.preload for sliced containers,
+        the simulator's card list (simulated backend) and the card boards directory
+        (libflexai/controller.h). Checked on each batch that creates slices: a stat or two."""
+        preload = preload_file_for(self.config.slices_dir)
+        if not self._host_files_written or not os.path.exists(preload):
+            text = library.preload_text().encode()
+            if not os.path.exists(preload) or Path(preload).read_bytes() != text:
+                write_atomically(preload, text, sync=False)
+        if self.backend == "simulated":
+            conf = Path(library.sim_dir_for(self.config.slices_dir)) / simcards.CONFIG_NAME
+            # the cards do not change while flexaid runs: compare once, then only check it is there
+            if not self._host_files_written or not conf.exists():
+                text = simcards.render_config(self.cards)
+                if not conf.exists() or conf.read_text() != text:
+                    simcards.write_sim_dir(conf.parent, self.cards)
         boards = board_dir_for(self.config.slices_dir)
         if not os.path.isdir(boards):
             os.makedirs(boards, exist_ok=True)
             os.chmod(boards, 0o1777)  # containers of any uid create their card's board
+        self._host_files_written = True
 
-    def commit(self) -> str | None:
-        """Write the ledger if it changed. None on success, else the error (and all is undone)."""
-        after, undo = self._after_commit, self._on_abort
-        self._after_commit, self._on_abort = [], []
-        if self.ledger is self.saved:
+    def _write_slice_files(self, reservation) -> None:
+        """Rewrite a held slice's files in place (at start, on update): each file replaced
+        atomically under running containers; a valid region keeps its live accounting and
+        only takes the new limits."""
+        self._host_files()
+        os.makedirs(reservation.slice_dir, mode=0o755, exist_ok=True)
+        conf = reservation.slice_conf().encode()
+        write_atomically(os.path.join(reservation.slice_dir, "slice.conf"), conf, sync=False)  # tmpfs
+        region.create_region(os.path.join(reservation.slice_dir, "region"), self._region_limits(reservation))
+
+    def take_batch(self) -> Batch | None:
+        """Everything applied since the last batch, or None when nothing needs writing."""
+        if self.ledger is self.saved and not self._created and not self._removed:
             return None
-        try:
-            self.file.save(self.ledger)
-        except OSError as exc:
-            log.error("cannot save ledger %s: %s; the last %d change(s) are undone", self.file.path, exc, len(undo))
+        batch = Batch(self.ledger, self._created, self._removed)
+        self._created, self._removed = [], []
+        return batch
+
+    def plan(self, batch: Batch) -> writer.Plan:
+        """What `batch` needs on disk, as plain data for writer.execute (here or in the
+        writer process)."""
+        if batch.created:
+            self._host_files()
+        return writer.Plan(
+            slices=[(r.container_id, r.slice_dir, self._slice_files(r)) for r in batch.created],
+            ledger_path=str(self.file.path),
+            ledger_lines=self.file.lines(batch.ledger),
+            removes=[r.slice_dir for r in batch.removed],
+        )
+
+    def persisted(self, batch: Batch, outcome: writer.Outcome) -> Persisted:
+        """What became of `batch`, from the outcome of its plan."""
+        if outcome.error:
+            log.error("cannot save ledger %s: %s; the changes not yet on disk are undone", self.file.path,
+                      outcome.error)
+            return Persisted(f"flexaid cannot save its ledger {self.file.path}: {outcome.error}")
+        ledger, failed = batch.ledger, {}
+        for reservation in batch.created:
+            cid = reservation.container_id
+            if cid not in outcome.failed:
+                continue
+            log.error("cannot write slice files for %s in %s: %s", cid, reservation.slice_dir, outcome.failed[cid],
+                      extra=supervisor.fields(cid, reservation.slice_id, reservation.card_uuid))
+            failed[cid] = (f"flexaid cannot write the slice files of {cid} in {reservation.slice_dir}: "
+                           f"{outcome.failed[cid]}")
+            if ledger.reservations.get(cid) is reservation:
+                ledger = ledger_mod.release(ledger, cid)[0]
+        return Persisted(None, failed, ledger)
+
+    def finish(self, batch: Batch, result: Persisted) -> None:
+        """Take `result` of persisting `batch` into the in-memory state."""
+        if result.error:
+            # Changes applied after the batch were built on it: they go too (their answers,
+            # held until their own batch, become errors; see the server).
             self.ledger = self.saved
-            for action in undo:
-                action()
-            return f"flexaid cannot save its ledger {self.file.path}: {exc.strerror or exc}"
-        self.saved = self.ledger
-        for action in after:
-            action()
-        return None
+            self._created, self._removed = [], []
+            return
+        if self.ledger is batch.ledger:  # nothing applied since
+            self.ledger = result.ledger
+        self.saved = result.ledger
+        for cid in result.failed:  # a reservation whose files failed is gone (Service.persisted)
+            lost = next(r for r in batch.created if r.container_id == cid)
+            if self.ledger.reservations.get(cid) is lost:
+                self.ledger = ledger_mod.release(self.ledger, cid)[0]
+            self._removed = [r for r in self._removed if r is not lost]
+
+    def commit(self) -> Persisted | None:
+        """Persist everything applied so far, in this thread. None when nothing changed."""
+        batch = self.take_batch()
+        if batch is None:
+            return None
+        result = self.persisted(batch, writer.execute(self.plan(batch)))
+        self.finish(batch, result)
+        return result
 
     def handle_and_commit(self, message: object) -> dict:
         reply = self.handle(message)
-        error = self.commit()
-        return {"ok": False, "error": error} if error and reply.get("ok") else reply
+        cid = message.get("container_id") if isinstance(message, dict) else None
+        return answer(reply, cid, self.commit())
 
     def handle(self, message: object) -> dict:
         op = message.get("op") if isinstance(message, dict) else None
@@ -258,8 +328,6 @@ class Service:
                 self.ledger, reservations={**self.ledger.reservations, container_id: updated})
             self._write_slice_files(updated)  # slice.conf and the region's share (generation bumped)
         if paused is not None:
-            from . import region
-
             try:
                 region.set_compute(Path(updated.slice_dir) / "region", paused=paused)
             except (OSError, ValueError) as exc:
@@ -287,8 +355,7 @@ class Service:
             return {"ok": False, "error": str(exc)}
         if new is not self.ledger:
             ledger_mod.observe(self.workload, request, self.cards)
-            self._write_slice_files(reservation)
-            self._on_abort.append(lambda: shutil.rmtree(reservation.slice_dir, ignore_errors=True))
+            self._created.append(reservation)  # its files are written with its batch (persist)
             self.ledger = new
             log.info(
                 "reserved slice %s for %s on card %d (%s): %d bytes, %d%% compute",
@@ -304,7 +371,7 @@ class Service:
             return {"ok": True, "released": False}
         self.ledger = new
         self.gone_since.pop(container_id, None)
-        self._after_commit.append(lambda: shutil.rmtree(gone.slice_dir, ignore_errors=True))
+        self._removed.append(gone)
         log.info(
             "%s slice %s of %s on card %d", reason, gone.slice_id, container_id, gone.card_index,
             extra=supervisor.fields(container_id, gone.slice_id, gone.card_uuid),
@@ -349,18 +416,13 @@ class Service:
         for cid in releases:
             if cid in self.ledger.reservations:
                 self._release(cid, reason="reconciled: container gone, released")
-        self.commit()
-        return releases
+        return releases  # written with the server's next batch
 
 
 def live_usage(slice_dir: str) -> dict | None:
     """What the slice's processes really use, read from its region (None until libflexai made one)."""
     region_path = os.path.join(slice_dir, "region")
     if not os.path.exists(region_path):
-        return None
-    try:
-        from . import region
-    except ImportError:
         return None
     try:
         return region.read_region(Path(region_path)).to_json()

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -48,9 +49,23 @@ class Ledger:
         work (docs/compute.md), so their share is not a guarantee and does not count here.
         That is how a card is time-shared among more slices than its compute could give each
         at once; memory always counts."""
-        held = self.on_card(index)
-        return (sum(r.memory_bytes for r in held),
-                sum(r.compute for r in held if r.priority != BEST_EFFORT))
+        memory, compute, _ = self._per_card.get(index, (0, 0, 0))
+        return memory, compute
+
+    def holders(self, index: int) -> int:
+        """How many slices card `index` holds."""
+        return self._per_card.get(index, (0, 0, 0))[2]
+
+    @cached_property
+    def _per_card(self) -> dict[int, tuple[int, int, int]]:
+        # One pass for all cards, once per ledger value (ledgers are immutable): placement asks
+        # every card's figures on every reservation.
+        totals: dict[int, tuple[int, int, int]] = {}
+        for r in self.reservations.values():
+            memory, compute, count = totals.get(r.card_index, (0, 0, 0))
+            totals[r.card_index] = (memory + r.memory_bytes,
+                                    compute + (r.compute if r.priority != BEST_EFFORT else 0), count + 1)
+        return totals
 
 
 def card_states(ledger: Ledger, cards: Sequence[Card], request: Request) -> list[placement.CardState]:
@@ -74,7 +89,7 @@ def card_states(ledger: Ledger, cards: Sequence[Card], request: Request) -> list
                 memory_total=total,
                 memory_free=max(0, free),
                 compute_free=max(0, (100 - compute_used) * 10),
-                whole_free=not ledger.on_card(card.index),
+                whole_free=not ledger.holders(card.index),
             )
         )
     return states
@@ -199,6 +214,7 @@ class LedgerFile:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lines: dict[str, tuple[Reservation, str]] = {}  # container id -> (as saved, its line)
 
     def load(self) -> Ledger:
         try:
@@ -218,9 +234,26 @@ class LedgerFile:
             ) from None
         return Ledger({r.container_id: r for r in reservations})
 
+    def lines(self, ledger: Ledger) -> list[tuple[str, str]]:
+        """(container id, JSON line) per reservation, for `render`. Reservations are
+        immutable: one serialised once is reused until it is replaced."""
+        cache, self._lines = self._lines, {}
+        for cid, r in ledger.reservations.items():
+            held = cache.get(cid)
+            if held is None or held[0] is not r:
+                held = (r, json.dumps(r.to_json(), sort_keys=True))
+            self._lines[cid] = held
+        return [(cid, line) for cid, (_, line) in self._lines.items()]
+
     def save(self, ledger: Ledger) -> None:
-        data = {
-            "version": LEDGER_VERSION,
-            "reservations": [r.to_json() for r in ledger.reservations.values()],
-        }
-        write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+        write_atomically(self.path, render([line for _, line in self.lines(ledger)]))
+
+
+def render(lines: Sequence[str]) -> bytes:
+    """The ledger file from its reservations' JSON lines: one reservation per line, readable
+    and grep-able at 3 a.m. (and written by json's C encoder; indent= falls back to the
+    pure-Python one, which cost more than the fsync)."""
+    if not lines:
+        return f'{{"version": {LEDGER_VERSION}, "reservations": []}}\n'.encode()
+    body = ",\n".join(lines)
+    return f'{{"version": {LEDGER_VERSION}, "reservations": [\n{body}\n]}}\n'.encode()

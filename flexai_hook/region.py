@@ -130,12 +130,22 @@ def _fill(r, limits: dict, update: bool) -> None:
         r.compute.generation += 1
 
 
+def region_image(limits) -> bytes:
+    """A new region's bytes up to its process table (which starts as zeros): header filled
+    from `limits`, magic set."""
+    r = ffi().new("struct flexai_region *")  # zeroed
+    _fill(r, _limits_from(limits), update=False)
+    r.magic = constants().FLEXAI_REGION_MAGIC
+    return ffi().buffer(r, ffi().offsetof("struct flexai_region", "procs"))[:]
+
+
 def create_region(path: str | os.PathLike, limits) -> Path:
     """Create the region at `path` with `limits` (a Mapping of header fields, or a Reservation).
 
     Idempotent: when a valid region is already there (the daemon restarted and rewrites its
     slice files), only its limits are updated in place and the live accounting is kept, so
-    processes that map it keep sharing one budget with everything started later.
+    processes that map it keep sharing one budget with everything started later. (flexaid
+    writes new slices' regions from `region_image`, see writer.py.)
     """
     path = Path(path)
     values = _limits_from(limits)
@@ -145,7 +155,6 @@ def create_region(path: str | os.PathLike, limits) -> Path:
         try:
             r = ffi().cast("struct flexai_region *", ffi().from_buffer(mm))
             _fill(r, values, update=True)
-            mm.flush()
         finally:
             del r
             mm.close()
@@ -162,8 +171,8 @@ def create_region(path: str | os.PathLike, limits) -> Path:
             r = ffi().cast("struct flexai_region *", buf)
             _fill(r, values, update=False)
             r.magic = constants().FLEXAI_REGION_MAGIC  # last: the region is complete
+            # no msync: every reader maps the same page cache, and regions live on tmpfs
             del r, buf
-            mm.flush()
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,5 +1,9 @@
 """flexaid's socket loop: one thread applies every request, so the ledger needs no locks.
 
+What it applied is made durable by a second thread (`_Committer`: slice files, then one ledger
+write and fsync for the whole batch) while the loop goes on applying the next requests; the
+answers of a batch go out once it is on disk.
+
 Non-blocking sockets under `selectors`: a client that connects and never writes, sends half a
 line, or floods megabytes costs only its own buffer, never another client's answer. Peers are
 checked with SO_PEERCRED (root, or the socket's group). The same loop serves the opt-in
@@ -10,11 +14,13 @@ helper thread gathers by asking the container runtimes (slow subprocesses stay o
 from __future__ import annotations
 
 import errno
+import gc
 import grp
 import json
 import logging
 import os
 import queue
+import select
 import selectors
 import signal
 import socket
@@ -23,9 +29,12 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from . import metrics, reconcile
+from . import metrics, reconcile, writer
+
+from .batch import Persisted, answer
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .daemon import Config, Service
     from .supervisor import Supervisor
 
@@ -43,16 +52,107 @@ class ServeError(RuntimeError):
 
 
 class _Conn:
-    __slots__ = ("sock", "kind", "inbuf", "outbuf", "held", "last", "closing")
+    __slots__ = ("sock", "kind", "inbuf", "outbuf", "waiting", "last", "closing", "closed", "events")
 
     def __init__(self, sock: socket.socket, kind: str):
         self.sock = sock
         self.kind = kind  # "api" or "metrics"
         self.inbuf = bytearray()
         self.outbuf = bytearray()
-        self.held: list[dict] = []  # answers waiting for this round's ledger commit
+        self.waiting = 0  # answers held by the committer until their batch is on disk
         self.last = time.monotonic()
         self.closing = False
+        self.closed = False
+        self.events = selectors.EVENT_READ  # what the selector watches for it
+
+
+Held = tuple[_Conn, dict, "str | None"]  # a connection, an answer for it, the container it is about
+
+
+class _Committer:
+    """Hands batches to the writer process, one at a time, and holds their answers meanwhile.
+
+    Answers are released in the order they were made, so one connection's answers never
+    overtake each other. While a batch is being written, newly applied requests collect in
+    the next one (group commit: the busier the daemon, the more requests share an fsync).
+    """
+
+    def __init__(self, service: "Service", sel: selectors.BaseSelector):
+        self.service = service
+        self.sel = sel
+        self.writer = writer.Writer()
+        sel.register(self.writer, selectors.EVENT_READ, "writer")  # wakes the loop when it is done
+        self.pending: list[Held] = []  # answers of requests applied since the last hand-off
+        self.busy: tuple["Batch", list[Held]] | None = None  # the batch being written
+        self.ready: list[tuple[_Conn, dict]] = []  # answers that may go out now
+
+    def hold(self, conn: _Conn, reply: dict, container_id: str | None = None) -> None:
+        conn.waiting += 1
+        self.pending.append((conn, reply, container_id))
+
+    def _outcome(self, wait: bool) -> writer.Outcome | None:
+        if not wait and not select.select([self.writer], [], [], 0)[0]:
+            return None
+        try:
+            return self.writer.receive()
+        except writer.WriterGone as exc:
+            # What it did of the plan is unknown: answer errors, roll back in memory, and let
+            # the next batch write the ledger as the daemon knows it.
+            log.error("%s; restarting it", exc)
+            self.sel.unregister(self.writer)
+            self.writer.restart()
+            self.sel.register(self.writer, selectors.EVENT_READ, "writer")
+            return writer.Outcome(error=f"{exc}; retry")
+
+    def advance(self, wait: bool = False) -> None:
+        """Collect a finished batch and hand off the next; with `wait`, until all is on disk."""
+        while True:
+            if self.busy is not None:
+                outcome = self._outcome(wait)
+                if outcome is None:
+                    return
+                batch, held = self.busy
+                self.busy = None
+                result = self.service.persisted(batch, outcome)
+                self.service.finish(batch, result)
+                self._release(held, result)
+                # What was applied after the batch was built on it (Service.finish): on a failed
+                # write it is gone too; a reservation whose files failed is refused everywhere.
+                if result.error:
+                    self._release(self.pending, result)
+                    self.pending = []
+                elif result.failed:
+                    lost = Persisted(None, result.failed)
+                    self.pending = [(c, answer(r, cid, lost), cid) for c, r, cid in self.pending]
+            if self.pending:
+                batch = self.service.take_batch()
+                if batch is None:  # nothing to write: answer at once
+                    self._release(self.pending, None)
+                    self.pending = []
+                else:
+                    self.busy = (batch, self.pending)
+                    self.pending = []
+                    try:
+                        self.writer.send(self.service.plan(batch))
+                    except writer.WriterGone:
+                        pass  # receive() reports it and restarts the writer
+            if not wait or self.busy is None:
+                return
+
+    def _release(self, held: list[Held], result: Persisted | None) -> None:
+        for conn, reply, cid in held:
+            conn.waiting -= 1
+            self.ready.append((conn, answer(reply, cid, result)))
+
+    def stop(self) -> None:
+        """Write and answer everything applied, then end the writer."""
+        self.advance(wait=True)
+        self.close()
+
+    def close(self) -> None:
+        if self.writer.proc is not None:
+            self.sel.unregister(self.writer)
+            self.writer.stop()
 
 
 def group_id(name: str) -> int:
@@ -181,21 +281,40 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     reconciler = _Reconciler(config.reconcile_interval, wake_w)
+    committer = _Committer(service, sel)
 
     def close(conn: _Conn) -> None:
         sel.unregister(conn.sock)
         conns.pop(id(conn), None)
         conn.sock.close()
+        conn.closed = True  # answers still held for it are dropped
 
+    def deliver() -> dict[int, _Conn]:
+        """Queue the answers the committer released; the connections that got some."""
+        got: dict[int, _Conn] = {}
+        for conn, reply in committer.ready:
+            if not conn.closed:
+                conn.outbuf += json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+                got[id(conn)] = conn
+        committer.ready.clear()
+        return got
+
+    # Everything built so far (schemas, validators, placement tables) lives as long as the
+    # daemon: keep it out of the collector's scans, which otherwise add milliseconds to the
+    # request that happens to trigger a full collection.
+    gc.collect()
+    gc.freeze()
     summary = service.summary()
     log.info("flexaid ready on %s: %s", config.socket, summary)
     supervisor.ready(summary)
     timeout = supervisor.loop_timeout(1.0)
     try:
         while not stopping:
-            touched: list[_Conn] = []
+            touched: dict[int, _Conn] = {}
             for key, events in sel.select(timeout=timeout):
                 tag = key.data
+                if tag == "writer":
+                    continue  # its outcome is collected by committer.advance below
                 if tag == "wake":
                     try:
                         os.read(wake_r, 4096)
@@ -206,38 +325,41 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
                     _accept(key.fileobj, tag, sel, conns, socket_gid)
                     continue
                 conn: _Conn = tag
-                if events & selectors.EVENT_READ and not _read(conn, service):
+                if events & selectors.EVENT_READ and not _read(conn, service, committer):
                     close(conn)
                     continue
-                touched.append(conn)
-            # One ledger write for everything this round changed, then the answers go out.
-            error = service.commit()
-            for conn in touched:
-                for reply in conn.held:
-                    # a change the ledger could not keep is not acknowledged (prepare's "spec"
-                    # carries a reservation too)
-                    if error and reply.get("ok") and ("reservation" in reply or "released" in reply
-                                                      or "spec" in reply):
-                        reply = {"ok": False, "error": error}
-                    conn.outbuf += json.dumps(reply, separators=(",", ":")).encode() + b"\n"
-                conn.held.clear()
-                if conn.outbuf and not _write(conn):
-                    close(conn)
-                elif conn.closing and not conn.outbuf:
-                    close(conn)
-                else:
-                    sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0), conn)
-            now = time.monotonic()
-            supervisor.tick(now)
+                touched[id(conn)] = conn
             while not reconciler.results.empty():
                 if service.apply_observations(reconciler.results.get_nowait(), time.time()):
                     supervisor.status(service.summary())
+            # Hand what this round applied to the committer (or let it join the batch being
+            # written), and send the answers of whatever batch is now on disk.
+            committer.advance()
+            touched.update(deliver())
+            for conn in touched.values():
+                if conn.closed:
+                    continue
+                if conn.outbuf and not _write(conn):
+                    close(conn)
+                elif conn.closing and not conn.outbuf and not conn.waiting:
+                    close(conn)
+                else:
+                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+                    if events != conn.events:  # an epoll_ctl only when the interest changes
+                        sel.modify(conn.sock, events, conn)
+                        conn.events = events
+            now = time.monotonic()
+            supervisor.tick(now)
             reconciler.maybe_start(service.ledger.reservations, now)
-            for conn in [c for c in conns.values() if now - c.last > IDLE_TIMEOUT]:
+            for conn in [c for c in conns.values() if now - c.last > IDLE_TIMEOUT and not c.waiting]:
                 close(conn)
         log.info("signal %d: stopping", stopping[0])
         supervisor.stopping()
+        committer.stop()  # what was applied is written, and answered where the client still listens
+        for conn in deliver().values():
+            _write(conn)
     finally:
+        committer.close()
         signal.set_wakeup_fd(-1)
         for conn in list(conns.values()):
             close(conn)
@@ -281,7 +403,7 @@ def _accept(listener: socket.socket, kind: str, sel: selectors.BaseSelector, con
     sel.register(sock, selectors.EVENT_READ, conn)
 
 
-def _read(conn: _Conn, service: "Service") -> bool:
+def _read(conn: _Conn, service: "Service", committer: _Committer) -> bool:
     try:
         data = conn.sock.recv(65536)
     except (BlockingIOError, InterruptedError):
@@ -300,7 +422,7 @@ def _read(conn: _Conn, service: "Service") -> bool:
         nl = conn.inbuf.find(b"\n")
         if nl < 0:
             if len(conn.inbuf) > MAX_LINE:
-                _reply(conn, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                committer.hold(conn, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
                 conn.inbuf.clear()
                 conn.closing = True
             return True
@@ -309,14 +431,19 @@ def _read(conn: _Conn, service: "Service") -> bool:
         try:
             message = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            _reply(conn, {"ok": False, "error": "request is not a JSON object on one line"})
+            committer.hold(conn, {"ok": False, "error": "request is not a JSON object on one line"})
             continue
+        is_dict = isinstance(message, dict)
+        if is_dict and message.get("op") == "update":
+            # an update rewrites slice files in place: first let every slice being created
+            # reach the disk (updates are rare, from the CLI)
+            committer.advance(wait=True)
         try:
             reply = service.handle(message)
         except Exception as exc:  # a bug must cost one request, not the daemon
             log.exception("internal error handling %r", line[:200])
             reply = {"ok": False, "error": f"flexaid internal error: {type(exc).__name__}: {exc}"}
-        _reply(conn, reply)
+        committer.hold(conn, reply, message.get("container_id") if is_dict else None)
 
 
 def _read_http(conn: _Conn, service: "Service") -> bool:
@@ -347,10 +474,6 @@ def _http(conn: _Conn, code: int, ctype: str, body: str, length: int | None = No
     conn.inbuf.clear()
     conn.closing = True
     _write(conn)
-
-
-def _reply(conn: _Conn, reply: dict) -> None:
-    conn.held.append(reply)
 
 
 def _write(conn: _Conn) -> bool:

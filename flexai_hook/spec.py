@@ -61,6 +61,12 @@ class Injection:
 BOARD_DIR_IN_CONTAINER = "/run/flexai/boards"
 
 
+def preload_file_for(slices_dir: str) -> str:
+    """The host's /etc/ld.so.preload for sliced containers beside flexaid's slices dir
+    (/run/flexai/ld.so.preload); the same for every slice, so flexaid writes it once."""
+    return os.path.join(os.path.dirname(os.path.normpath(slices_dir)), "ld.so.preload")
+
+
 def board_dir_for(slices_dir: str) -> str:
     """The host's card-board directory beside flexaid's slices dir (/run/flexai/boards for the
     default /run/flexai/slices); flexaid creates it."""
@@ -94,7 +100,7 @@ def _injection(
     mounts = [
         Mount(f"{slice_dir}/slice.conf", SLICE_FILE_IN_CONTAINER),
         Mount(lib or str(library.library_path()), library.LIBRARY_IN_CONTAINER),
-        Mount(f"{slice_dir}/ld.so.preload", "/etc/ld.so.preload"),
+        Mount(preload_file_for(os.path.dirname(slice_dir)), "/etc/ld.so.preload"),
         Mount(f"{slice_dir}/region", library.REGION_IN_CONTAINER, read_only=False),
     ]
     env = [

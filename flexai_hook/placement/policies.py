@@ -42,8 +42,19 @@ def choose(
     """
     scorer = _scorer(policy)
     compiled = (workload or default_workload()).compiled()
-    best = _best_on_node(cards, None, demand, 0, scorer, compiled)
-    return None if best is None else best[1]
+    # flexaid asks this on every reservation, mostly about states it has seen before (the
+    # same few shapes coming and going): memoised per workload version like choose_node.
+    state = ("choose", policy, demand, _cards_state(cards, with_uuid=demand.pin is not None))
+    shared = compiled.node_results
+    found = shared.get(state)
+    if found is None:
+        found = _best_on_node(cards, None, demand, 0, scorer, compiled)
+        if found is None:
+            found = _NOTHING
+        if len(shared) >= _SHARED_MEMO_LIMIT:
+            shared.clear()
+        shared[state] = found
+    return None if found is _NOTHING else found[1]
 
 
 def choose_node(

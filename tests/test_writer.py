@@ -1,0 +1,176 @@
+"""flexaid's batches on their way to disk: the pure answer rule, the writer's plan execution
+(in-process and as the helper process), and the daemon's pipeline around it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from flexai_hook import client, ledger as ledger_mod, writer
+from flexai_hook.batch import Persisted, answer
+
+
+RESERVED = {"ok": True, "reservation": {"container_id": "c1"}}
+
+
+def test_answers_of_a_batch_that_did_not_reach_the_disk_are_errors():
+    assert answer(RESERVED, "c1", None) is RESERVED  # nothing needed writing
+    assert answer(RESERVED, "c1", Persisted(None)) is RESERVED
+    assert answer(RESERVED, "c1", Persisted("disk full")) == {"ok": False, "error": "disk full"}
+    assert answer(RESERVED, "c1", Persisted(None, {"c1": "no space"})) == {"ok": False, "error": "no space"}
+    assert answer(RESERVED, "c2", Persisted(None, {"c1": "no space"})) is RESERVED
+    for reply in ({"ok": True, "released": True}, {"ok": True, "spec": {}}):
+        assert answer(reply, "c1", Persisted("x"))["ok"] is False
+    # answers that acknowledge no change go out whatever happened to the batch
+    status = {"ok": True, "status": {}}
+    refusal = {"ok": False, "error": "no card can fit the slice"}
+    assert answer(status, None, Persisted("x")) is status
+    assert answer(refusal, "c1", Persisted("x")) is refusal
+
+
+def _plan(tmp_path, slices, lines=(("c1", '{"container_id": "c1"}'),), removes=()):
+    return writer.Plan(slices=list(slices), ledger_path=str(tmp_path / "state" / "ledger.json"),
+                       ledger_lines=list(lines), removes=list(removes))
+
+
+def _files(conf=b"slice_id=s1\n"):
+    return [("slice.conf", conf, 0o644, 0), ("region", b"\x01" * 100, 0o666, 4096)]
+
+
+def test_execute_writes_slices_then_the_ledger_then_removes(tmp_path):
+    (tmp_path / "state").mkdir()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "slice.conf").write_text("x")
+    (old / "stray").write_text("left by someone else")  # rmtree fallback
+    plan = _plan(tmp_path, [("c1", str(tmp_path / "s1"), _files())], removes=[str(old)])
+    assert writer.execute(plan) == writer.Outcome()
+    assert (tmp_path / "s1" / "slice.conf").read_bytes() == b"slice_id=s1\n"
+    region = tmp_path / "s1" / "region"
+    assert region.stat().st_size == 4096 and region.read_bytes()[:100] == b"\x01" * 100
+    assert oct(region.stat().st_mode & 0o777) == oct(0o666)  # the umask does not narrow it
+    assert not old.exists()
+    saved = json.loads((tmp_path / "state" / "ledger.json").read_text())
+    assert saved == {"version": ledger_mod.LEDGER_VERSION, "reservations": [{"container_id": "c1"}]}
+
+
+def test_a_slice_that_cannot_be_written_is_left_out_of_the_ledger(tmp_path):
+    (tmp_path / "state").mkdir()
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the slices directory should be")
+    plan = _plan(tmp_path, [("c1", str(tmp_path / "s1"), _files()), ("c2", str(blocked / "s2"), _files())],
+                 lines=[("c1", '{"container_id": "c1"}'), ("c2", '{"container_id": "c2"}')])
+    outcome = writer.execute(plan)
+    assert outcome.error is None and list(outcome.failed) == ["c2"] and "Not a directory" in outcome.failed["c2"]
+    saved = json.loads((tmp_path / "state" / "ledger.json").read_text())
+    assert [r["container_id"] for r in saved["reservations"]] == ["c1"]
+    assert (tmp_path / "s1" / "slice.conf").exists()
+
+
+def test_a_failed_ledger_write_removes_the_slices_it_wrote_and_keeps_released_ones(tmp_path):
+    kept = tmp_path / "released"
+    kept.mkdir()
+    plan = _plan(tmp_path, [("c1", str(tmp_path / "s1"), _files())], removes=[str(kept)])  # no state dir
+    outcome = writer.execute(plan)
+    assert outcome.error and "No such file" in outcome.error
+    assert not (tmp_path / "s1").exists()
+    assert kept.exists()  # its release was not written either
+
+
+def test_the_writer_process_round_trip_and_its_end(tmp_path):
+    (tmp_path / "state").mkdir()
+    w = writer.Writer()
+    try:
+        w.send(_plan(tmp_path, [("c1", str(tmp_path / "s1"), _files())]))
+        assert w.receive() == writer.Outcome()
+        assert oct((tmp_path / "s1" / "region").stat().st_mode & 0o777) == oct(0o666)
+        w.send(_plan(tmp_path, [("c2", str(tmp_path / "missing" / "s2"), _files())]))
+        assert list(w.receive().failed) == ["c2"]
+        pid = w.proc.pid
+        os.kill(pid, signal.SIGTERM)  # ignored: the daemon ends it by closing its stdin
+        w.send(_plan(tmp_path, []))
+        assert w.receive().error is None
+        os.kill(pid, signal.SIGKILL)
+        w.proc.wait(10)
+        with pytest.raises(writer.WriterGone, match="gone|exited"):
+            w.send(_plan(tmp_path, []))
+            w.receive()
+        w.restart()
+        w.send(_plan(tmp_path, []))
+        assert w.receive().error is None
+    finally:
+        w.stop()
+    assert w.proc is None
+
+
+def _writer_pid(daemon) -> int:
+    children = []
+    for task in os.listdir(f"/proc/{daemon.proc.pid}/task"):
+        with open(f"/proc/{daemon.proc.pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    assert len(children) == 1, children
+    return children[0]
+
+
+def test_a_killed_writer_costs_one_answer_and_is_restarted(daemon):
+    assert daemon.call({"op": "reserve", "container_id": "before", "request": {"fraction": 10}})["ok"]
+    first = _writer_pid(daemon)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{first}") and open(f"/proc/{first}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(client.DaemonRefused, match="file writer exited"):
+        daemon.call({"op": "reserve", "container_id": "lost", "request": {"fraction": 10}})
+    assert "file writer exited" in daemon.log()
+    after = daemon.call({"op": "reserve", "container_id": "after", "request": {"fraction": 10}})
+    assert after["ok"] and _writer_pid(daemon) != first
+    assert sorted(s["container_id"] for s in daemon.slices()) == ["after", "before"]
+    daemon.restart()  # and the ledger on disk says the same
+    assert sorted(s["container_id"] for s in daemon.slices()) == ["after", "before"]
+
+
+def test_pipelined_requests_on_one_connection_are_answered_in_order(daemon):
+    lines = []
+    for i in range(40):
+        lines.append({"op": "reserve", "container_id": f"p{i}", "request": {"fraction": 1}})
+        lines.append({"op": "status"})
+        lines.append({"op": "release", "container_id": f"p{i}"})
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(daemon.socket)
+        s.sendall(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
+        replies = [json.loads(line) for _, line in zip(lines, s.makefile("rb"))]
+    for i in range(40):
+        reserved, status, released = replies[3 * i: 3 * i + 3]
+        assert reserved["reservation"]["container_id"] == f"p{i}"
+        held = [x["container_id"] for c in status["status"]["cards"] for x in c["slices"]]
+        assert held == [f"p{i}"]
+        assert released == {"ok": True, "released": True, "reservation": reserved["reservation"]}
+    assert daemon.slices() == [] and list(daemon.slices_dir.iterdir()) == []
+
+
+def test_service_refuses_a_reservation_whose_files_fail_and_keeps_the_rest(tmp_path):
+    from flexai_hook import daemon as daemon_mod
+    from flexai_hook.devices import Card
+
+    (tmp_path / "state").mkdir()
+    config = daemon_mod.Config(state_dir=str(tmp_path / "state"), slices_dir=str(tmp_path / "slices"))
+    card = Card(index=0, uuid="GPU-0", name="sim", memory=1 << 34, device_paths=("/dev/sim0",), backend="simulated")
+    svc = daemon_mod.Service(config, [card])
+    assert svc.handle_and_commit({"op": "reserve", "container_id": "ok1", "request": {"fraction": 10}})["ok"]
+    (tmp_path / "slices").rename(tmp_path / "aside")
+    (tmp_path / "slices").write_text("not a directory")
+    reply = svc.handle_and_commit({"op": "reserve", "container_id": "bad", "request": {"fraction": 10}})
+    assert reply["ok"] is False and "cannot write the slice files of bad" in reply["error"]
+    assert list(svc.ledger.reservations) == ["ok1"] and svc.saved is svc.ledger
+    (tmp_path / "slices").unlink()
+    (tmp_path / "aside").rename(tmp_path / "slices")
+    again = svc.handle_and_commit({"op": "reserve", "container_id": "bad", "request": {"fraction": 10}})
+    assert again["ok"] and (tmp_path / "slices" / again["reservation"]["slice_id"] / "region").exists()
+    on_disk = ledger_mod.LedgerFile(tmp_path / "state" / "ledger.json").load()
+    assert sorted(on_disk.reservations) == ["bad", "ok1"]
