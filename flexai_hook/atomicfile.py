@@ -33,9 +33,13 @@ def write_atomically(
         except FileNotFoundError:
             pass
         raise
-    if not sync:
-        return
-    dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+    if sync:
+        fsync_dir(directory or ".")
+
+
+def fsync_dir(directory: str) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:

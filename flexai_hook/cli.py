@@ -120,11 +120,14 @@ def recover(config_path: str | None, runtime_binary: str, roots: tuple[str, ...]
         return
     path = os.path.join(config.state_dir, "ledger.json")
     os.makedirs(config.state_dir, exist_ok=True)
-    if os.path.exists(path):
-        aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.replace(path, aside)
-        click.echo(f"kept the old ledger as {aside}")
-    ledger.LedgerFile(path).save(rebuilt)
+    file = ledger.LedgerFile(path)
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    for old in (file.path, file.journal):
+        if old.exists():
+            aside = f"{old}.corrupt-{stamp}"
+            os.replace(old, aside)
+            click.echo(f"kept the old {old.name} as {aside}")
+    file.save(rebuilt)
     click.echo(f"wrote {path}; start flexaid again")
 
 

@@ -113,6 +113,9 @@ class Service:
         self.backend = self.cards[0].backend if self.cards else "none"
         self.file = ledger_mod.LedgerFile(Path(config.state_dir) / "ledger.json")
         self.ledger = self.file.load()
+        # Fold the journal into a fresh checkpoint: a batch a crash cut short (never answered)
+        # must not sit in front of the batches this run appends.
+        self.file.save(self.ledger)
         self.saved = self.ledger  # what is on disk
         # The request mix fgd/flexai placement plans for: learned from the slices held at start
         # and from every new request after (the last placement.Workload window of them).
@@ -140,25 +143,6 @@ class Service:
                 shutil.rmtree(os.path.join(self.config.slices_dir, name), ignore_errors=True)
         for reservation in wanted.values():
             self._write_slice_files(reservation)
-
-    def _region_limits(self, reservation) -> dict:
-        limits = {
-            "slice_id": reservation.slice_id, "device_uuid": reservation.card_uuid,
-            "device_index": reservation.card_index, "card_memory": reservation.card_memory,
-            "memory_limit": reservation.memory_bytes, "compute_limit": reservation.compute,
-            "priority": reservation.priority, "compute_mode": reservation.compute_mode,
-        }
-        if reservation.backend == "simulated":
-            limits["context_memory"] = int(simcards.TUNABLES["context_bytes"])  # what the simulator charges
-        return limits
-
-    def _slice_files(self, reservation) -> list[tuple[str, bytes, int, int]]:
-        """The slice's files as (name, content, mode, size): slice.conf and its shared region
-        (libflexai/flexai_region.h; its process table left as zeros)."""
-        return [
-            ("slice.conf", reservation.slice_conf().encode(), 0o644, 0),
-            ("region", region.region_image(self._region_limits(reservation)), 0o666, region.region_size()),
-        ]
 
     def _host_files(self) -> None:
         """What every slice of this host shares: /etc/ld.so.preload for sliced containers,
@@ -190,7 +174,7 @@ class Service:
         os.makedirs(reservation.slice_dir, mode=0o755, exist_ok=True)
         conf = reservation.slice_conf().encode()
         write_atomically(os.path.join(reservation.slice_dir, "slice.conf"), conf, sync=False)  # tmpfs
-        region.create_region(os.path.join(reservation.slice_dir, "region"), self._region_limits(reservation))
+        region.create_region(os.path.join(reservation.slice_dir, "region"), writer.region_limits(reservation))
 
     def take_batch(self) -> Batch | None:
         """Everything applied since the last batch, or None when nothing needs writing."""
@@ -205,15 +189,26 @@ class Service:
         writer process)."""
         if batch.created:
             self._host_files()
+        checkpoint = self.file.wants_checkpoint()
+        number, journal = self.file.delta(self.saved, batch.ledger)
         return writer.Plan(
-            slices=[(r.container_id, r.slice_dir, self._slice_files(r)) for r in batch.created],
+            slices=[(r.container_id, r.slice_dir, writer.slice_files(r)) for r in batch.created],
             ledger_path=str(self.file.path),
-            ledger_lines=self.file.lines(batch.ledger),
+            journal_path=str(self.file.journal),
+            batch=number,
+            journal_lines=[] if checkpoint else journal,
+            ledger_lines=self.file.lines(batch.ledger) if checkpoint else None,
             removes=[r.slice_dir for r in batch.removed],
         )
 
-    def persisted(self, batch: Batch, outcome: writer.Outcome) -> Persisted:
+    def persisted(self, batch: Batch, plan: writer.Plan, outcome: writer.Outcome) -> Persisted:
         """What became of `batch`, from the outcome of its plan."""
+        self.file.journal_dirty = outcome.dirty
+        if not outcome.error:
+            if plan.ledger_lines is not None:
+                self.file.journal_bytes = 0
+            else:
+                self.file.journal_bytes += sum(len(line) + 1 for _, line in plan.journal_lines)
         if outcome.error:
             log.error("cannot save ledger %s: %s; the changes not yet on disk are undone", self.file.path,
                       outcome.error)
@@ -253,7 +248,8 @@ class Service:
         batch = self.take_batch()
         if batch is None:
             return None
-        result = self.persisted(batch, writer.execute(self.plan(batch)))
+        plan = self.plan(batch)
+        result = self.persisted(batch, plan, writer.execute(plan))
         self.finish(batch, result)
         return result
 
@@ -357,12 +353,11 @@ class Service:
             ledger_mod.observe(self.workload, request, self.cards)
             self._created.append(reservation)  # its files are written with its batch (persist)
             self.ledger = new
-            log.info(
-                "reserved slice %s for %s on card %d (%s): %d bytes, %d%% compute",
-                reservation.slice_id, container_id, reservation.card_index,
-                reservation.card_uuid, reservation.memory_bytes, reservation.compute,
-                extra=supervisor.fields(container_id, reservation.slice_id, reservation.card_uuid),
-            )
+            if log.isEnabledFor(logging.INFO):  # skip building the journal fields when nobody logs them
+                log.info("reserved slice %s for %s on card %d (%s): %d bytes, %d%% compute",
+                         reservation.slice_id, container_id, reservation.card_index, reservation.card_uuid,
+                         reservation.memory_bytes, reservation.compute,
+                         extra=supervisor.fields(container_id, reservation.slice_id, reservation.card_uuid))
         return {"ok": True, "reservation": reservation.to_json()}
 
     def _release(self, container_id: str, reason: str = "released") -> dict:
@@ -372,10 +367,9 @@ class Service:
         self.ledger = new
         self.gone_since.pop(container_id, None)
         self._removed.append(gone)
-        log.info(
-            "%s slice %s of %s on card %d", reason, gone.slice_id, container_id, gone.card_index,
-            extra=supervisor.fields(container_id, gone.slice_id, gone.card_uuid),
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s slice %s of %s on card %d", reason, gone.slice_id, container_id, gone.card_index,
+                     extra=supervisor.fields(container_id, gone.slice_id, gone.card_uuid))
         return {"ok": True, "released": True, "reservation": gone.to_json()}
 
     def status(self) -> dict:

@@ -1,9 +1,10 @@
 """Who holds which part of which card: a pure ledger, and the file that makes it survive restarts.
 
-The core (`Ledger`, `reserve`, `release`) is plain data in, plain data out; `LedgerFile` is the
-thin shell that loads it and writes it atomically (temp file, fsync, rename, fsync of the
-directory) before a change is acknowledged, so a crash at any point leaves either the old or
-the new ledger on disk, never a mix.
+The core (`Ledger`, `reserve`, `release`, `replay`) is plain data in, plain data out;
+`LedgerFile` is the thin shell around the files: a checkpoint replaced atomically (temp file,
+fsync, rename, fsync of the directory) and a journal of the batches since, each appended and
+fdatasync'd before any of its changes is acknowledged, so a crash at any point leaves either
+the old or the new ledger on disk, never a mix.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import orjson
+
 from . import placement
-from .atomicfile import write_atomically
+from .atomicfile import fsync_dir, write_atomically
 from .devices import Card
 from .request import Request
 from .reservation import Reservation
@@ -209,50 +212,177 @@ class LedgerCorrupt(RuntimeError):
     pass
 
 
+JOURNAL_CHECKPOINT_BYTES = 1 << 20  # the journal is folded into ledger.json past this size
+
+
 class LedgerFile:
-    """The ledger on disk: JSON, replaced atomically on every change."""
+    """The ledger on disk: `ledger.json` (a checkpoint, replaced atomically) and
+    `ledger.journal` beside it (each batch of changes since, appended and fdatasync'd).
+
+    Journal lines are {"b": n, "put": reservation}, {"b": n, "drop": container id} and a
+    closing {"b": n, "end": true}; only batches with their end line count, so a batch cut
+    short by a crash (never acknowledged) is ignored. Replaying a journal onto the checkpoint
+    it was folded into gives the same ledger, so a crash between writing the checkpoint and
+    emptying the journal loses nothing. `load` is pure reading; flexaid checkpoints at start.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.journal = self.path.with_suffix(".journal")
         self._lines: dict[str, tuple[Reservation, str]] = {}  # container id -> (as saved, its line)
+        self.next_batch = 1
+        self.journal_bytes = 0  # appended since the last checkpoint (as this process knows)
+        self.journal_dirty = False  # a failed append could not be cut off: checkpoint next
 
     def load(self) -> Ledger:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return Ledger()
+            raw = None
+        ledger = Ledger()
+        if raw is not None:
+            try:
+                data = json.loads(raw)
+                if data.get("version") != LEDGER_VERSION:
+                    raise ValueError(f"unknown version {data.get('version')!r}")
+                reservations = [Reservation.from_json(r) for r in data["reservations"]]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise self._corrupt(self.path, exc) from None
+            ledger = Ledger({r.container_id: r for r in reservations})
         try:
-            data = json.loads(raw)
-            if data.get("version") != LEDGER_VERSION:
-                raise ValueError(f"unknown version {data.get('version')!r}")
-            reservations = [Reservation.from_json(r) for r in data["reservations"]]
+            journal = self.journal.read_bytes()
+        except FileNotFoundError:
+            return ledger
+        try:
+            ledger, last = replay(ledger, journal)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise LedgerCorrupt(
-                f"ledger {self.path} is unreadable ({type(exc).__name__}: {exc}); flexaid will not "
-                f"start empty and forget live slices: run `flexai recover` to rebuild it from the "
-                f"running containers"
-            ) from None
-        return Ledger({r.container_id: r for r in reservations})
+            raise self._corrupt(self.journal, exc) from None
+        self.next_batch = last + 1
+        return ledger
+
+    @staticmethod
+    def _corrupt(path: Path, exc: Exception) -> LedgerCorrupt:
+        return LedgerCorrupt(
+            f"ledger {path} is unreadable ({type(exc).__name__}: {exc}); flexaid will not "
+            f"start empty and forget live slices: run `flexai recover` to rebuild it from the "
+            f"running containers"
+        )
+
+    def line(self, r: Reservation) -> str:
+        """`r` as one JSON line (cached while `r` is held)."""
+        held = self._lines.get(r.container_id)
+        if held is None or held[0] is not r:
+            line = orjson.dumps(r.to_json(), option=orjson.OPT_SORT_KEYS).decode()
+            held = self._lines[r.container_id] = (r, line)
+        return held[1]
 
     def lines(self, ledger: Ledger) -> list[tuple[str, str]]:
         """(container id, JSON line) per reservation, for `render`. Reservations are
         immutable: one serialised once is reused until it is replaced."""
-        cache, self._lines = self._lines, {}
-        for cid, r in ledger.reservations.items():
-            held = cache.get(cid)
-            if held is None or held[0] is not r:
-                held = (r, json.dumps(r.to_json(), sort_keys=True))
-            self._lines[cid] = held
-        return [(cid, line) for cid, (_, line) in self._lines.items()]
+        out = [(cid, self.line(r)) for cid, r in ledger.reservations.items()]
+        self._lines = {cid: self._lines[cid] for cid, _ in out}
+        return out
+
+    def wants_checkpoint(self) -> bool:
+        return self.journal_dirty or self.journal_bytes >= JOURNAL_CHECKPOINT_BYTES
+
+    def delta(self, old: Ledger, new: Ledger) -> tuple[int, list[tuple[str, str]]]:
+        """(batch number, [(container id, journal line)]) taking `old` to `new`, end line
+        included (its container id is ""). Reservations are compared by identity: a changed
+        one is a new object."""
+        n = self.next_batch
+        self.next_batch += 1
+        out = []
+        for cid, r in new.reservations.items():
+            if old.reservations.get(cid) is not r:
+                out.append((cid, f'{{"b":{n},"put":{self.line(r)}}}'))
+        for cid in old.reservations:
+            if cid not in new.reservations:
+                self._lines.pop(cid, None)
+                out.append((cid, f'{{"b":{n},"drop":{json.dumps(cid)}}}'))
+        out.append(("", f'{{"b":{n},"end":true}}'))
+        return n, out
 
     def save(self, ledger: Ledger) -> None:
+        """A checkpoint: the whole ledger to ledger.json, then an empty journal."""
         write_atomically(self.path, render([line for _, line in self.lines(ledger)]))
+        reset_journal(self.journal)
+        self.journal_bytes, self.journal_dirty = 0, False
+
+
+def replay(ledger: Ledger, journal: bytes) -> tuple[Ledger, int]:
+    """`ledger` with the journal's complete batches applied in order, and the last batch
+    number seen. What follows the last end line (a batch a crash cut short) is ignored; an
+    unreadable line before it is corruption (ValueError)."""
+    reservations = dict(ledger.reservations)
+    pending: dict[int, list[dict]] = {}
+    last, bad = 0, None
+    for number, raw in enumerate(journal.split(b"\n")):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+            batch = int(entry["b"])
+        except (ValueError, KeyError, TypeError) as exc:
+            bad = bad or (number + 1, exc)
+            continue
+        if bad is not None:
+            raise ValueError(f"line {bad[0]}: {bad[1]}")
+        last = max(last, batch)
+        if not entry.get("end"):
+            pending.setdefault(batch, []).append(entry)
+            continue
+        for change in pending.pop(batch, []):
+            if "put" in change:
+                r = Reservation.from_json(change["put"])
+                reservations[r.container_id] = r
+            else:
+                reservations.pop(change["drop"], None)
+    return Ledger(reservations), last
+
+
+def reset_journal(path: Path) -> None:
+    """An empty journal at `path`, durably (its directory entry too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def append_journal(path: str, data: bytes) -> None:
+    """Append one batch and fdatasync it. On failure the file is cut back to where it was,
+    so a later batch never follows a partial one; if even that fails, JournalDirty."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            except OSError as exc:
+                raise JournalDirty(str(exc.strerror or exc)) from None
+            raise
+    finally:
+        os.close(fd)
+    if size == 0:  # maybe just created: its directory entry must be durable too
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+class JournalDirty(OSError):
+    """A failed append left part of a batch in the journal: only a checkpoint clears it."""
 
 
 def render(lines: Sequence[str]) -> bytes:
     """The ledger file from its reservations' JSON lines: one reservation per line, readable
-    and grep-able at 3 a.m. (and written by json's C encoder; indent= falls back to the
-    pure-Python one, which cost more than the fsync)."""
+    and grep-able at 3 a.m. (json's indent= would run its pure-Python encoder, which cost
+    more than the fsync)."""
     if not lines:
         return f'{{"version": {LEDGER_VERSION}, "reservations": []}}\n'.encode()
     body = ",\n".join(lines)

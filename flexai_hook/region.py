@@ -133,10 +133,12 @@ def _fill(r, limits: dict, update: bool) -> None:
 def region_image(limits) -> bytes:
     """A new region's bytes up to its process table (which starts as zeros): header filled
     from `limits`, magic set."""
-    r = ffi().new("struct flexai_region *")  # zeroed
+    size = ffi().offsetof("struct flexai_region", "procs")
+    buf = ffi().new("char[]", size)  # zeroed; _fill touches nothing past the header
+    r = ffi().cast("struct flexai_region *", buf)
     _fill(r, _limits_from(limits), update=False)
     r.magic = constants().FLEXAI_REGION_MAGIC
-    return ffi().buffer(r, ffi().offsetof("struct flexai_region", "procs"))[:]
+    return ffi().buffer(buf)[:]
 
 
 def create_region(path: str | os.PathLike, limits) -> Path:

@@ -1,8 +1,8 @@
 """flexaid's file writer: a batch's slice files and ledger write, in a helper process.
 
 flexaid's loop applies requests in memory; what they change on disk (each new slice's
-directory, slice.conf, ld.so.preload and region; the ledger, fsync'd; released slices'
-directories) is a `plan` of plain data that `execute` carries out. The server hands plans to
+directory with its slice.conf and region; the ledger journal, fdatasync'd, or a checkpoint;
+released slices' directories) is a `plan` of plain data that `execute` carries out. The server hands plans to
 a `Writer` (this module run as a child process) so the file system's system calls run on
 another core while the loop applies the next requests (threads would not: the GIL makes a
 busy loop and a writer thread take turns). `Service.commit` runs `execute` in-process.
@@ -11,6 +11,7 @@ busy loop and a writer thread take turns). `Service.commit` runs `execute` in-pr
 from __future__ import annotations
 
 import os
+import json
 import marshal
 import shutil
 import signal
@@ -19,20 +20,27 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from . import ledger as ledger_mod
+from . import ledger as ledger_mod, region, simcards
 from .atomicfile import write_atomically
+from .reservation import Reservation
 
-SLICE_FILES = ("slice.conf", "region", "ld.so.preload")  # the last: in slices made before 0.2
+SLICE_FILES = ("slice.conf", "region", "ld.so.preload")  # the last: in slices of earlier flexaid versions
 _LENGTH = struct.Struct("<I")
 
 
 @dataclass
 class Plan:
-    """What one batch needs on disk, in this order."""
+    """What one batch needs on disk, in this order: slices, ledger, removals.
 
-    slices: list[tuple[str, str, list[tuple[str, bytes, int, int]]]]  # (container id, dir, files)
+    The ledger part is either the batch's journal lines (ledger.LedgerFile.delta) or, for a
+    checkpoint, every reservation's line (ledger.render) and an emptied journal."""
+
+    slices: list[tuple[str, str, list[tuple[str, bytes, int, int]]]]  # (container id, dir, slice_files)
     ledger_path: str
-    ledger_lines: list[tuple[str, str]]  # (container id, its line), see ledger.render
+    journal_path: str
+    batch: int  # the journal batch number
+    journal_lines: list[tuple[str, str]] = field(default_factory=list)  # (container id, line)
+    ledger_lines: list[tuple[str, str]] | None = None  # a checkpoint: (container id, line)
     removes: list[str] = field(default_factory=list)  # released slices' directories
 
 
@@ -40,6 +48,29 @@ class Plan:
 class Outcome:
     error: str | None = None  # why the ledger could not be written (nothing of the plan holds)
     failed: dict[str, str] = field(default_factory=dict)  # container id -> why its slice failed
+    dirty: bool = False  # the journal holds part of a failed batch: the next plan must checkpoint
+
+
+def region_limits(reservation: Reservation) -> dict:
+    """The region header's fields for `reservation` (libflexai/flexai_region.h)."""
+    limits = {
+        "slice_id": reservation.slice_id, "device_uuid": reservation.card_uuid,
+        "device_index": reservation.card_index, "card_memory": reservation.card_memory,
+        "memory_limit": reservation.memory_bytes, "compute_limit": reservation.compute,
+        "priority": reservation.priority, "compute_mode": reservation.compute_mode,
+    }
+    if reservation.backend == "simulated":
+        limits["context_memory"] = int(simcards.TUNABLES["context_bytes"])  # what the simulator charges
+    return limits
+
+
+def slice_files(reservation: Reservation) -> list[tuple[str, bytes, int, int]]:
+    """A new slice's files as (name, content, mode, size): slice.conf and its shared region
+    (its process table left as a hole of zeros)."""
+    return [
+        ("slice.conf", reservation.slice_conf().encode(), 0o644, 0),
+        ("region", region.region_image(region_limits(reservation)), 0o666, region.region_size()),
+    ]
 
 
 def write_slice(directory: str, files: list[tuple[str, bytes, int, int]], umask_clear: bool = False) -> None:
@@ -96,17 +127,38 @@ def execute(plan: Plan, umask_clear: bool = False) -> Outcome:
         except OSError as exc:
             remove_slice_dir(directory)
             outcome.failed[cid] = str(exc.strerror or exc)
-    lines = [line for cid, line in plan.ledger_lines if cid not in outcome.failed]
     try:
-        write_atomically(plan.ledger_path, ledger_mod.render(lines))
+        if plan.ledger_lines is not None:
+            write_atomically(plan.ledger_path,
+                             ledger_mod.render([line for cid, line in plan.ledger_lines if cid not in outcome.failed]))
+            try:
+                ledger_mod.reset_journal(plan.journal_path)
+            except OSError:
+                outcome.dirty = True  # what it still holds is in the checkpoint already: harmless
+        else:
+            ledger_mod.append_journal(plan.journal_path, _journal(plan, outcome.failed))
     except OSError as exc:
         for directory in made:
             remove_slice_dir(directory)
         outcome.error = str(exc.strerror or exc)
+        outcome.dirty = isinstance(exc, ledger_mod.JournalDirty)
         return outcome
     for directory in plan.removes:
         remove_slice_dir(directory)
     return outcome
+
+
+def _journal(plan: Plan, failed: dict[str, str]) -> bytes:
+    """The batch's journal lines; a container whose slice failed is dropped instead."""
+    lines, dropped = [], set()
+    for cid, line in plan.journal_lines:
+        if cid in failed:
+            if cid not in dropped:
+                dropped.add(cid)
+                lines.append(f'{{"b":{plan.batch},"drop":{json.dumps(cid)}}}')
+        else:
+            lines.append(line)
+    return ("\n".join(lines) + "\n").encode()
 
 
 class WriterGone(RuntimeError):
@@ -131,7 +183,8 @@ class Writer:
         return self.proc.stdout.fileno()
 
     def send(self, plan: Plan) -> None:
-        data = marshal.dumps((plan.slices, plan.ledger_path, plan.ledger_lines, plan.removes))
+        data = marshal.dumps((plan.slices, plan.ledger_path, plan.journal_path, plan.batch, plan.journal_lines,
+                              plan.ledger_lines, plan.removes))
         try:
             self.proc.stdin.write(_LENGTH.pack(len(data)) + data)
             self.proc.stdin.flush()
@@ -145,8 +198,7 @@ class Writer:
         if not data:
             code = self.proc.wait()
             raise WriterGone(f"flexaid's file writer exited (status {code})")
-        error, failed = marshal.loads(data)
-        return Outcome(error, failed)
+        return Outcome(*marshal.loads(data))
 
     def restart(self) -> None:
         self.stop()
@@ -182,7 +234,7 @@ def main() -> int:
             return 0
         plan = Plan(*marshal.loads(inp.read(_LENGTH.unpack(head)[0])))
         outcome = execute(plan, umask_clear=True)
-        data = marshal.dumps((outcome.error, outcome.failed))
+        data = marshal.dumps((outcome.error, outcome.failed, outcome.dirty))
         out.write(_LENGTH.pack(len(data)) + data)
         out.flush()
 

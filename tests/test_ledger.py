@@ -3,6 +3,8 @@
 import itertools
 import json
 
+import random
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -124,3 +126,80 @@ def test_low_priority_slices_time_share_compute_but_never_memory():
     # and memory is never oversubscribed, whatever the priority.
     with pytest.raises(L.PlacementError):
         reserve(led, "l3", Request(memory_bytes=11 * GIB, compute=10, priority="low"), cards=CARDS[:1])
+
+
+def _random_history(seed: int, steps: int = 60):
+    """Ledgers after each of `steps` random reserves, releases and share changes."""
+    from flexai_hook.record import replace as record_replace
+
+    rng = random.Random(seed)
+    led, out = L.Ledger(), []
+    for step in range(steps):
+        cid = f"c{rng.randrange(12)}"
+        roll = rng.random()
+        if cid in led.reservations and roll < 0.4:
+            led, _ = L.release(led, cid)
+        elif cid in led.reservations and roll < 0.6:
+            changed = record_replace(led.reservations[cid], compute=rng.randrange(1, 5))
+            led = L.Ledger({**led.reservations, cid: changed})
+        else:
+            try:
+                led, _ = reserve(led, cid, Request(memory_bytes=GIB, compute=rng.randrange(1, 10)))
+            except L.PlacementError:
+                pass
+        out.append(led)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_journal_batches_replay_to_the_ledger(tmp_path, seed):
+    f = L.LedgerFile(tmp_path / "ledger.json")
+    f.save(L.Ledger())
+    saved = L.Ledger()
+    for led in _random_history(seed):
+        _, lines = f.delta(saved, led)
+        L.append_journal(str(f.journal), ("\n".join(line for _, line in lines) + "\n").encode())
+        saved = led
+        assert L.LedgerFile(f.path).load() == led
+    journal = f.journal.read_bytes()
+    # a checkpoint written but the journal not yet emptied (a crash between the two): same ledger
+    f.save(saved)
+    f.journal.write_bytes(journal)
+    assert L.LedgerFile(f.path).load() == saved
+
+
+def test_a_batch_cut_short_is_ignored_and_a_damaged_line_before_an_end_is_corruption(tmp_path):
+    f = L.LedgerFile(tmp_path / "ledger.json")
+    f.save(L.Ledger())
+    led, r = reserve(L.Ledger(), "c1", Request(memory_bytes=GIB))
+    _, lines = f.delta(L.Ledger(), led)
+    whole = "\n".join(line for _, line in lines) + "\n"
+    f.journal.write_text(whole)
+    assert L.LedgerFile(f.path).load().reservations == {"c1": r}
+    led2, _ = reserve(led, "c2", Request(memory_bytes=GIB))
+    _, more = f.delta(led, led2)
+    unfinished = "\n".join(line for _, line in more[:-1]) + "\n"  # no end line: never answered
+    for tail in (unfinished, unfinished + more[-1][1][:7], '{"b":9,"put":{"contai'):
+        f.journal.write_text(whole + tail)
+        assert L.LedgerFile(f.path).load().reservations == {"c1": r}
+    f.journal.write_text(whole.replace('"put"', '"pu', 1) + unfinished + more[-1][1] + "\n")
+    with pytest.raises(L.LedgerCorrupt) as info:
+        L.LedgerFile(f.path).load()
+    assert "ledger.journal" in str(info.value) and "flexai recover" in str(info.value)
+
+
+def test_a_failed_append_is_cut_back(tmp_path, monkeypatch):
+    import os as os_mod
+
+    path = tmp_path / "ledger.journal"
+    path.write_text('{"b":1,"end":true}\n')
+    real_fdatasync = os_mod.fdatasync
+
+    def fail(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os_mod, "fdatasync", fail)
+    with pytest.raises(OSError, match="No space"):
+        L.append_journal(str(path), b'{"b":2,"put":{}}\n{"b":2,"end":true}\n')
+    monkeypatch.setattr(os_mod, "fdatasync", real_fdatasync)
+    assert path.read_text() == '{"b":1,"end":true}\n'

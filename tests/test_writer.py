@@ -34,12 +34,21 @@ def test_answers_of_a_batch_that_did_not_reach_the_disk_are_errors():
 
 
 def _plan(tmp_path, slices, lines=(("c1", '{"container_id": "c1"}'),), removes=()):
+    """A checkpoint plan (the whole ledger to ledger.json)."""
     return writer.Plan(slices=list(slices), ledger_path=str(tmp_path / "state" / "ledger.json"),
+                       journal_path=str(tmp_path / "state" / "ledger.journal"), batch=1,
                        ledger_lines=list(lines), removes=list(removes))
 
 
-def _files(conf=b"slice_id=s1\n"):
-    return [("slice.conf", conf, 0o644, 0), ("region", b"\x01" * 100, 0o666, 4096)]
+def _slot(tmp_path, cid, slice_dir=None):
+    """A plan's entry for a reservation whose slice lives at `slice_dir`."""
+    from flexai_hook.reservation import Reservation
+
+    r = Reservation(container_id=cid, slice_id=f"s-{cid}", card_index=0, card_uuid="GPU-0", card_name="sim",
+                    card_memory=1 << 34, memory_bytes=1 << 30, compute=10, priority="normal",
+                    device_paths=("/dev/sim0",), slice_dir=str(slice_dir or tmp_path / f"s-{cid}"),
+                    backend="simulated")
+    return cid, r.slice_dir, writer.slice_files(r)
 
 
 def test_execute_writes_slices_then_the_ledger_then_removes(tmp_path):
@@ -48,11 +57,15 @@ def test_execute_writes_slices_then_the_ledger_then_removes(tmp_path):
     old.mkdir()
     (old / "slice.conf").write_text("x")
     (old / "stray").write_text("left by someone else")  # rmtree fallback
-    plan = _plan(tmp_path, [("c1", str(tmp_path / "s1"), _files())], removes=[str(old)])
+    from flexai_hook import region as region_mod
+
+    plan = _plan(tmp_path, [_slot(tmp_path, "c1")], removes=[str(old)])
     assert writer.execute(plan) == writer.Outcome()
-    assert (tmp_path / "s1" / "slice.conf").read_bytes() == b"slice_id=s1\n"
-    region = tmp_path / "s1" / "region"
-    assert region.stat().st_size == 4096 and region.read_bytes()[:100] == b"\x01" * 100
+    assert "slice_id=s-c1\n" in (tmp_path / "s-c1" / "slice.conf").read_text()
+    region = tmp_path / "s-c1" / "region"
+    assert region.stat().st_size == region_mod.region_size()
+    view = region_mod.read_region(region)
+    assert (view.slice_id, view.memory_limit, view.compute_limit) == ("s-c1", 1 << 30, 10)
     assert oct(region.stat().st_mode & 0o777) == oct(0o666)  # the umask does not narrow it
     assert not old.exists()
     saved = json.loads((tmp_path / "state" / "ledger.json").read_text())
@@ -63,22 +76,22 @@ def test_a_slice_that_cannot_be_written_is_left_out_of_the_ledger(tmp_path):
     (tmp_path / "state").mkdir()
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the slices directory should be")
-    plan = _plan(tmp_path, [("c1", str(tmp_path / "s1"), _files()), ("c2", str(blocked / "s2"), _files())],
+    plan = _plan(tmp_path, [_slot(tmp_path, "c1"), _slot(tmp_path, "c2", blocked / "s2")],
                  lines=[("c1", '{"container_id": "c1"}'), ("c2", '{"container_id": "c2"}')])
     outcome = writer.execute(plan)
     assert outcome.error is None and list(outcome.failed) == ["c2"] and "Not a directory" in outcome.failed["c2"]
     saved = json.loads((tmp_path / "state" / "ledger.json").read_text())
     assert [r["container_id"] for r in saved["reservations"]] == ["c1"]
-    assert (tmp_path / "s1" / "slice.conf").exists()
+    assert (tmp_path / "s-c1" / "slice.conf").exists()
 
 
 def test_a_failed_ledger_write_removes_the_slices_it_wrote_and_keeps_released_ones(tmp_path):
     kept = tmp_path / "released"
     kept.mkdir()
-    plan = _plan(tmp_path, [("c1", str(tmp_path / "s1"), _files())], removes=[str(kept)])  # no state dir
+    plan = _plan(tmp_path, [_slot(tmp_path, "c1")], removes=[str(kept)])  # no state dir
     outcome = writer.execute(plan)
     assert outcome.error and "No such file" in outcome.error
-    assert not (tmp_path / "s1").exists()
+    assert not (tmp_path / "s-c1").exists()
     assert kept.exists()  # its release was not written either
 
 
@@ -86,10 +99,10 @@ def test_the_writer_process_round_trip_and_its_end(tmp_path):
     (tmp_path / "state").mkdir()
     w = writer.Writer()
     try:
-        w.send(_plan(tmp_path, [("c1", str(tmp_path / "s1"), _files())]))
+        w.send(_plan(tmp_path, [_slot(tmp_path, "c1")]))
         assert w.receive() == writer.Outcome()
-        assert oct((tmp_path / "s1" / "region").stat().st_mode & 0o777) == oct(0o666)
-        w.send(_plan(tmp_path, [("c2", str(tmp_path / "missing" / "s2"), _files())]))
+        assert oct((tmp_path / "s-c1" / "region").stat().st_mode & 0o777) == oct(0o666)
+        w.send(_plan(tmp_path, [_slot(tmp_path, "c2", tmp_path / "missing" / "s2")]))
         assert list(w.receive().failed) == ["c2"]
         pid = w.proc.pid
         os.kill(pid, signal.SIGTERM)  # ignored: the daemon ends it by closing its stdin
@@ -174,3 +187,26 @@ def test_service_refuses_a_reservation_whose_files_fail_and_keeps_the_rest(tmp_p
     assert again["ok"] and (tmp_path / "slices" / again["reservation"]["slice_id"] / "region").exists()
     on_disk = ledger_mod.LedgerFile(tmp_path / "state" / "ledger.json").load()
     assert sorted(on_disk.reservations) == ["bad", "ok1"]
+
+
+def test_a_journal_plan_appends_its_batch_and_drops_a_failed_slice(tmp_path):
+    from flexai_hook.request import Request
+
+    state = tmp_path / "state"
+    state.mkdir()
+    file = ledger_mod.LedgerFile(state / "ledger.json")
+    file.save(ledger_mod.Ledger())
+    from flexai_hook.devices import Card
+
+    cards = [Card(index=0, uuid="GPU-0", name="sim", memory=1 << 34, device_paths=("/dev/sim0",), backend="simulated")]
+    led = ledger_mod.Ledger()
+    for cid in ("a", "b"):
+        led, _ = ledger_mod.reserve(led, cards, cid, Request(fraction=10), policy="best-fit",
+                                    slice_root=str(tmp_path / "slices"), now=1.0)
+    number, lines = file.delta(ledger_mod.Ledger(), led)
+    plan = writer.Plan(slices=[_slot(tmp_path, "a"), _slot(tmp_path, "b", tmp_path / "nope" / "sb")],
+                       ledger_path=str(file.path), journal_path=str(file.journal), batch=number, journal_lines=lines)
+    outcome = writer.execute(plan)
+    assert list(outcome.failed) == ["b"] and outcome.error is None
+    assert json.loads(file.path.read_text())["reservations"] == []  # the checkpoint is untouched
+    assert sorted(ledger_mod.LedgerFile(file.path).load().reservations) == ["a"]
