@@ -148,17 +148,33 @@ def test_several_requests_on_one_connection(daemon):
         assert json.loads(f.readline()) == {"ok": True, "released": False}
 
 
-def test_corrupt_ledger_refuses_to_start_with_one_line(make_daemon):
+@pytest.mark.parametrize("name, content", [
+    ("ledger.json", '{"version": 1, "reservations": ['),
+    # a damaged batch followed by a complete one: not a crash's cut-short tail
+    ("ledger.journal", '{"b":1,"put":{"contai\n{"b":2,"drop":"x"}\n{"b":2,"end":true}\n'),
+])
+def test_corrupt_ledger_refuses_to_start_with_one_line(make_daemon, name, content):
     daemon = make_daemon(start=False)
     daemon.state_dir.mkdir(parents=True)
-    ledger = daemon.state_dir / "ledger.json"
-    ledger.write_text('{"version": 1, "reservations": [')
+    damaged = daemon.state_dir / name
+    damaged.write_text(content)
     out = subprocess.run([tool("flexaid"), "--config", str(daemon.config_path)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
-    assert str(ledger) in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert ledger.read_text() == '{"version": 1, "reservations": ['  # untouched
+    assert str(damaged) in out.stderr and "flexai recover" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert damaged.read_text() == content  # untouched
     assert not os.path.exists(daemon.socket)
+
+
+def test_a_batch_cut_short_by_a_crash_is_dropped_at_start(daemon):
+    kept = reserve(daemon, "kept", fraction=10)["reservation"]
+    daemon.stop()
+    with open(daemon.state_dir / "ledger.journal", "a") as journal:  # a batch that never got its end line
+        journal.write('{"b":99,"drop":"kept"}\n{"b":99,"put":{"container_')
+    daemon.start()
+    assert [s["slice_id"] for s in daemon.slices()] == [kept["slice_id"]]
+    assert (daemon.state_dir / "ledger.journal").read_text() == ""  # folded into a fresh checkpoint
 
 
 @pytest.mark.parametrize(
