@@ -349,7 +349,7 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
         harvest(t, now);
         struct flexai_ctl_decision d = flexai_ctl_gate(G.board, &r->compute, &t->p, now);
         if (d.action == FLEXAI_CTL_GO) {
-            if (t->p.inflight_launches && flexai_ctl_inflight_ns(&t->p) >= d.inflight_cap_ns) {
+            if (!flexai_ctl_may_queue(&t->p, d.inflight_cap_ns)) {
                 close_open(t);
                 if (t->head != t->tail)
                     wait_batch(t, t->tail);

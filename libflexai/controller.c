@@ -62,6 +62,7 @@ int flexai_board_join(struct flexai_board *b, uint64_t key, uint32_t share, uint
         ST(s->want_ns, 0);
         __atomic_and_fetch(&b->waiting, ~(1ULL << i), __ATOMIC_ACQ_REL);
         ST(s->busy_until_ns, 0);
+        ST(s->turn_cost, 0);
         /* a newcomer starts level with the others, not with a huge credit */
         uint64_t minv = UINT64_MAX;
         for (int j = 0; j < FLEXAI_BOARD_SLOTS; j++) {
@@ -102,6 +103,14 @@ static int waiter_live(const struct flexai_board *b, int i, uint64_t now)
     return LD(s->key) != 0 && LD(s->want_ns) != 0 && (hb >= now || now - hb < FLEXAI_CTL_WAITER_LIVE_NS);
 }
 
+uint64_t flexai_ctl_key_of(const struct flexai_board_slot *s)
+{
+    uint64_t cost = LD(s->turn_cost);
+    if (cost == 0) /* nothing measured yet: a turn is at least a quantum of device time */
+        cost = FLEXAI_CTL_QUANTUM_NS * 100 / clamp_share(LD(s->share));
+    return LD(s->vtime) + cost / 2;
+}
+
 int flexai_ctl_pick(const struct flexai_board *b, uint64_t now)
 {
     uint64_t mask = LD(b->waiting);
@@ -116,7 +125,7 @@ int flexai_ctl_pick(const struct flexai_board *b, uint64_t now)
             continue;
         const struct flexai_board_slot *s = &b->slot[i];
         uint32_t pr = LD(s->priority);
-        uint64_t v = LD(s->vtime), w = LD(s->want_ns);
+        uint64_t v = flexai_ctl_key_of(s), w = LD(s->want_ns);
         if (best < 0 || pr > bp || (pr == bp && (v < bv || (v == bv && w < bw)))) {
             best = i;
             bp = pr;
@@ -127,11 +136,24 @@ int flexai_ctl_pick(const struct flexai_board *b, uint64_t now)
     return best;
 }
 
+int flexai_ctl_may_queue(const struct flexai_ctl_proc *p, uint64_t cap_ns)
+{
+    if (p->inflight_launches == 0)
+        return 1;
+    if (flexai_ctl_inflight_ns(p) >= cap_ns)
+        return 0;
+    /* a kernel's length is known only once it ran: until a few dozen have, the estimate may be
+     * that of the short ones, and a burst of long ones queued on it became a debt against the
+     * slices starting beside it */
+    return cap_ns == FLEXAI_CTL_NO_CAP || p->measured >= FLEXAI_CTL_LEARN_LAUNCHES || p->inflight_launches < 2;
+}
+
 uint64_t flexai_ctl_inflight_ns(const struct flexai_ctl_proc *p)
 {
     /* before the first measurement a launch may be long: count each as a whole cap, so a
      * capped thread keeps one unmeasured launch queued */
-    return p->inflight_launches * (p->est_launch_ns ? p->est_launch_ns : FLEXAI_CTL_INFLIGHT_NS);
+    uint64_t per = p->est_high_ns > p->est_launch_ns ? p->est_high_ns : p->est_launch_ns;
+    return p->inflight_launches * (per ? per : FLEXAI_CTL_INFLIGHT_NS);
 }
 
 uint64_t flexai_ctl_hard_wait(struct flexai_compute *c, uint64_t pending_ns, uint64_t now)
@@ -325,11 +347,11 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
         if (bp > prio)
             return yield(b, p, now);
         if (bp == prio) {
-            /* weighted fair queueing: keep the turn until this slice's virtual time (its queued
-             * work included) passes the best waiter's by a quantum */
+            /* weighted fair queueing: keep the turn until this slice's key (its queued work
+             * included) passes the best waiter's by a quantum */
             uint32_t share = clamp_share(LDR(c->limit_percent));
-            uint64_t mine_v = LD(s->vtime) + flexai_ctl_inflight_ns(p) * 100 / share;
-            if (mine_v > LD(b->slot[best].vtime) + FLEXAI_CTL_QUANTUM_NS)
+            uint64_t mine = flexai_ctl_key_of(s) + flexai_ctl_inflight_ns(p) * 100 / share;
+            if (mine > flexai_ctl_key_of(&b->slot[best]) + FLEXAI_CTL_QUANTUM_NS)
                 return yield(b, p, now);
         }
         return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
@@ -389,15 +411,24 @@ void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, struct 
     p->inflight_launches = p->inflight_launches > launches ? p->inflight_launches - launches : 0;
     if (launches) {
         uint64_t per = busy_ns / launches;
+        p->measured += launches;
         p->est_launch_ns = p->est_launch_ns ? (p->est_launch_ns * 3 + per) / 4 : per;
         if (p->est_launch_ns == 0)
             p->est_launch_ns = 1;
+        p->est_high_ns -= p->est_high_ns / 8;
+        if (per > p->est_high_ns)
+            p->est_high_ns = per;
     }
     uint32_t share = clamp_share(LDR(c->limit_percent));
     if (p->slot >= 0) {
         struct flexai_board_slot *s = &b->slot[p->slot];
         ADD(s->vtime, busy_ns * 100 / share);
         ADD(s->busy_ns, busy_ns);
+        if (launches) {
+            /* a turn lasts a quantum of device time, or one launch when launches are longer */
+            uint64_t turn = p->est_launch_ns > FLEXAI_CTL_QUANTUM_NS ? p->est_launch_ns : FLEXAI_CTL_QUANTUM_NS;
+            ST(s->turn_cost, turn * 100 / share);
+        }
     }
     ADD(c->busy_ns_total, busy_ns);
     __atomic_sub_fetch(&c->tokens_ns, (int64_t)busy_ns, __ATOMIC_ACQ_REL);

@@ -19,8 +19,9 @@
  * so an event pair around a batch measures the batch plus whatever other slices queued in
  * between. While two or more slices want the card, only the turn holder launches; its event
  * pairs then measure its own device time exactly. The next holder is the waiting slice of the
- * highest priority with the least virtual time (device time used / share): weighted fair
- * queueing on measured device time, so kernel length and grid size do not matter.
+ * highest priority with the least key: virtual time (device time used / share) plus half of
+ * what one of its turns adds to it (flexai_ctl_key_of). Weighted fair queueing on measured
+ * device time, so kernel length and grid size do not matter.
  *
  * Lock freedom: every field is changed with __atomic operations; `turn` only by
  * compare-and-swap. The turn is taken by one process (thread) of a slice; while no other slice
@@ -51,6 +52,8 @@
 #define FLEXAI_CTL_PERIOD_NS 50000000ULL     /* control period: share/pause changes obeyed within */
 #define FLEXAI_CTL_QUANTUM_NS 5000000ULL    /* device time a holder keeps the turn while others wait */
 #define FLEXAI_CTL_INFLIGHT_NS 2000000ULL    /* work a holder keeps queued while others are around */
+#define FLEXAI_CTL_LEARN_LAUNCHES 32         /* a thread queues at most 2 launches (under a cap) until
+                                                it has seen this many of its own complete */
 #define FLEXAI_CTL_NO_CAP UINT64_MAX         /* inflight cap of a slice alone on the card */
 #define FLEXAI_CTL_ALONE_NS 100000000ULL     /* alone this long: the in-flight cap is lifted */
 #define FLEXAI_CTL_POLL_NS 50000ULL          /* how often a waiting slice looks again */
@@ -72,7 +75,8 @@ struct flexai_board_slot {
     uint64_t busy_until_ns;  /* estimated end of the work it has queued on the card */
     uint64_t turn_busy0;     /* busy_ns when it last took the turn */
     uint64_t launches;
-    uint64_t reserved[7];
+    uint64_t turn_cost;      /* virtual time one turn of the slice costs (see flexai_ctl_key_of) */
+    uint64_t reserved[6];
 };
 
 struct flexai_board {
@@ -93,6 +97,11 @@ struct flexai_ctl_proc {
     uint64_t key;
     uint64_t last_generation;
     uint64_t est_launch_ns;  /* EWMA of measured device time per launch */
+    uint64_t measured;       /* launches whose device time this process has measured */
+    uint64_t est_high_ns;    /* the longest launch lately (a max decaying by 1/8 per measurement):
+                                queued work is counted at this, since a kernel's length is known
+                                only once it ran; a slice whose kernels vary must not queue
+                                several long ones on the estimate of its short ones */
     uint64_t inflight_launches; /* launched, completion not yet observed */
     uint64_t heartbeat_ns;   /* last heartbeat this process wrote (rate-limits the store) */
     uint64_t cap_checked_ns; /* when higher-priority slices were last looked for */
@@ -114,6 +123,12 @@ struct flexai_ctl_decision {
     uint64_t inflight_cap_ns; /* FLEXAI_CTL_GO: work this process may keep queued; 0: one launch */
 };
 
+/* Whether a process with this state may queue one more launch under `cap_ns`. */
+int flexai_ctl_may_queue(const struct flexai_ctl_proc *p, uint64_t cap_ns);
+/* The order in which waiting slices get the turn: virtual time plus half the virtual time
+ * of one of its turns, so each slice's virtual time swings evenly around the others' and
+ * a small share with long kernels runs between its fair points, not ahead of them. */
+uint64_t flexai_ctl_key_of(const struct flexai_board_slot *s);
 /* Hash of a slice id, never 0. */
 uint64_t flexai_ctl_key(const char *slice_id);
 /* Initialises a zeroed board (the creator of the board file; magic stored last). */

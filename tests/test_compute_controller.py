@@ -67,6 +67,25 @@ def test_competing_slices_get_their_share(harness, shares, kernel):
     assert result["utilization"] > 97, result
 
 
+@pytest.mark.parametrize("shares", [(5, 95), (10, 90)], ids=["5/95", "10/90"])
+def test_a_small_share_with_long_kernels_runs_between_its_fair_points(harness, shares):
+    # A 5 % slice's 20 ms kernel is 400 ms of its virtual time: picked by virtual time alone it
+    # runs at the start of each 400 ms and its cumulative share swings 5 -> 9.5 % until ~1 s;
+    # keyed by the middle of its turn it runs half a period later and stays within 2 points.
+    result = run(harness, "--duration", "3000", *slices(shares, "20000"))
+    assert 0 <= result["converge_ms"] < 500, result
+
+
+def test_queued_work_is_counted_at_the_longest_launch_and_learning_queues_two(tmp_path):
+    out = tmp_path / "ctl_queue_test"
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    subprocess.run([*cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", f"-I{SRC}",
+                    str(HARNESS.parent / "ctl_queue_test.c"), str(SRC / "controller.c"), "-o", str(out)],
+                   check=True, timeout=120)
+    done = subprocess.run([str(out)], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "ok" and done.returncode == 0, done.stdout + done.stderr
+
+
 def test_slices_with_different_kernel_lengths_share_by_device_time(harness):
     # a 20 ms-kernel slice beside a 50 us-kernel slice: launch counts differ 400x
     result = run(harness, "share=30,k=20000", "share=70,k=50")

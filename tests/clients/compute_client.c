@@ -17,7 +17,8 @@
  * --closed: one kernel at a time, synchronised, completion latency measured (from the moment
  *           the client wants to launch to the end of its synchronisation).
  * Prints one JSON object: launches, busy_ns (device time of the kernels launched), buckets
- * (busy ns by launch time, per bucket), latency figures, wall_ns.
+ * (busy ns by the time each launch returned, i.e. was enqueued, per bucket), latency figures,
+ * wall_ns.
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -267,7 +268,9 @@ int main(int argc, char **argv)
         ki++;
         launches++;
         busy += d;
-        size_t b = (size_t)((t - t0) / bucket_ns);
+        /* the work counts when it was enqueued, i.e. once the launch returned: a limiter that
+         * holds the launch back must not have the kernel counted from when it was asked for */
+        size_t b = (size_t)((now_ns() - t0) / bucket_ns);
         if (b < nb)
             bucket[b] += d;
         if (closed) {

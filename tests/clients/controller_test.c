@@ -151,7 +151,7 @@ static void step(struct slice *s, uint64_t now)
             s->next = now + 1 * US;
         }
     } else {
-        if (s->tail < s->head && flexai_ctl_inflight_ns(&s->p) >= d.inflight_cap_ns) {
+        if (s->tail < s->head && !flexai_ctl_may_queue(&s->p, d.inflight_cap_ns)) {
             uint64_t oldest = s->ring[s->tail % RING].end;
             uint64_t poll = now + FLEXAI_CTL_POLL_NS;
             flexai_ctl_launched(&board, &s->p, 0, s->ring[(s->head - 1) % RING].end, now);
