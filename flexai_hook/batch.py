@@ -2,7 +2,7 @@
 
 flexaid applies requests in memory, then makes them durable together (slice files, one ledger
 write and fsync); an answer that acknowledges a change goes out only once its batch is on disk
-(daemon.Service.persist, server._Committer).
+(daemon.Service.plan / persisted / finish, writer.execute, server._Committer).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .reservation import Reservation
 
 @dataclass
 class Batch:
-    """Changes applied in memory, not yet on disk: what `Service.persist` makes durable."""
+    """Changes applied in memory, not yet on disk: what a writer.Plan makes durable."""
 
     ledger: Ledger  # the ledger to write
     created: list[Reservation]  # reservations whose slice files are to be written first

@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import devices, ledger as ledger_mod, library, placement, reconcile, region, server, simcards, supervisor
@@ -99,12 +99,13 @@ class Service:
     """Applies protocol messages to the ledger. Every change is on disk before it is answered.
 
     Changes are group-committed: `handle` applies a request in memory and notes the slice
-    files it needs; `take_batch` collects everything applied since the last one, `persist`
-    writes the slice files and the ledger (one fsync for the batch), and only then are the
-    batch's answers sent (`answer`). The server runs `persist` in a helper thread while the
-    loop applies the next requests; `commit` does all three in one go. A failed ledger write
-    rolls back everything not yet on disk and every answer of it becomes an error, so an
-    acknowledged change is always on disk.
+    files it needs; `take_batch` collects everything applied since the last one, `plan` says
+    what it needs on disk (slice files, one journal append and fdatasync for the batch),
+    `writer.execute` does it, `persisted` and `finish` take the outcome back, and only then are
+    the batch's answers sent (`batch.answer`). The server has the plan executed by its writer
+    process while the loop applies the next requests; `commit` does it all in this process.
+    A failed ledger write rolls back everything not yet on disk and every answer of it becomes
+    an error, so an acknowledged change is always on disk.
     """
 
     def __init__(self, config: Config, cards: Sequence[devices.Card]):
@@ -204,15 +205,14 @@ class Service:
     def persisted(self, batch: Batch, plan: writer.Plan, outcome: writer.Outcome) -> Persisted:
         """What became of `batch`, from the outcome of its plan."""
         self.file.journal_dirty = outcome.dirty
-        if not outcome.error:
-            if plan.ledger_lines is not None:
-                self.file.journal_bytes = 0
-            else:
-                self.file.journal_bytes += sum(len(line) + 1 for _, line in plan.journal_lines)
         if outcome.error:
             log.error("cannot save ledger %s: %s; the changes not yet on disk are undone", self.file.path,
                       outcome.error)
             return Persisted(f"flexaid cannot save its ledger {self.file.path}: {outcome.error}")
+        if plan.ledger_lines is not None:
+            self.file.journal_bytes = 0  # a checkpoint emptied the journal
+        else:
+            self.file.journal_bytes += sum(len(line) + 1 for _, line in plan.journal_lines)
         ledger, failed = batch.ledger, {}
         for reservation in batch.created:
             cid = reservation.container_id
@@ -351,7 +351,7 @@ class Service:
             return {"ok": False, "error": str(exc)}
         if new is not self.ledger:
             ledger_mod.observe(self.workload, request, self.cards)
-            self._created.append(reservation)  # its files are written with its batch (persist)
+            self._created.append(reservation)  # its files are written with its batch (plan)
             self.ledger = new
             if log.isEnabledFor(logging.INFO):  # skip building the journal fields when nobody logs them
                 log.info("reserved slice %s for %s on card %d (%s): %d bytes, %d%% compute",

@@ -1,8 +1,8 @@
 """flexaid's socket loop: one thread applies every request, so the ledger needs no locks.
 
-What it applied is made durable by a second thread (`_Committer`: slice files, then one ledger
-write and fsync for the whole batch) while the loop goes on applying the next requests; the
-answers of a batch go out once it is on disk.
+What it applied is made durable by flexaid's writer process (`_Committer`, writer.py: slice
+files, then one journal append and fdatasync for the whole batch) while the loop goes on
+applying the next requests; the answers of a batch go out once it is on disk.
 
 Non-blocking sockets under `selectors`: a client that connects and never writes, sends half a
 line, or floods megabytes costs only its own buffer, never another client's answer. Peers are

@@ -1,7 +1,5 @@
 """The ledger as pure data, and its file on disk."""
 
-import itertools
-import json
 
 import random
 
@@ -20,7 +18,6 @@ CARDS = [
 
 
 def reserve(ledger, cid, request, cards=CARDS):
-    ids = (f"{i:012x}" for i in itertools.count())
     return L.reserve(ledger, cards, cid, request, policy="best-fit", slice_root="/s", now=1.0,
                      new_id=lambda: f"{abs(hash(cid)) % (1 << 48):012x}")
 
