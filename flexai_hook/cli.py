@@ -111,10 +111,9 @@ def recover(config_path: str | None, runtime_binary: str, roots: tuple[str, ...]
         click.echo(f"  {r.container_id}: slice {r.slice_id} on card {r.card_index}, "
                    f"{r.memory_bytes} bytes, {r.compute}% compute")
     rebuilt = ledger.Ledger({r.container_id: r for r in found})
-    for card in cards:
-        memory, compute = rebuilt.used(card.index)
-        if memory > card.memory or compute > 100:
-            raise click.ClickException(f"the live containers overcommit card {card.index}; not writing a ledger")
+    problem = ledger.card_problem(rebuilt, cards)  # the same judgement flexaid makes at start
+    if problem:
+        raise click.ClickException(f"the live containers do not fit this host's cards: {problem}; not writing a ledger")
     if dry_run:
         click.echo("dry run: nothing written")
         return

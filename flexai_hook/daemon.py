@@ -113,7 +113,7 @@ class Service:
         self.cards = list(cards)
         self.backend = self.cards[0].backend if self.cards else "none"
         self.file = ledger_mod.LedgerFile(Path(config.state_dir) / "ledger.json")
-        self.ledger = self.file.load()
+        self.ledger = self.file.load(self.cards)  # a ledger that overcommits a card is corrupt too
         # Fold the journal into a fresh checkpoint: a batch a crash cut short (never answered)
         # must not sit in front of the batches this run appends.
         self.file.save(self.ledger)

@@ -212,6 +212,26 @@ class LedgerCorrupt(RuntimeError):
     pass
 
 
+def card_problem(ledger: Ledger, cards: Sequence[Card]) -> str | None:
+    """Why `ledger` cannot be true of these cards, or None. A slice on a card this host does
+    not have (by index and UUID), or a card holding more memory, or more guaranteed compute,
+    than it has. Memory is strict; `low` slices time-share compute and do not count toward
+    100 % (Ledger.used). flexaid's start and `flexai recover` both judge with this."""
+    by_index = {c.index: c for c in cards}
+    for r in sorted(ledger.reservations.values(), key=lambda r: r.container_id):
+        card = by_index.get(r.card_index)
+        if card is None or r.card_uuid != card.uuid:
+            return (f"slice {r.slice_id} of {r.container_id} is on card {r.card_index} ({r.card_uuid}), "
+                    f"which this host does not have")
+    for card in cards:
+        memory, compute = ledger.used(card.index)
+        if memory > card.memory:
+            return f"card {card.index} ({card.uuid}) holds {_gib(memory)} of slices but has {_gib(card.memory)}"
+        if compute > 100:
+            return f"card {card.index} ({card.uuid}) holds {compute}% guaranteed compute, more than 100%"
+    return None
+
+
 JOURNAL_CHECKPOINT_BYTES = 1 << 20  # the journal is folded into ledger.json past this size
 
 
@@ -234,7 +254,9 @@ class LedgerFile:
         self.journal_bytes = 0  # appended since the last checkpoint (as this process knows)
         self.journal_dirty = False  # a failed append could not be cut off: checkpoint next
 
-    def load(self) -> Ledger:
+    def load(self, cards: Sequence[Card] | None = None) -> Ledger:
+        """The ledger on disk; with `cards`, a ledger that does not fit them is corrupt too
+        (card_problem), named by the file that made it so."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -246,26 +268,34 @@ class LedgerFile:
                 if data.get("version") != LEDGER_VERSION:
                     raise ValueError(f"unknown version {data.get('version')!r}")
                 reservations = [Reservation.from_json(r) for r in data["reservations"]]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 raise self._corrupt(self.path, exc) from None
             ledger = Ledger({r.container_id: r for r in reservations})
+            self._check(ledger, cards, self.path)
         try:
             journal = self.journal.read_bytes()
         except FileNotFoundError:
             return ledger
         try:
             ledger, last = replay(ledger, journal)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise self._corrupt(self.journal, exc) from None
+        self._check(ledger, cards, self.journal)
         self.next_batch = last + 1
         return ledger
 
+    @classmethod
+    def _check(cls, ledger: Ledger, cards: Sequence[Card] | None, path: Path) -> None:
+        problem = None if cards is None else card_problem(ledger, cards)
+        if problem:
+            raise cls._corrupt(path, problem)
+
     @staticmethod
-    def _corrupt(path: Path, exc: Exception) -> LedgerCorrupt:
+    def _corrupt(path: Path, why: Exception | str) -> LedgerCorrupt:
+        what = f"is inconsistent ({why})" if isinstance(why, str) else f"is unreadable ({type(why).__name__}: {why})"
         return LedgerCorrupt(
-            f"ledger {path} is unreadable ({type(exc).__name__}: {exc}); flexaid will not "
-            f"start empty and forget live slices: run `flexai recover` to rebuild it from the "
-            f"running containers"
+            f"ledger {path} {what}; flexaid will not start empty and forget live slices: "
+            f"run `flexai recover` to rebuild it from the running containers"
         )
 
     def line(self, r: Reservation) -> str:

@@ -167,6 +167,59 @@ def test_corrupt_ledger_refuses_to_start_with_one_line(make_daemon, name, conten
     assert not os.path.exists(daemon.socket)
 
 
+def _held_ledger(daemon, *slices) -> dict:
+    """A well-formed ledger.json written by flexaid itself, holding `slices` (cid, request)."""
+    daemon.start()
+    for cid, request in slices:
+        reserve(daemon, cid, **request)
+    daemon.stop()
+    daemon.start()  # folds the journal into ledger.json
+    daemon.stop()
+    assert (daemon.state_dir / "ledger.journal").read_text() == ""
+    return json.loads((daemon.state_dir / "ledger.json").read_text())
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    (lambda r, card: r.update(memory_bytes=40 * GIB), "holds 40.00 GiB of slices but has 16.00 GiB"),
+    (lambda r, card: r.update(compute=101), "more than 100%"),
+    (lambda r, card: r.update(card_index=7), "which this host does not have"),
+    (lambda r, card: r.update(card_uuid="GPU-00000000-0000-4000-8000-000000000000"), "which this host does not have"),
+])
+@pytest.mark.parametrize("where", ["ledger.json", "ledger.journal"])
+def test_a_ledger_that_overcommits_or_names_an_unknown_card_is_corrupt(make_daemon, tamper, fragment, where):
+    """Attack 4: a well-formed ledger putting 40 GiB on a 16 GiB card (or naming a card this
+    host lacks) used to load without complaint; now flexaid refuses to start like for a
+    damaged file, and leaves it as it was for `flexai recover`."""
+    daemon = make_daemon(start=False)
+    data = _held_ledger(daemon, ("c1", {"fraction": 25}))
+    (held,) = data["reservations"]
+    tamper(held, daemon.cards[0])
+    if where == "ledger.json":
+        content = json.dumps(data)
+    else:  # the checkpoint is fine, a journal batch after it is not
+        content = json.dumps({"b": 1, "put": held}) + '\n{"b":1,"end":true}\n'
+    damaged = daemon.state_dir / where
+    damaged.write_text(content)
+    before = {p.name: p.read_bytes() for p in daemon.state_dir.iterdir()}
+    out = subprocess.run([tool("flexaid"), "--config", str(daemon.config_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert str(damaged) in line and "flexai recover" in line and fragment in line, line
+    assert {p.name: p.read_bytes() for p in daemon.state_dir.iterdir()} == before  # untouched
+    assert not os.path.exists(daemon.socket)
+
+
+def test_low_priority_slices_may_time_share_compute_past_100(make_daemon):
+    """Best-effort slices do not count toward a card's compute (ledger.Ledger.used): a ledger
+    with 3 x 60 % low slices is not corrupt. Memory still is strict."""
+    daemon = make_daemon(start=False)
+    _held_ledger(daemon, *((f"low{i}", {"fraction": 30, "compute": 60, "priority": "low"}) for i in range(3)))
+    daemon.start()
+    card = daemon.status()["cards"][0]
+    assert len(card["slices"]) == 3 and card["compute_reserved"] == 0
+
+
 def test_a_batch_cut_short_by_a_crash_is_dropped_at_start(daemon):
     kept = reserve(daemon, "kept", fraction=10)["reservation"]
     daemon.stop()

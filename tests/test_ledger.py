@@ -200,3 +200,39 @@ def test_a_failed_append_is_cut_back(tmp_path, monkeypatch):
         L.append_journal(str(path), b'{"b":2,"put":{}}\n{"b":2,"end":true}\n')
     monkeypatch.setattr(os_mod, "fdatasync", real_fdatasync)
     assert path.read_text() == '{"b":1,"end":true}\n'
+
+
+def test_card_problem_memory_is_strict_and_best_effort_compute_is_not_counted():
+    led = L.Ledger()
+    for i in range(3):
+        led, _ = reserve(led, f"low{i}", Request(fraction=30, compute=60, priority="low"))
+    assert L.card_problem(led, CARDS) is None  # 3 x 60 % time-shared is allowed
+    from flexai_hook.record import replace
+
+    r = led.reservations["low0"]
+    fat = L.Ledger({**led.reservations, "low0": replace(r, memory_bytes=40 * GIB)})
+    assert "but has 16.00 GiB" in L.card_problem(fat, CARDS)
+    hard = L.Ledger({"h": replace(r, container_id="h", priority="normal", compute=101)})
+    assert "more than 100%" in L.card_problem(hard, CARDS)
+    for moved in (replace(r, card_index=5), replace(r, card_uuid="GPU-zzz")):
+        assert "does not have" in L.card_problem(L.Ledger({"low0": moved}), CARDS)
+    assert "does not have" in L.card_problem(led, CARDS[1:] if r.card_index == 0 else CARDS[:1])
+
+
+def test_load_with_cards_refuses_an_overcommitted_ledger(tmp_path):
+    from flexai_hook.record import replace
+
+    led, r = reserve(L.Ledger(), "c1", Request(fraction=50))
+    f = L.LedgerFile(tmp_path / "ledger.json")
+    f.save(L.Ledger({"c1": replace(r, memory_bytes=40 * GIB)}))
+    assert f.load().reservations["c1"].memory_bytes == 40 * GIB  # without cards: only parsing
+    with pytest.raises(L.LedgerCorrupt) as info:
+        L.LedgerFile(tmp_path / "ledger.json").load(CARDS)
+    assert str(f.path) in str(info.value) and "flexai recover" in str(info.value)
+
+
+def test_a_ledger_nested_too_deep_is_corrupt_not_a_crash(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(L.LedgerCorrupt):
+        L.LedgerFile(path).load(CARDS)
