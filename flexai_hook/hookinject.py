@@ -152,12 +152,12 @@ def create_container(state_raw: bytes) -> int:
         state = json.loads(state_raw)
         container_id = state["id"]
         bundle = state["bundle"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise HookFailure("the OCI state on stdin is not a container state") from None
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             spec = json.load(f)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise HookFailure(f"cannot read the bundle's config.json: {exc}") from None
     if already_sliced(spec):
         return 0

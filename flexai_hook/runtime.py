@@ -41,7 +41,7 @@ def runtime_settings() -> dict:
 
         try:
             loaded = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise Failure(f"cannot read flexai runtime config {path}: {exc}") from None
         if not isinstance(loaded, dict):
             raise Failure(f"flexai runtime config {path} must hold a JSON object")
@@ -148,6 +148,11 @@ def slice_container(
         spec = json.loads(raw)
     except ValueError:
         return False  # not ours to judge: the real runtime reports a broken config.json
+    except RecursionError:
+        # valid JSON perhaps, but nested past what Python's parser takes: its request cannot be
+        # read, and a container that asks for a slice must not start without one
+        raise Failure(f"{config_path} is nested too deeply to read its flexai request; "
+                      f"nothing reserved, config.json left as it was") from None
     try:
         request = prepare.request_of(spec)
     except RequestError as exc:

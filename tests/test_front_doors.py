@@ -156,9 +156,10 @@ class FakeDaemon:
         self.thread.join(5)
 
 
-def hook(bindir, args, stdin: bytes, sock: Path):
+def hook(bindir, args, stdin: bytes, sock: Path, retry: str = "1"):
+    # a short retry window: without a daemon the hook tries again for that long
     return subprocess.run([str(bindir / "flexai-hook"), *args], input=stdin, capture_output=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin", "FLEXAI_SOCKET": str(sock)})
+                          env={"PATH": "/usr/bin:/bin", "FLEXAI_SOCKET": str(sock), "FLEXAI_RELEASE_RETRY": retry})
 
 
 STATE = b'{"ociVersion":"1.0.2","id":"c1","status":"stopped","bundle":"/b","annotations":{"a":"x y"}}'
@@ -196,6 +197,87 @@ def test_poststop_sends_nothing_for_garbage(bindir, tmp_path, garbage):
 def test_other_hook_stages_go_to_python(bindir, tmp_path):
     out = hook(bindir, ["createContainer"], STATE, tmp_path / "d.sock")
     assert out.returncode == 1 and b"flexai-hook-py" in out.stderr
+
+
+def test_poststop_retries_a_release_flexaid_could_not_persist(bindir, tmp_path):
+    """Attack 5: a release answered "...; retry" (flexaid's writer died) used to be dropped."""
+    retry = b'{"ok":false,"error":"flexaid cannot save its ledger /l: the file writer exited; retry"}\n'
+    daemon = FakeDaemon(tmp_path / "d.sock", retry, b'{"ok":true,"released":true}\n')
+    try:
+        out = hook(bindir, ["poststop"], STATE, tmp_path / "d.sock", retry="10")
+    finally:
+        daemon.close()
+    assert out.returncode == 0 and out.stderr == b"", out.stderr
+    assert daemon.received == [b'{"op":"release","state":' + STATE + b"}\n"] * 2
+
+
+def test_poststop_does_not_retry_a_refusal(bindir, tmp_path):
+    daemon = FakeDaemon(tmp_path / "d.sock", b'{"ok":false,"error":"invalid request: bad id"}\n',
+                        b'{"ok":true,"released":true}\n')
+    try:
+        out = hook(bindir, ["poststop"], STATE, tmp_path / "d.sock", retry="10")
+    finally:
+        daemon.close()
+    assert out.returncode == 0 and b"bad id" in out.stderr and len(daemon.received) == 1
+
+
+def _big_state(cid: str = "c1") -> bytes:
+    """An OCI state over flexaid's 1 MiB line limit, whose annotations hold decoys of the id."""
+    tricky = 'x"}, "id": "decoy" \\' * 4
+    annotations = {"id": "nested-decoy", "k": tricky, "big": "y" * (2 << 20), "list": [{"id": "d"}] * 3}
+    return json.dumps({"ociVersion": "1.0.2", "annotations": annotations, "status": "stopped",
+                       "id": cid, "bundle": "/b"}, indent=1).encode()
+
+
+def test_poststop_sends_only_the_id_of_a_state_over_the_line_limit(bindir, tmp_path):
+    from flexai_hook import server
+
+    state = _big_state()
+    assert len(state) > server.MAX_LINE
+    daemon = FakeDaemon(tmp_path / "d.sock", b'{"ok":true,"released":true}\n')
+    try:
+        out = hook(bindir, ["poststop"], state, tmp_path / "d.sock")
+    finally:
+        daemon.close()
+    assert out.returncode == 0 and out.stderr == b"", out.stderr
+    assert daemon.received == [b'{"op":"release","state":{"id":"c1"}}\n']
+
+
+@pytest.mark.parametrize("state", [
+    b'{"annotations": {"id": "nested"}, "big": "' + b"y" * (2 << 20) + b'"}',  # no top-level id
+    b'{"id": 5, "big": "' + b"y" * (2 << 20) + b'"}',  # not a string
+    b'{"big": "' + b"y" * (2 << 20),  # cut short
+])
+def test_poststop_sends_nothing_for_a_big_state_without_an_id(bindir, tmp_path, state):
+    daemon = FakeDaemon(tmp_path / "d.sock", b'{"ok":true}\n')
+    out = hook(bindir, ["poststop"], state, tmp_path / "d.sock")
+    daemon.sock.close()
+    assert out.returncode == 0 and daemon.received == []
+    assert len(out.stderr.splitlines()) == 1 and b"nothing released" in out.stderr
+
+
+def test_deeply_nested_config_is_one_line_and_reserves_nothing(tmp_path, daemon):
+    """Attack 5: a 100 000-deep config.json gave a 20-line traceback. Through the installed
+    front door (flexaid refuses the prepare, Python then says why in one line)."""
+    from conftest import tool
+
+    b = tmp_path / "deep"
+    b.mkdir()
+    text = '{"process": {"env": ["FLEXAI_FRACTION=0.3"]}, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    (b / "config.json").write_text(text)
+    fake = tmp_path / "fake-runc"
+    fake.write_text("#!/bin/sh\ntouch \"$0.ran\"\n")
+    fake.chmod(0o755)
+    out = subprocess.run([tool("flexai-runtime"), "--log", str(tmp_path / "log.json"), "create", "--bundle", str(b), "d1"],
+                         env={"PATH": "/usr/bin:/bin", "FLEXAI_RUNTIME": str(fake), "FLEXAI_SOCKET": daemon.socket,
+                              "FLEXAI_RUNTIME_CONFIG": str(tmp_path / "none.json")},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert "nested too deeply" in line and str(b / "config.json") in line
+    assert "level=error" in (tmp_path / "log.json").read_text()  # the engine's log (runc's text format)
+    assert (b / "config.json").read_text() == text
+    assert daemon.slices() == [] and not (tmp_path / "fake-runc.ran").exists()
 
 
 # ---- sliced create/run: flexaid prepares the bundle, no Python process --------------------

@@ -9,9 +9,10 @@ import pytest
 from conftest import tool
 
 
-def hook(daemon_socket, stdin, *args):
-    return subprocess.run([tool("flexai-hook"), *args], input=stdin, capture_output=True, text=True,
-                          timeout=30, env={**os.environ, "FLEXAI_SOCKET": daemon_socket})
+def hook(daemon_socket, stdin, *args, name="flexai-hook", retry="1"):
+    # a short retry window: without a daemon the hook tries again for that long
+    return subprocess.run([tool(name), *args], input=stdin, capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "FLEXAI_SOCKET": daemon_socket, "FLEXAI_RELEASE_RETRY": retry})
 
 
 @pytest.mark.parametrize(
@@ -54,3 +55,44 @@ def test_usage():
     assert "poststop" in subprocess.run([tool("flexai-hook"), "--help"], capture_output=True, text=True).stdout
     out = subprocess.run([tool("flexai-hook"), "prestart"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown stage" in out.stderr
+
+
+# flexai-hook is the C front door (libflexai/launch/hook_front.c); flexai-hook-py the Python one
+FRONTS = ["flexai-hook", "flexai-hook-py"]
+
+
+@pytest.mark.parametrize("name", FRONTS)
+def test_a_release_that_meets_a_restarting_daemon_is_retried(daemon, name):
+    """Attack 5: a poststop release that found flexaid down was never retried; the slice stayed
+    held until reconciliation. Now the hook tries again while flexaid comes back."""
+    daemon.call({"op": "reserve", "container_id": "c1", "request": {"fraction": 20}})
+    daemon.stop()
+    proc = subprocess.Popen([tool(name), "poststop"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FLEXAI_SOCKET": daemon.socket, "FLEXAI_RELEASE_RETRY": "20"})
+    try:
+        proc.stdin.write(json.dumps({"ociVersion": "1.0.2", "id": "c1", "status": "stopped", "bundle": "/b"}))
+        proc.stdin.close()
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(0.5)  # still trying: flexaid is down
+        daemon.start()
+        assert proc.wait(30) == 0
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert stderr == ""
+    assert daemon.slices() == []
+
+
+@pytest.mark.parametrize("name", FRONTS)
+def test_a_state_over_the_line_limit_still_releases(daemon, name):
+    from flexai_hook import server
+
+    daemon.call({"op": "reserve", "container_id": "big1", "request": {"fraction": 20}})
+    state = json.dumps({"ociVersion": "1.0.2", "id": "big1", "status": "stopped", "bundle": "/b",
+                        "annotations": {f"k{i}": "v" * 1000 for i in range(2000)}})
+    assert len(state) > server.MAX_LINE
+    out = hook(daemon.socket, state, "poststop", name=name)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert daemon.slices() == []

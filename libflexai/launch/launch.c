@@ -181,6 +181,11 @@ int flexai_write_all(int fd, const char *buf, size_t len)
 
 char *flexai_daemon_call(const char *path, const char *msg, size_t len, const char **why)
 {
+    return flexai_daemon_call_ms(path, msg, len, 30000, why);
+}
+
+char *flexai_daemon_call_ms(const char *path, const char *msg, size_t len, int timeout_ms, const char **why)
+{
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof addr.sun_path) {
         *why = "cannot be reached: its socket path is too long";
@@ -192,7 +197,7 @@ char *flexai_daemon_call(const char *path, const char *msg, size_t len, const ch
         *why = strerror(errno);
         return NULL;
     }
-    struct timeval tv = {.tv_sec = 30};
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {

@@ -39,6 +39,8 @@ int flexai_config_value(const char *raw, const char *key, char *out, size_t cap)
  * without the newline), or NULL with *why set to what follows "flexaid " in a message
  * ("is not reachable at PATH (reason)", "did not answer", ...). */
 char *flexai_daemon_call(const char *socket, const char *msg, size_t len, const char **why);
+/* The same, waiting at most `timeout_ms` for each send and each read (flexai_daemon_call: 30 s). */
+char *flexai_daemon_call_ms(const char *socket, const char *msg, size_t len, int timeout_ms, const char **why);
 
 /* flexai-runtime's sliced create/run without Python (prepare.c): flexaid edits config.json
  * (op "prepare"), then the real runtime runs as a child and the slice is released if it
