@@ -11,6 +11,9 @@
  *    (_v2, _v3, _v4, _ptsz) the driver chose for the requested CUDA version and flags, and
  *    hands out that variant's wrapper, which calls the address the driver returned.
  *
+ * A driver in another link-map namespace (dlmopen) is wrapped too, by the copy of libflexai
+ * in that namespace: see "link-map namespaces" below.
+ *
  * Nothing happens before the first lookup of a cu* or nvml* name: processes that never
  * touch the driver pay one prefix test per dlsym call. Driver libraries are only ever
  * opened with RTLD_NOLOAD (or, if a program linked against them calls a wrapper before
@@ -129,9 +132,6 @@ static int route_dlsym(void *handle, const char *name, void **out)
     int sym = lookup(name);
     if (sym < 0 || !flexai_enforcing())
         return 0;
-    Lmid_t lmid;
-    if (handle != RTLD_DEFAULT && dlinfo(handle, RTLD_DI_LMID, &lmid) == 0 && lmid != LM_ID_BASE)
-        return 0; /* a driver loaded with dlmopen into another namespace: not ours to wrap */
     void *real = flexai_real_dlsym(handle, name);
     if (real == NULL) {
         *out = NULL;
@@ -156,26 +156,227 @@ static int route_dlsym(void *handle, const char *name, void **out)
     return 1;
 }
 
+/* ---- link-map namespaces (dlmopen) ------------------------------------------------------
+ *
+ * dlmopen loads a library into another link-map namespace with its own copy of everything
+ * it needs, and the preload does not reach that namespace: its libcuda would answer
+ * unwrapped, and its allocations would escape the slice. Every way into such a namespace
+ * ends at wrappers instead:
+ *  - dlmopen(LM_ID_NEWLM, file) first loads libflexai itself into the new namespace and then
+ *    `file` there. libflexai is the namespace's first object, so its exports come first in the
+ *    namespace's global scope, as the preload's do in the base namespace: a library in that
+ *    namespace that links, dlopens + dlsyms or dlmopens the driver reaches that copy's
+ *    wrappers, which call that namespace's driver.
+ *  - dlsym on a handle of another namespace, for a cu*, nvml* or acl* name, is answered by
+ *    the copy of libflexai in that namespace (loaded there now if the namespace was made
+ *    another way), so the caller gets the copy's wrappers, and cuGetProcAddress obtained so
+ *    hands out the copy's wrappers. If no copy can be loaded there, driver functions from that
+ *    namespace are refused (NULL), never handed out unwrapped.
+ *  - dlsym(libc handle, "dlsym" / "dlmopen") answers with libflexai's, not glibc's.
+ * Every copy reads the same slice file and region path and charges the same region from a
+ * slot of its own (each holds its own OFD lock on its own open of the file): one budget,
+ * each byte charged by the one copy whose wrapper allocated it.
+ *
+ * A namespace made by dlmopen(LM_ID_NEWLM) keeps its copy of libflexai (and so stays in use)
+ * until the process exits; glibc has 16 namespaces.
+ */
+typedef void *(*dlmopen_fn)(Lmid_t, const char *, int);
+static dlmopen_fn real_dlmopen_cached;
+/* This copy's own dlsym and dlmopen (hidden aliases: in a namespace where this copy is not the
+ * first object, the plain names would resolve to libc's). */
+extern __typeof__(dlsym) flexai_own_dlsym;
+extern __typeof__(dlmopen) flexai_own_dlmopen;
+
+static dlmopen_fn get_real_dlmopen(void)
+{
+    dlmopen_fn f = __atomic_load_n(&real_dlmopen_cached, __ATOMIC_ACQUIRE);
+    if (likely(f != NULL))
+        return f;
+    f = (dlmopen_fn)dlvsym(RTLD_NEXT, "dlmopen", "GLIBC_2.34");
+    if (f == NULL)
+        f = (dlmopen_fn)dlvsym(RTLD_NEXT, "dlmopen", "GLIBC_2.3.4");
+    __atomic_store_n(&real_dlmopen_cached, f, __ATOMIC_RELEASE);
+    return f;
+}
+
+/* This copy of the library: its file and its namespace. */
+static pthread_once_t self_once = PTHREAD_ONCE_INIT;
+static char self_path[4096];
+static Lmid_t self_lmid = LM_ID_BASE;
+
+static void self_init(void)
+{
+    Dl_info info;
+    void *map = NULL;
+    if (dladdr1((void *)&self_init, &info, &map, RTLD_DL_LINKMAP) == 0)
+        return;
+    if (info.dli_fname != NULL && info.dli_fname[0] == '/' &&
+        strlen(info.dli_fname) < sizeof self_path)
+        strcpy(self_path, info.dli_fname);
+    Lmid_t lmid;
+    if (map != NULL && dlinfo(map, RTLD_DI_LMID, &lmid) == 0) /* a glibc handle is its map */
+        self_lmid = lmid;
+}
+
+static Lmid_t own_lmid(void)
+{
+    pthread_once(&self_once, self_init);
+    return self_lmid;
+}
+
+/* dlsym of the copy of libflexai in namespace i (glibc has 16; the table has room). */
+#define NS_SLOTS 64
+static dlsym_fn ns_copy[NS_SLOTS];
+
+static dlsym_fn remember_copy(Lmid_t lmid, void *h)
+{
+    dlsym_fn f = (dlsym_fn)flexai_real_dlsym(h, "dlsym");
+    if (f == NULL || f == &flexai_own_dlsym) {
+        dlclose(h);
+        return NULL;
+    }
+    dlsym_fn expected = NULL;
+    if (!__atomic_compare_exchange_n(&ns_copy[lmid], &expected, f, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        dlclose(h); /* another thread stored it first; it holds its own reference */
+    return __atomic_load_n(&ns_copy[lmid], __ATOMIC_ACQUIRE);
+}
+
+/* The copy of libflexai in namespace lmid, loaded there if it is not yet; NULL when that
+ * cannot be done. The reference taken here is kept for the life of the process. */
+static dlsym_fn copy_in(Lmid_t lmid)
+{
+    if (lmid < 0 || lmid >= NS_SLOTS)
+        return NULL;
+    dlsym_fn f = __atomic_load_n(&ns_copy[lmid], __ATOMIC_ACQUIRE);
+    if (f != NULL)
+        return f;
+    pthread_once(&self_once, self_init);
+    dlmopen_fn real = get_real_dlmopen();
+    if (self_path[0] == '\0' || real == NULL)
+        return NULL;
+    void *h = real(lmid, self_path, RTLD_LAZY | RTLD_NOLOAD);
+    if (h == NULL)
+        h = real(lmid, self_path, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        flexai_warn("flexai: cannot load %s into link-map namespace %ld (%s); its driver "
+                    "functions are refused", self_path, (long)lmid, dlerror());
+        return NULL;
+    }
+    return remember_copy(lmid, h);
+}
+
+/* A driver library's function? (any namespace: dladdr knows them all) */
+static int driver_function(void *addr)
+{
+    Dl_info info;
+    if (!dladdr(addr, &info) || info.dli_fname == NULL)
+        return 0;
+    const char *base = strrchr(info.dli_fname, '/');
+    base = base ? base + 1 : info.dli_fname;
+    return strncmp(base, LIB_PREFIX[FLEXAI_LIB_CUDA], strlen(LIB_PREFIX[FLEXAI_LIB_CUDA])) == 0 ||
+           strncmp(base, LIB_PREFIX[FLEXAI_LIB_NVML], strlen(LIB_PREFIX[FLEXAI_LIB_NVML])) == 0 ||
+           strncmp(base, "libascendcl.so", 14) == 0;
+}
+
+/* A lookup on a handle of another namespace: the copy of libflexai there answers. */
+static void *foreign_dlsym(Lmid_t lmid, void *handle, const char *name)
+{
+    dlsym_fn copy = copy_in(lmid);
+    if (copy != NULL)
+        return copy(handle, name);
+    void *real = flexai_real_dlsym(handle, name);
+    return real != NULL && driver_function(real) ? NULL : real; /* fail closed */
+}
+
+/* glibc's dlsym / dlmopen looked up by name on a handle: hand out ours. */
+static int route_dl(void *handle, const char *name, void **out)
+{
+    void *mine;
+    if (strcmp(name, "dlsym") == 0)
+        mine = (void *)&flexai_own_dlsym;
+    else if (strcmp(name, "dlmopen") == 0)
+        mine = (void *)&flexai_own_dlmopen;
+    else
+        return 0;
+    void *real = flexai_real_dlsym(handle, name);
+    Dl_info info;
+    if (real == NULL || real == mine || !dladdr(real, &info) || info.dli_fname == NULL)
+        return 0;
+    const char *base = strrchr(info.dli_fname, '/');
+    base = base ? base + 1 : info.dli_fname;
+    if (strncmp(base, "libc.so", 7) != 0 && strncmp(base, "libdl.so", 8) != 0)
+        return 0; /* another interposer's: not ours to replace */
+    *out = mine;
+    return 1;
+}
+
+/* Every lookup dlsym does not hand straight to glibc: 1 when answered (in *out). */
+static int route_special(void *handle, const char *name, void **out)
+{
+    if (name[0] == 'd')
+        return flexai_enforcing() && route_dl(handle, name, out);
+    Lmid_t lmid;
+    if (handle != RTLD_DEFAULT && flexai_enforcing() &&
+        dlinfo(handle, RTLD_DI_LMID, &lmid) == 0 && lmid != own_lmid()) {
+        *out = foreign_dlsym(lmid, handle, name);
+        return 1;
+    }
+    if (name[0] == 'a')
+        return flexai_acl_dlsym(handle, name, out); /* AscendCL: acl_view.c */
+    return route_dlsym(handle, name, out);
+}
+
+/* A new namespace with this library loaded first; LM_ID_NEWLM when that cannot be made (the
+ * program's dlmopen then makes one itself, and lookups on it load a copy on demand). */
+static __attribute__((noinline)) Lmid_t new_namespace(void)
+{
+    pthread_once(&self_once, self_init);
+    dlmopen_fn real = get_real_dlmopen();
+    if (self_path[0] == '\0' || real == NULL)
+        return LM_ID_NEWLM;
+    void *h = real(LM_ID_NEWLM, self_path, RTLD_NOW | RTLD_LOCAL);
+    Lmid_t lmid;
+    if (h == NULL || dlinfo(h, RTLD_DI_LMID, &lmid) != 0 || lmid < 0 || lmid >= NS_SLOTS) {
+        if (h != NULL)
+            dlclose(h);
+        flexai_warn("flexai: cannot load %s into a new link-map namespace (%s)", self_path,
+                    h ? "no namespace id" : dlerror());
+        return LM_ID_NEWLM;
+    }
+    remember_copy(lmid, h);
+    return lmid;
+}
+
+FLEXAI_EXPORT void *dlmopen(Lmid_t lmid, const char *file, int mode)
+{
+    if (lmid == LM_ID_NEWLM && file != NULL && (mode & RTLD_NOLOAD) == 0 && flexai_enforcing())
+        lmid = new_namespace();
+    /* A tail call: glibc sees our caller, whose RUNPATH and $ORIGIN the file is found by. */
+    return get_real_dlmopen()(lmid, file, mode);
+}
+
 FLEXAI_EXPORT void *dlsym(void *handle, const char *name)
 {
     const char *n = name;
     __asm__("" : "+r"(n)); /* dlfcn.h declares name nonnull; callers do not always honour it */
     if (n != NULL && handle != RTLD_NEXT &&
         ((name[0] == 'c' && name[1] == 'u') ||
-         (name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l'))) {
+         (name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l') ||
+         (name[0] == 'a' && name[1] == 'c' && name[2] == 'l') ||
+         (name[0] == 'd' && name[1] == 'l'))) {
         void *out;
-        if (route_dlsym(handle, name, &out))
-            return out;
-    }
-    if (n != NULL && handle != RTLD_NEXT && name[0] == 'a' && name[1] == 'c' && name[2] == 'l') {
-        void *out; /* AscendCL: acl_view.c */
-        if (flexai_acl_dlsym(handle, name, &out))
+        if (route_special(handle, name, &out))
             return out;
     }
     /* A tail call: glibc's dlsym sees our caller's return address, so RTLD_NEXT lookups
      * from other libraries keep their meaning. */
     return get_real_dlsym()(handle, name);
 }
+extern __typeof__(dlsym) flexai_own_dlsym
+    __attribute__((copy(dlsym), alias("dlsym"), visibility("hidden")));
+extern __typeof__(dlmopen) flexai_own_dlmopen
+    __attribute__((copy(dlmopen), alias("dlmopen"), visibility("hidden")));
 
 /* ---- cuGetProcAddress ------------------------------------------------------------------ */
 

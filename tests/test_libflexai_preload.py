@@ -73,13 +73,14 @@ def test_rtld_next_lookups_keep_their_meaning(libs, tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == os.environ.get("HOME", "")
 
 
-def test_library_exports_only_driver_entry_points_and_dlsym(libs):
+def test_library_exports_only_driver_entry_points_dlsym_and_dlmopen(libs):
     out = subprocess.run(["nm", "-D", "--defined-only", str(libs["flexai"])], capture_output=True, text=True)
     if out.returncode != 0:
         pytest.skip("nm is not installed (binutils)")
     names = {line.split()[-1] for line in out.stdout.splitlines() if line.split()[1] in "TtWi"}
     assert "dlsym" in names and "cuMemAlloc_v2" in names and "nvmlDeviceGetMemoryInfo_v2" in names
-    assert all(n == "dlsym" or n.startswith(("cu", "nvml", "acl")) or n.startswith("_") for n in names), names
+    assert all(n in ("dlsym", "dlmopen") or n.startswith(("cu", "nvml", "acl")) or n.startswith("_")
+               for n in names), names
     needed = subprocess.run(["readelf", "-d", str(libs["flexai"])], capture_output=True, text=True).stdout
     assert "libcuda" not in needed and "libnvidia-ml" not in needed and "libpython" not in needed
     assert "libascendcl" not in needed
