@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import devices, ledger as ledger_mod, library, placement, reconcile, region, server, simcards, supervisor
 from . import validation, writer
-from .spec import board_dir_for, preload_file_for
+from .spec import board_dir_for, board_name, preload_file_for
 from .atomicfile import write_atomically
 from .batch import Batch, Persisted, answer
 from .request import Request
@@ -131,6 +131,7 @@ class Service:
         self._host_files_written = False
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
         os.makedirs(config.slices_dir, exist_ok=True)
+        os.chmod(config.slices_dir, 0o711)  # slices are reached by their bind mounts, not listed
         self._sync_slice_dirs()
         for op in OPS:  # build the validators now, not on the first container start
             validation.validator("protocol.schema.json", f"{op}_message")
@@ -162,9 +163,8 @@ class Service:
                 if not conf.exists() or conf.read_text() != text:
                     simcards.write_sim_dir(conf.parent, self.cards)
         boards = board_dir_for(self.config.slices_dir)
-        if not os.path.isdir(boards):
-            os.makedirs(boards, exist_ok=True)
-            os.chmod(boards, 0o1777)  # containers of any uid create their card's board
+        if not self._host_files_written or not os.path.isdir(boards):
+            make_boards(boards, self.cards)
         self._host_files_written = True
 
     def _write_slice_files(self, reservation) -> None:
@@ -172,10 +172,14 @@ class Service:
         atomically under running containers; a valid region keeps its live accounting and
         only takes the new limits."""
         self._host_files()
-        os.makedirs(reservation.slice_dir, mode=0o755, exist_ok=True)
+        os.makedirs(reservation.slice_dir, mode=writer.SLICE_DIR_MODE, exist_ok=True)
+        os.chmod(reservation.slice_dir, writer.SLICE_DIR_MODE)
         conf = reservation.slice_conf().encode()
         write_atomically(os.path.join(reservation.slice_dir, "slice.conf"), conf, sync=False)  # tmpfs
-        region.create_region(os.path.join(reservation.slice_dir, "region"), writer.region_limits(reservation))
+        limits = writer.region_limits(reservation)
+        # in place: running containers see the limits file through a bind mount of its inode
+        region.write_limits(os.path.join(reservation.slice_dir, region.LIMITS_NAME), limits)
+        region.create_region(os.path.join(reservation.slice_dir, "region"), limits)
 
     def take_batch(self) -> Batch | None:
         """Everything applied since the last batch, or None when nothing needs writing."""
@@ -411,6 +415,22 @@ class Service:
             if cid in self.ledger.reservations:
                 self._release(cid, reason="reconciled: container gone, released")
         return releases  # written with the server's next batch
+
+
+def make_boards(boards: str, cards: Sequence[devices.Card]) -> None:
+    """The card boards (libflexai/controller.h): flexaid makes one file per card, writable by
+    containers of any uid (their compute controllers share it); the directory is root's and
+    not writable by others, so no host user or tenant can swap a board for their own, and a
+    container cannot create one (docs/security.md). The library initialises a zeroed board."""
+    os.makedirs(boards, exist_ok=True)
+    os.chmod(boards, 0o711)
+    for card in cards:
+        path = os.path.join(boards, board_name(card.uuid, card.index))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        try:
+            os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
 
 
 def live_usage(slice_dir: str) -> dict | None:

@@ -12,6 +12,7 @@ LIBRARY_IN_CONTAINER = "/usr/lib/flexai/libflexai.so"
 # The slice's region and the simulator directory inside the container (libflexai's and the
 # simulated drivers' defaults, so processes with an emptied environment still find them).
 REGION_IN_CONTAINER = "/run/flexai/region"
+LIMITS_IN_CONTAINER = "/run/flexai/limits"  # read-only: what libflexai enforces (struct flexai_limits)
 SIM_DIR_IN_CONTAINER = "/run/flexai/sim"
 SIM_LIBRARIES = ("libcuda.so.1", "libnvidia-ml.so.1", "libascendcl.so")
 

@@ -113,21 +113,21 @@ def _fill(r, limits: dict, update: bool) -> None:
     if "context_memory" in limits:
         r.context_memory = int(limits["context_memory"])
     changed = False
-    if "compute_limit" in limits and r.compute.limit_percent != int(limits["compute_limit"]):
-        r.compute.limit_percent = int(limits["compute_limit"])
+    if "compute_limit" in limits and r.compute.share.limit_percent != int(limits["compute_limit"]):
+        r.compute.share.limit_percent = int(limits["compute_limit"])
         changed = True
     if "priority" in limits:
         value = limits["priority"]
         value = PRIORITIES[value] if isinstance(value, str) else int(value)
-        changed |= r.compute.priority != value
-        r.compute.priority = value
+        changed |= r.compute.share.priority != value
+        r.compute.share.priority = value
     if "compute_mode" in limits:
         value = limits["compute_mode"]
         value = MODES[value] if isinstance(value, str) else int(value)
-        changed |= r.compute.mode != value
-        r.compute.mode = value
+        changed |= r.compute.share.mode != value
+        r.compute.share.mode = value
     if changed and update:
-        r.compute.generation += 1
+        r.compute.share.generation += 1
 
 
 def region_image(limits) -> bytes:
@@ -330,37 +330,142 @@ def read_region(path: str | os.PathLike) -> RegionView:
             launches_retired=r.launches_retired,
             busy_ns_retired=r.busy_ns_retired,
             reclaimed_processes=r.reclaimed_processes,
-            compute_limit=r.compute.limit_percent,
-            compute_mode=r.compute.mode,
-            priority=r.compute.priority,
-            paused=bool(r.compute.paused),
-            generation=r.compute.generation,
+            compute_limit=r.compute.share.limit_percent,
+            compute_mode=r.compute.share.mode,
+            priority=r.compute.share.priority,
+            paused=bool(r.compute.share.paused),
+            generation=r.compute.share.generation,
             busy_ns_total=r.compute.busy_ns_total,
             window_busy_ns=r.compute.reserved[0],
             window_ns=r.compute.reserved[1],
             processes_list=procs,
         )
         del r
+        trusted = read_limits(path.with_name(LIMITS_NAME))
+        if trusted is not None:
+            # the region is the tenant's to write; the limits file is what is enforced
+            view.memory_limit = trusted["memory_limit"]
+            view.compute_limit = trusted["compute_limit"]
+            view.compute_mode = trusted["compute_mode"]
+            view.priority = trusted["priority"]
+            view.paused = trusted["paused"]
+            view.generation = trusted["generation"]
     finally:
         mm.close()
         os.close(fd)
     return view
 
 
+# ---- the slice's limits file (struct flexai_limits): what libflexai enforces in a container ----
+
+LIMITS_NAME = "limits"  # beside the region in the slice directory
+
+
+def limits_size() -> int:
+    return ffi().sizeof("struct flexai_limits")
+
+
+def _fill_limits(l, limits: dict) -> bool:
+    """Set `l`'s fields from `limits`; True when the compute share, mode, priority or pause
+    changed (the caller bumps the generation)."""
+    ff = ffi()
+    if "slice_id" in limits:
+        l.slice_id = str(limits["slice_id"]).encode()[: ff.sizeof(l.slice_id) - 1]
+    if "device_uuid" in limits:
+        l.device_uuid = str(limits["device_uuid"]).encode()[: ff.sizeof(l.device_uuid) - 1]
+    for key in ("device_index", "card_memory", "memory_limit", "context_memory"):
+        if key in limits:
+            setattr(l, key, int(limits[key]))
+    changed = False
+    for key, field_name, table in (("compute_limit", "limit_percent", None), ("priority", "priority", PRIORITIES),
+                                   ("compute_mode", "mode", MODES), ("paused", "paused", None)):
+        if key not in limits:
+            continue
+        value = limits[key]
+        value = table[value] if table is not None and isinstance(value, str) else int(value)
+        if getattr(l.share, field_name) != value:
+            setattr(l.share, field_name, value)
+            changed = True
+    return changed
+
+
+def limits_image(limits) -> bytes:
+    """A new limits file's bytes from `limits` (a Mapping of fields, or a Reservation)."""
+    ff = ffi()
+    buf = ff.new("struct flexai_limits *")
+    values = _limits_from(limits)
+    if values.get("memory_limit", 0) <= 0:
+        raise ValueError(f"a slice's memory limit must be positive, not {values.get('memory_limit')!r}")
+    buf.version = constants().FLEXAI_LIMITS_VERSION
+    buf.size = limits_size()
+    _fill_limits(buf, values)
+    buf.share.generation = 1
+    buf.magic = constants().FLEXAI_LIMITS_MAGIC
+    return ff.buffer(buf)[:]
+
+
+def write_limits(path: str | os.PathLike, limits) -> Path:
+    """Create the limits file at `path`, or change a valid one in place: containers map it
+    through a read-only bind mount of this very inode, so it is never replaced while valid.
+    Mode 0644, owned by flexaid's user (root)."""
+    path = Path(path)
+    values = _limits_from(limits)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        fd = None
+    if fd is not None:
+        try:
+            if os.fstat(fd).st_size >= limits_size():
+                with mmap.mmap(fd, limits_size(), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+                    l = ffi().cast("struct flexai_limits *", ffi().from_buffer(mm))
+                    if l.magic == constants().FLEXAI_LIMITS_MAGIC and l.version == constants().FLEXAI_LIMITS_VERSION:
+                        if _fill_limits(l, values):
+                            l.share.generation += 1  # after the values
+                        del l
+                        return path
+                    del l
+        finally:
+            os.close(fd)
+    image = limits_image(values)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, image)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def read_limits(path: str | os.PathLike) -> dict | None:
+    """The limits file's fields, or None when `path` is not a valid limits file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if len(data) < limits_size():
+        return None
+    ff = ffi()
+    buf = ff.new("struct flexai_limits *")
+    ff.memmove(buf, data[: limits_size()], limits_size())
+    if buf.magic != constants().FLEXAI_LIMITS_MAGIC or buf.version != constants().FLEXAI_LIMITS_VERSION:
+        return None
+    return {
+        "slice_id": ff.string(buf.slice_id).decode(errors="replace"),
+        "device_uuid": ff.string(buf.device_uuid).decode(errors="replace"),
+        "device_index": buf.device_index, "card_memory": buf.card_memory,
+        "memory_limit": buf.memory_limit, "context_memory": buf.context_memory,
+        "compute_limit": buf.share.limit_percent, "compute_mode": buf.share.mode,
+        "priority": buf.share.priority, "paused": bool(buf.share.paused), "generation": buf.share.generation,
+        "flags": buf.flags,
+    }
+
+
 def set_paused(path: str | os.PathLike, paused: bool) -> None:
     """Pause or resume a slice's launches (the library obeys at its next launch)."""
-    opened = _open_valid(Path(path))
-    if opened is None:
-        raise ValueError(f"{path} is not a flexai region")
-    fd, mm = opened
-    try:
-        r = ffi().cast("struct flexai_region *", ffi().from_buffer(mm))
-        r.compute.paused = 1 if paused else 0
-        r.compute.generation += 1
-        del r
-    finally:
-        mm.close()
-        os.close(fd)
+    set_compute(path, paused=paused)
 
 
 def set_compute(path: str | os.PathLike, *, limit_percent: int | None = None, mode: str | int | None = None,
@@ -375,6 +480,21 @@ def set_compute(path: str | os.PathLike, *, limit_percent: int | None = None, mo
         raise ValueError(f"compute mode {mode!r} is not one of {', '.join(MODES)}")
     if isinstance(priority, str) and priority not in PRIORITIES:
         raise ValueError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+    limits_file = Path(path).with_name(LIMITS_NAME)
+    if limits_file.exists():
+        # what a container obeys; the region keeps a copy for readers
+        changes: dict = {}
+        if limit_percent is not None:
+            changes["compute_limit"] = int(limit_percent)
+        if mode is not None:
+            changes["compute_mode"] = mode
+        if priority is not None:
+            changes["priority"] = priority
+        if paused is not None:
+            changes["paused"] = 1 if paused else 0
+        if read_limits(limits_file) is None:
+            raise ValueError(f"{limits_file} is not a flexai limits file")
+        write_limits(limits_file, changes)
     opened = _open_valid(Path(path))
     if opened is None:
         raise ValueError(f"{path} is not a flexai region")
@@ -382,15 +502,15 @@ def set_compute(path: str | os.PathLike, *, limit_percent: int | None = None, mo
     try:
         r = ffi().cast("struct flexai_region *", ffi().from_buffer(mm))
         if limit_percent is not None:
-            r.compute.limit_percent = int(limit_percent)
+            r.compute.share.limit_percent = int(limit_percent)
         if mode is not None:
-            r.compute.mode = MODES[mode] if isinstance(mode, str) else int(mode)
+            r.compute.share.mode = MODES[mode] if isinstance(mode, str) else int(mode)
         if priority is not None:
-            r.compute.priority = PRIORITIES[priority] if isinstance(priority, str) else int(priority)
+            r.compute.share.priority = PRIORITIES[priority] if isinstance(priority, str) else int(priority)
         if paused is not None:
-            r.compute.paused = 1 if paused else 0
-        r.compute.generation += 1  # after the values: readers see the change with the new generation
-        generation = int(r.compute.generation)
+            r.compute.share.paused = 1 if paused else 0
+        r.compute.share.generation += 1  # after the values: readers see the change with the new generation
+        generation = int(r.compute.share.generation)
         del r
     finally:
         mm.close()

@@ -73,6 +73,11 @@ def board_dir_for(slices_dir: str) -> str:
     return os.path.join(os.path.dirname(os.path.normpath(slices_dir)), "boards")
 
 
+def board_name(card_uuid: str, card_index: int) -> str:
+    """A card's board file name, as libflexai/compute.c board_open derives it."""
+    return card_uuid.replace("/", "_") if card_uuid else f"card{card_index}"
+
+
 def injection_for(
     reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None = None,
     settings: dict | None = None,
@@ -101,6 +106,8 @@ def _injection(
         Mount(f"{slice_dir}/slice.conf", SLICE_FILE_IN_CONTAINER),
         Mount(lib or str(library.library_path()), library.LIBRARY_IN_CONTAINER),
         Mount(preload_file_for(os.path.dirname(slice_dir)), "/etc/ld.so.preload"),
+        # the limits libflexai enforces: read-only, the tenant cannot loosen them
+        Mount(f"{slice_dir}/limits", library.LIMITS_IN_CONTAINER),
         Mount(f"{slice_dir}/region", library.REGION_IN_CONTAINER, read_only=False),
     ]
     env = [
@@ -112,7 +119,11 @@ def _injection(
         ("FLEXAI_COMPUTE_LIMIT", str(reservation.compute)),
         ("FLEXAI_BOARD_DIR", BOARD_DIR_IN_CONTAINER),
     ]
-    mounts.append(Mount(board_dir_for(os.path.dirname(slice_dir)), BOARD_DIR_IN_CONTAINER, read_only=False))
+    # only the slice's card's board, as a file: a bind-mounted file cannot be unlinked or
+    # replaced from inside, so the tenant can write into the board but not swap it
+    board = board_name(reservation.card_uuid, reservation.card_index)
+    mounts.append(Mount(os.path.join(board_dir_for(os.path.dirname(slice_dir)), board),
+                        f"{BOARD_DIR_IN_CONTAINER}/{board}", read_only=False))
     if reservation.backend == "simulated":
         driver_dir = library.driver_dir_in_container()
         for name in library.SIM_LIBRARIES:

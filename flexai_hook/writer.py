@@ -24,7 +24,8 @@ from . import ledger as ledger_mod, region, simcards
 from .atomicfile import write_atomically
 from .reservation import Reservation
 
-SLICE_FILES = ("slice.conf", "region", "ld.so.preload")  # the last: in slices of earlier flexaid versions
+SLICE_FILES = ("slice.conf", "limits", "region", "ld.so.preload")
+SLICE_DIR_MODE = 0o700  # the last: in slices of earlier flexaid versions
 _LENGTH = struct.Struct("<I")
 
 
@@ -67,9 +68,13 @@ def region_limits(reservation: Reservation) -> dict:
 def slice_files(reservation: Reservation) -> list[tuple[str, bytes, int, int]]:
     """A new slice's files as (name, content, mode, size): slice.conf and its shared region
     (its process table left as a hole of zeros)."""
+    limits = region_limits(reservation)
     return [
         ("slice.conf", reservation.slice_conf().encode(), 0o644, 0),
-        ("region", region.region_image(region_limits(reservation)), 0o666, region.region_size()),
+        # what libflexai enforces: root's, mounted read-only (docs/security.md)
+        (region.LIMITS_NAME, region.limits_image(limits), 0o644, 0),
+        # usage only: every process of the container writes it, whatever its uid
+        ("region", region.region_image(limits), 0o666, region.region_size()),
     ]
 
 
@@ -77,12 +82,18 @@ def write_slice(directory: str, files: list[tuple[str, bytes, int, int]], umask_
     """A new slice directory with `files` (name, content, mode, size: the file is extended
     with a hole to `size`). Plain writes: nobody reads the directory before the reservation
     is answered, which happens only after the ledger naming it is on disk. `umask_clear`:
-    the process umask is 0, so open() gives the exact mode without an fchmod."""
+    the process umask is 0, so open() gives the exact mode without an fchmod.
+
+    The directory is 0700: the region in it is 0666 for the container's processes of any
+    uid, which reach it through their bind mount, never through this path; host users
+    cannot (docs/security.md)."""
     try:
-        os.mkdir(directory, 0o755)
+        os.mkdir(directory, SLICE_DIR_MODE)
     except FileExistsError:  # a leftover of a crash between writing it and the ledger
         shutil.rmtree(directory)
-        os.mkdir(directory, 0o755)
+        os.mkdir(directory, SLICE_DIR_MODE)
+    if not umask_clear:
+        os.chmod(directory, SLICE_DIR_MODE)
     for name, content, mode, size in files:
         fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:

@@ -235,7 +235,7 @@ static int charge_context(void)
     struct flexai_proc *me = flexai_P.me;
     if (r == NULL || me == NULL)
         return 0;
-    int64_t bytes = __atomic_load_n(&r->context_memory, __ATOMIC_RELAXED), zero = 0;
+    int64_t bytes = flexai_context_bytes(r), zero = 0;
     if (bytes <= 0)
         return 0;
     if (!__atomic_compare_exchange_n(&me->context_bytes, &zero, bytes, 0, __ATOMIC_ACQ_REL,
@@ -326,7 +326,7 @@ aclError fx_aclrtSetDevice(int32_t deviceId)
         __typeof__(&aclrtResetDevice) reset = AREAL(aclrtResetDevice);
         if (reset)
             reset(d);
-        return acl_oom(__atomic_load_n(&flexai_region()->context_memory, __ATOMIC_RELAXED));
+        return acl_oom(flexai_context_bytes(flexai_region()));
     }
     pthread_mutex_lock(&acl_lock);
     acl_refs++;
@@ -415,7 +415,7 @@ aclError fx_aclrtCreateContext(aclrtContext *context, int32_t deviceId)
         __typeof__(&aclrtDestroyContext) destroy = AREAL(aclrtDestroyContext);
         if (destroy && context)
             destroy(*context);
-        return acl_oom(__atomic_load_n(&flexai_region()->context_memory, __ATOMIC_RELAXED));
+        return acl_oom(flexai_context_bytes(flexai_region()));
     }
     return rc;
 }
@@ -766,6 +766,8 @@ static inline void launch_end(struct flexai_region *r, aclError rc)
         if (unlikely(!real))                                                                 \
             return ACL_ERROR_UNINITIALIZE;                                                   \
         struct flexai_region *r = launch_begin(stream);                                      \
+        if (unlikely(r == NULL) && flexai_closed())                                          \
+            return ACL_ERROR_RT_NO_DEVICE; /* the slice's inputs are damaged: fail closed */   \
         aclError rc = call;                                                                  \
         launch_end(r, rc);                                                                   \
         return rc;                                                                           \

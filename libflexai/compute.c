@@ -26,6 +26,7 @@
 
 typedef struct CUevent_st *CUevent;
 #define CUDA_ERROR_NOT_READY 600
+#define CUDA_ERROR_NOT_PERMITTED 800
 #define FX_STREAM_PER_THREAD ((CUstream)0x2)
 #define BATCH_MAX 64     /* launches per measured batch while running alone */
 #define RING 64          /* closed batches in flight per thread */
@@ -38,7 +39,10 @@ static struct {
     struct flexai_board *board;
     int slot;
     uint64_t key;
-} G = {PTHREAD_ONCE_INIT, 0, NULL, NULL, -1, 0};
+    const struct flexai_share *sh; /* the share the controller obeys (flexai_share_of), or solo */
+    int solo;                      /* no usable card board: a private one, hard cap at the share */
+    struct flexai_share solo_share; /* the slice's share with mode forced to hard (solo) */
+} G = {PTHREAD_ONCE_INIT, 0, NULL, NULL, -1, 0, NULL, 0, {0, 0, 0, 0, 0}};
 
 struct batch {
     void *start, *end;       /* the runtime's events */
@@ -98,16 +102,21 @@ static void sleep_ns(uint64_t ns)
 
 static struct flexai_board *board_open(struct flexai_region *r)
 {
-    const char *dir = getenv("FLEXAI_BOARD_DIR");
+    /* in a container only the board flexaid made and the runtime mounted counts: a board the
+     * tenant names (or a private one in the container's /dev/shm) would be a board of one */
+    int in_container = flexai_P.cfg.in_container;
+    const char *dir = in_container ? FLEXAI_BOARD_DIR : getenv("FLEXAI_BOARD_DIR");
     char path[600];
     char name[128];
-    if (r->device_uuid[0]) {
+    const char *uuid = flexai_P.limits ? flexai_P.limits->device_uuid : r->device_uuid;
+    int card = flexai_P.limits ? flexai_P.limits->device_index : r->device_index;
+    if (uuid[0]) {
         size_t n = 0;
-        for (const char *s = r->device_uuid; *s && n + 1 < sizeof name; s++)
+        for (const char *s = uuid; *s && n + 1 < sizeof name; s++)
             name[n++] = (*s == '/' ? '_' : *s);
         name[n] = 0;
     } else {
-        snprintf(name, sizeof name, "card%d", r->device_index);
+        snprintf(name, sizeof name, "card%d", card);
     }
     if (!dir || !*dir) {
         struct stat st;
@@ -120,9 +129,14 @@ static struct flexai_board *board_open(struct flexai_region *r)
         snprintf(path, sizeof path, "/dev/shm/flexai-board-%s", name);
     else
         snprintf(path, sizeof path, "%s/%s", dir, name);
-    mode_t old = umask(0);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
-    umask(old);
+    int fd;
+    if (in_container) {
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW); /* flexaid creates each card's board */
+    } else {
+        mode_t old = umask(0);
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
+        umask(old);
+    }
     if (fd < 0)
         return NULL;
     struct stat st;
@@ -153,39 +167,83 @@ static void compute_child_after_fork(void)
         memset(TP, 0, sizeof *TP);
 }
 
+/* The slice's share as the solo controller obeys it: hard, whatever the mode. */
+static void solo_refresh(void)
+{
+    const struct flexai_share *real = flexai_share_of(flexai_P.region);
+    uint64_t gen = __atomic_load_n(&real->generation, __ATOMIC_ACQUIRE);
+    if (gen == G.solo_share.generation && G.solo_share.mode == FLEXAI_MODE_HARD)
+        return;
+    G.solo_share.limit_percent = __atomic_load_n(&real->limit_percent, __ATOMIC_RELAXED);
+    G.solo_share.priority = __atomic_load_n(&real->priority, __ATOMIC_RELAXED);
+    G.solo_share.paused = __atomic_load_n(&real->paused, __ATOMIC_RELAXED);
+    G.solo_share.mode = FLEXAI_MODE_HARD;
+    __atomic_store_n(&G.solo_share.generation, gen, __ATOMIC_RELEASE);
+}
+
+/* No usable card board (missing, damaged, full): the slice cannot see its neighbours, so it
+ * holds itself to its own share as a hard cap on a board of its own. Never "not enforced". */
+static int go_solo(const char *why)
+{
+    struct flexai_board *b = mmap(NULL, sizeof *b, PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED)
+        return -1;
+    flexai_board_init(b);
+    solo_refresh();
+    flexai_warn("flexai: %s; the slice is held to its own %u%% compute share (hard cap)", why,
+                G.solo_share.limit_percent);
+    __atomic_store_n(&G.solo, 1, __ATOMIC_RELEASE);
+    G.sh = &G.solo_share;
+    G.board = b;
+    G.slot = flexai_board_join(b, G.key, G.solo_share.limit_percent, G.solo_share.priority, now_mono());
+    return 0;
+}
+
+static int compute_by_mps(void)
+{
+    if (flexai_P.limits)
+        return (flexai_P.limits->flags & FLEXAI_LIMITS_F_COMPUTE_BY_MPS) != 0;
+    if (flexai_P.cfg.in_container)
+        return 0; /* damaged inputs: fail closed elsewhere, never "MPS does it" */
+    const char *by = getenv("FLEXAI_COMPUTE_BY");
+    return by && strcmp(by, "mps") == 0;
+}
+
 static void compute_init(void)
 {
     struct flexai_region *r = __atomic_load_n(&flexai_P.region, __ATOMIC_ACQUIRE);
     const struct flexai_device_timer *timer = __atomic_load_n(&G.timer, __ATOMIC_ACQUIRE);
     if (!r || !timer)
         return;
-    const char *by = getenv("FLEXAI_COMPUTE_BY");
-    if (by && strcmp(by, "mps") == 0)
+    if (compute_by_mps())
         return; /* MPS partitions the card; libflexai only keeps memory and pause */
-    const char *mode = getenv("FLEXAI_COMPUTE_MODE");
-    if (mode && strcmp(mode, "hard") == 0 &&
-        __atomic_load_n(&r->compute.mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD &&
+    struct flexai_share *own = &r->compute.share; /* outside containers: the region's header */
+    const char *mode = flexai_P.cfg.in_container ? NULL : getenv("FLEXAI_COMPUTE_MODE");
+    if (mode && strcmp(mode, "hard") == 0 && !flexai_P.limits &&
+        __atomic_load_n(&own->mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD &&
         (r->flags & FLEXAI_REGION_F_CREATED_BY_LIBRARY)) {
-        __atomic_store_n(&r->compute.mode, FLEXAI_MODE_HARD, __ATOMIC_RELAXED);
-        __atomic_add_fetch(&r->compute.generation, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&own->mode, FLEXAI_MODE_HARD, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&own->generation, 1, __ATOMIC_RELEASE);
     }
+    G.sh = flexai_share_of(r);
     if (timer->bind() != 0) {
         flexai_warn("flexai: the %s runtime lacks the event API; compute share not enforced",
                     timer->api);
         return;
     }
+    /* the slice: its id, or outside containers the region every process of the tree maps */
+    const char *id = flexai_P.limits ? flexai_P.limits->slice_id : r->slice_id;
+    G.key = flexai_ctl_key(id[0] ? id : flexai_P.cfg.region_path);
     G.board = board_open(r);
     if (!G.board) {
-        flexai_warn("flexai: no card board for the slice's card; compute share not enforced");
-        return;
-    }
-    /* the slice: its id, or outside containers the region every process of the tree maps */
-    G.key = flexai_ctl_key(r->slice_id[0] ? r->slice_id : flexai_P.cfg.region_path);
-    G.slot = flexai_board_join(G.board, G.key, __atomic_load_n(&r->compute.limit_percent, __ATOMIC_RELAXED),
-                               __atomic_load_n(&r->compute.priority, __ATOMIC_RELAXED), now_mono());
-    if (G.slot < 0) {
-        flexai_warn("flexai: the card board is full; compute share not enforced");
-        return;
+        if (go_solo("no usable card board for the slice's card") != 0)
+            return;
+    } else {
+        G.slot = flexai_board_join(G.board, G.key, __atomic_load_n(&G.sh->limit_percent, __ATOMIC_RELAXED),
+                                   __atomic_load_n(&G.sh->priority, __ATOMIC_RELAXED), now_mono());
+        if (G.slot < 0 && go_solo("the card board is full") != 0)
+            return;
     }
     pthread_atfork(NULL, NULL, compute_child_after_fork);
     __atomic_store_n(&G.enabled, 1, __ATOMIC_RELEASE);
@@ -219,7 +277,7 @@ static void charge_batch(struct tstate *t, struct batch *b, uint64_t now)
     uint64_t ns = 0;
     if (G.timer->elapsed_ms(&ms, b->start, b->end) == 0 && ms > 0)
         ns = (uint64_t)((double)ms * 1e6);
-    flexai_ctl_charge(G.board, &flexai_P.region->compute, &t->p, ns, b->launches, now);
+    flexai_ctl_charge(G.board, &flexai_P.region->compute, G.sh, &t->p, ns, b->launches, now);
     struct flexai_proc *me = flexai_P.me;
     if (me)
         __atomic_fetch_add(&me->busy_ns, ns, __ATOMIC_RELAXED);
@@ -273,7 +331,7 @@ static void close_open(struct tstate *t)
     void *end = ev_get(t);
     if (!end || G.timer->record(end, t->open_stream) != 0) {
         /* cannot measure this batch: count it as its estimate */
-        flexai_ctl_charge(G.board, &flexai_P.region->compute, &t->p,
+        flexai_ctl_charge(G.board, &flexai_P.region->compute, G.sh, &t->p,
                           t->open_n * (t->p.est_launch_ns ? t->p.est_launch_ns : 0), t->open_n, now_mono());
         if (!t->open_borrowed)
             ev_put(t, t->open_start);
@@ -336,7 +394,7 @@ static int thread_ready(struct tstate *t)
     memset(&t->p, 0, sizeof t->p);
     t->p.slot = G.slot;
     t->p.key = G.key;
-    t->p.last_generation = __atomic_load_n(&flexai_P.region->compute.generation, __ATOMIC_ACQUIRE);
+    t->p.last_generation = __atomic_load_n(&G.sh->generation, __ATOMIC_ACQUIRE);
     t->ready = 1;
     return 1;
 }
@@ -347,7 +405,20 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
     for (;;) {
         uint64_t now = now_mono();
         harvest(t, now);
-        struct flexai_ctl_decision d = flexai_ctl_gate(G.board, &r->compute, &t->p, now);
+        if (unlikely(__atomic_load_n(&G.solo, __ATOMIC_ACQUIRE))) {
+            solo_refresh();
+        } else if (unlikely(__atomic_load_n(&G.board->magic, __ATOMIC_RELAXED) != FLEXAI_BOARD_MAGIC)) {
+            /* the shared board was written over: leave it for a board of our own */
+            static pthread_mutex_t solo_lock = PTHREAD_MUTEX_INITIALIZER;
+            pthread_mutex_lock(&solo_lock);
+            if (!G.solo)
+                go_solo("the card board was damaged");
+            pthread_mutex_unlock(&solo_lock);
+            t->p.slot = G.slot;
+            t->p.held_turn = 0;
+            continue;
+        }
+        struct flexai_ctl_decision d = flexai_ctl_gate(G.board, &r->compute, G.sh, &t->p, now);
         if (d.action == FLEXAI_CTL_GO) {
             if (!flexai_ctl_may_queue(&t->p, d.inflight_cap_ns)) {
                 close_open(t);
@@ -365,7 +436,7 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
             t->fast = d.inflight_cap_ns == FLEXAI_CTL_NO_CAP &&
                       (int)(t->fast_turn & 0xff) - 1 == G.slot &&
                       __atomic_load_n(&G.board->waiting, __ATOMIC_RELAXED) == 0 &&
-                      __atomic_load_n(&r->compute.mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD;
+                      __atomic_load_n(&G.sh->mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD;
             if (open_batch(t, stream) != 0)
                 t->fast = 0;
             return;
@@ -384,7 +455,7 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
 /* Daemon pause only (controller off, or another vendor's launch): wait until resumed. */
 static void pause_gate(struct flexai_region *r)
 {
-    while (__atomic_load_n(&r->compute.paused, __ATOMIC_ACQUIRE)) {
+    while (__atomic_load_n(&flexai_share_of(r)->paused, __ATOMIC_ACQUIRE)) {
         struct timespec ts = {0, 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -402,14 +473,14 @@ static inline void compute_gate(const struct flexai_device_timer *timer, struct 
         pthread_once(&G.once, compute_init);
         if (!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE)) {
             /* controller off (MPS mode, no board): only the daemon's pause holds launches */
-            if (unlikely(__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED)))
+            if (unlikely(__atomic_load_n(&flexai_share_of(r)->paused, __ATOMIC_RELAXED)))
                 pause_gate(r);
             return;
         }
     }
     if (unlikely(timer != G.timer)) {
         /* a second runtime in one process: its device time is not measured */
-        if (unlikely(__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED)))
+        if (unlikely(__atomic_load_n(&flexai_share_of(r)->paused, __ATOMIC_RELAXED)))
             pause_gate(r);
         return;
     }
@@ -424,8 +495,8 @@ static inline void compute_gate(const struct flexai_device_timer *timer, struct 
             t->cap_ns / 4 &&
         __atomic_load_n(&G.board->turn, __ATOMIC_RELAXED) == t->fast_turn &&
         __atomic_load_n(&G.board->waiting, __ATOMIC_RELAXED) == 0 &&
-        __atomic_load_n(&r->compute.generation, __ATOMIC_RELAXED) == t->fast_gen &&
-        !__atomic_load_n(&r->compute.paused, __ATOMIC_RELAXED) &&
+        __atomic_load_n(&G.sh->generation, __ATOMIC_RELAXED) == t->fast_gen &&
+        !__atomic_load_n(&G.sh->paused, __ATOMIC_RELAXED) &&
         flexai_ctl_inflight_ns(&t->p) < t->cap_ns)
         return;
     close_open(t); /* the batch is full (or the slice no longer runs alone): measure it */
@@ -552,6 +623,8 @@ static inline void launch_end(struct flexai_region *r, CUresult rc)
         if (unlikely(!real))                                                                 \
             return CUDA_ERROR_NOT_INITIALIZED;                                               \
         struct flexai_region *r = launch_begin(stream, ptsz);                                \
+        if (unlikely(r == NULL) && flexai_closed())                                          \
+            return CUDA_ERROR_NOT_PERMITTED; /* the slice's inputs are damaged: fail closed */ \
         CUresult rc = call;                                                                  \
         launch_end(r, rc);                                                                   \
         return rc;                                                                           \

@@ -156,9 +156,10 @@ uint64_t flexai_ctl_inflight_ns(const struct flexai_ctl_proc *p)
     return p->inflight_launches * (per ? per : FLEXAI_CTL_INFLIGHT_NS);
 }
 
-uint64_t flexai_ctl_hard_wait(struct flexai_compute *c, uint64_t pending_ns, uint64_t now)
+uint64_t flexai_ctl_hard_wait(struct flexai_compute *c, const struct flexai_share *sh, uint64_t pending_ns,
+                              uint64_t now)
 {
-    uint32_t share = clamp_share(LDR(c->limit_percent));
+    uint32_t share = clamp_share(LDR(sh->limit_percent));
     uint64_t period = LDR(c->period_ns) ? LDR(c->period_ns) : FLEXAI_CTL_PERIOD_NS;
     int64_t burst = (int64_t)(period * share / 100);
     uint64_t last = LD(c->last_update_ns);
@@ -282,16 +283,17 @@ static struct flexai_ctl_decision yield(struct flexai_board *b, struct flexai_ct
 }
 
 struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai_compute *c,
+                                           const struct flexai_share *sh,
                                            struct flexai_ctl_proc *p, uint64_t now)
 {
     if (p->slot < 0)
         return decide(FLEXAI_CTL_GO, 0, FLEXAI_CTL_INFLIGHT_NS);
     struct flexai_board_slot *s = &b->slot[p->slot];
-    uint64_t gen = LD(c->generation);
-    uint32_t prio = LDR(c->priority);
+    uint64_t gen = LD(sh->generation);
+    uint32_t prio = LDR(sh->priority);
     if (gen != p->last_generation) {
         /* the daemon changed share, mode, priority or pause: publish it to the board */
-        ST(s->share, clamp_share(LDR(c->limit_percent)));
+        ST(s->share, clamp_share(LDR(sh->limit_percent)));
         ST(s->priority, prio);
         p->last_generation = gen;
         p->cap_checked_ns = 0;
@@ -309,14 +311,14 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
     if (mine && (now - LDR(b->beat_ns) > 100000 || now < LDR(b->beat_ns)))
         ST(b->beat_ns, now);
 
-    if (LDR(c->paused)) {
+    if (LDR(sh->paused)) {
         unwant(b, p);
         if (mine)
             return decide(FLEXAI_CTL_DRAIN, 0, 0);
         return decide(FLEXAI_CTL_WAIT, 1000000, 0);
     }
-    if (LDR(c->mode) == FLEXAI_MODE_HARD) {
-        uint64_t w = flexai_ctl_hard_wait(c, flexai_ctl_inflight_ns(p), now);
+    if (LDR(sh->mode) == FLEXAI_MODE_HARD) {
+        uint64_t w = flexai_ctl_hard_wait(c, sh, flexai_ctl_inflight_ns(p), now);
         if (w) {
             uint64_t wait = w < FLEXAI_CTL_PERIOD_NS ? w : FLEXAI_CTL_PERIOD_NS;
             if (mine && (p->inflight_launches || others))
@@ -349,7 +351,7 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
         if (bp == prio) {
             /* weighted fair queueing: keep the turn until this slice's key (its queued work
              * included) passes the best waiter's by a quantum */
-            uint32_t share = clamp_share(LDR(c->limit_percent));
+            uint32_t share = clamp_share(LDR(sh->limit_percent));
             uint64_t mine = flexai_ctl_key_of(s) + flexai_ctl_inflight_ns(p) * 100 / share;
             if (mine > flexai_ctl_key_of(&b->slot[best]) + FLEXAI_CTL_QUANTUM_NS)
                 return yield(b, p, now);
@@ -405,7 +407,8 @@ void flexai_ctl_launched(struct flexai_board *b, struct flexai_ctl_proc *p, uint
         __atomic_add_fetch(&s->launches, launches, __ATOMIC_RELAXED);
 }
 
-void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, struct flexai_ctl_proc *p,
+void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, const struct flexai_share *sh,
+                       struct flexai_ctl_proc *p,
                        uint64_t busy_ns, uint64_t launches, uint64_t now)
 {
     p->inflight_launches = p->inflight_launches > launches ? p->inflight_launches - launches : 0;
@@ -419,7 +422,7 @@ void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, struct 
         if (per > p->est_high_ns)
             p->est_high_ns = per;
     }
-    uint32_t share = clamp_share(LDR(c->limit_percent));
+    uint32_t share = clamp_share(LDR(sh->limit_percent));
     if (p->slot >= 0) {
         struct flexai_board_slot *s = &b->slot[p->slot];
         ADD(s->vtime, busy_ns * 100 / share);

@@ -143,10 +143,12 @@ void flexai_board_leave(struct flexai_board *b, int slot);
  * the turn (CAS), set or clear the slice's waiting bit, renew its heartbeat and refill the
  * hard-mode token bucket in `c`. */
 struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai_compute *c,
+                                           const struct flexai_share *sh,
                                            struct flexai_ctl_proc *p, uint64_t now);
 /* Feeds `busy_ns` of device time measured for `launches` completed launches of this process
  * (event pairs around a batch): virtual time, tokens, totals, the measured-share window. */
-void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, struct flexai_ctl_proc *p,
+void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, const struct flexai_share *sh,
+                       struct flexai_ctl_proc *p,
                        uint64_t busy_ns, uint64_t launches, uint64_t now);
 /* Records that this process queued `launches` more (0: none, a sign of life while it waits
  * for its queued work) estimated to end at `until_ns`; renews the slice's heartbeat. */
@@ -158,7 +160,8 @@ void flexai_ctl_release(struct flexai_board *b, struct flexai_ctl_proc *p, uint6
 int flexai_ctl_pick(const struct flexai_board *b, uint64_t now);
 /* Hard mode: refills the slice's token bucket (share of elapsed time, at most one period's
  * worth) and returns ns until it covers `pending_ns` of queued work (0: may run). */
-uint64_t flexai_ctl_hard_wait(struct flexai_compute *c, uint64_t pending_ns, uint64_t now);
+uint64_t flexai_ctl_hard_wait(struct flexai_compute *c, const struct flexai_share *sh, uint64_t pending_ns,
+                              uint64_t now);
 /* Estimated device time this process has queued and not yet seen complete. */
 uint64_t flexai_ctl_inflight_ns(const struct flexai_ctl_proc *p);
 /* Measured share of the last full window, in tenths of a percent (-1: none yet). */

@@ -307,6 +307,10 @@ FLEXAI_HIDDEN void *flexai_real_dlsym(void *handle, const char *name);
 struct flexai_config {
     int enforce;               /* 0: pure pass-through */
     int from_slice_file;       /* limits came from the runtime's slice file */
+    int in_container;          /* the runtime's slice file is at its fixed path: only the
+                                  read-only inputs count, the environment is ignored */
+    int fail_closed;           /* a read-only input is missing or damaged: every allocation
+                                  and launch fails */
     int64_t memory_limit;      /* bytes; 0 none; -1: a share of the card (memory_share) */
     int memory_share;          /* hundredths of the card, when memory_limit == -1 */
     int compute_limit;         /* percent */
@@ -322,11 +326,16 @@ struct flexai_config {
 struct flexai_process {
     pthread_once_t once;
     struct flexai_config cfg;
+    /* The limits enforced: the read-only limits file flexaid wrote (mapped PROT_READ), or
+     * NULL outside containers when there is none, and then the region's header holds them. */
+    const struct flexai_limits *limits;
     pthread_mutex_t attach_lock;
     struct flexai_region *region;  /* published with release order once attached */
     struct flexai_proc *me;        /* this process's slot in the region */
     int region_fd;
     int slot;
+    int64_t held;                  /* bytes this process has charged (private: a bound the
+                                      tenant cannot forge through the region) */
     int attach_failed;
     int warned;
     /* the slice's card, resolved once the driver is initialised */
@@ -352,6 +361,28 @@ static inline struct flexai_region *flexai_region(void)
     if (likely(r != NULL))
         return r;
     return flexai_attach_slow();
+}
+/* The compute share the slice obeys (see struct flexai_process.limits). */
+static inline const struct flexai_share *flexai_share_of(const struct flexai_region *r)
+{
+    const struct flexai_limits *l = flexai_P.limits;
+    return l ? &l->share : &r->compute.share;
+}
+/* The memory limit and per-process context charge the slice obeys. */
+static inline int64_t flexai_limit_bytes(const struct flexai_region *r)
+{
+    const struct flexai_limits *l = flexai_P.limits;
+    return __atomic_load_n(l ? &l->memory_limit : &r->memory_limit, __ATOMIC_RELAXED);
+}
+static inline int64_t flexai_context_bytes(const struct flexai_region *r)
+{
+    const struct flexai_limits *l = flexai_P.limits;
+    return __atomic_load_n(l ? &l->context_memory : &r->context_memory, __ATOMIC_RELAXED);
+}
+/* 1 when the slice's read-only inputs are unusable: allocations and launches must fail. */
+static inline int flexai_closed(void)
+{
+    return flexai_P.cfg.fail_closed;
 }
 FLEXAI_HIDDEN void flexai_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 FLEXAI_HIDDEN int flexai_parse_size(const char *text, int64_t *bytes, int *share);

@@ -1,5 +1,12 @@
 /* The shared region of one slice: the only state every process of a container shares.
  *
+ * The region is writable by the tenant (every process of the container maps it read-write),
+ * so it carries usage only. Its header's limit fields (memory_limit, card_memory,
+ * context_memory, the compute block's limit_percent/mode/priority/paused/generation) are a
+ * copy for readers outside containers and for regions the library makes itself outside
+ * containers; inside a container libflexai enforces from `struct flexai_limits` below, a
+ * separate read-only file (docs/security.md).
+ *
  * One file per slice (the daemon creates it under /run/flexai/slices/<slice-id>/region and
  * the runtime mounts it read-write at /run/flexai/region; outside containers the first
  * process of a program tree creates one in /dev/shm). Every process of the slice maps it
@@ -52,6 +59,39 @@
 
 #define FLEXAI_REGION_F_CREATED_BY_LIBRARY 1
 
+#define FLEXAI_LIMITS_MAGIC 0x314D494C49415846
+#define FLEXAI_LIMITS_VERSION 1
+#define FLEXAI_LIMITS_F_COMPUTE_BY_MPS 1
+
+/* What a slice's compute may use, and whether it is paused: flexaid writes it, the library
+ * obeys. `generation` is bumped (release order) after every change of the other fields. */
+struct flexai_share {
+    uint32_t limit_percent;   /* share of the card's time, 1..100 */
+    uint32_t mode;            /* FLEXAI_MODE_* */
+    uint32_t priority;        /* FLEXAI_PRIORITY_* */
+    uint32_t paused;          /* 1: the slice's launches wait */
+    uint64_t generation;
+};
+
+/* A slice's limits: the only source libflexai enforces from. flexaid writes the file
+ * (/run/flexai/slices/<slice-id>/limits, root-owned, mode 0644) and changes it in place;
+ * the runtime mounts it read-only at /run/flexai/limits. Nothing the tenant can write (the
+ * region, the environment) can loosen what is here. */
+struct flexai_limits {
+    uint64_t magic;           /* FLEXAI_LIMITS_MAGIC, stored last by flexaid */
+    uint32_t version;         /* FLEXAI_LIMITS_VERSION */
+    uint32_t size;            /* sizeof(struct flexai_limits) */
+    uint32_t flags;           /* FLEXAI_LIMITS_F_* */
+    int32_t device_index;
+    char slice_id[32];
+    char device_uuid[96];
+    int64_t card_memory;      /* bytes of the whole card; 0: unknown */
+    int64_t memory_limit;     /* bytes the slice may hold; > 0 */
+    int64_t context_memory;   /* bytes charged per process for its context */
+    struct flexai_share share;
+    uint64_t reserved[16];
+};
+
 /* One attached process. 128 bytes: the first cache line changes at attach and on memory
  * accounting (under the lock), the second only on its owner's launches. */
 struct flexai_proc {
@@ -69,11 +109,8 @@ struct flexai_proc {
 
 /* Per-slice compute state: the share (written by the daemon) and the controller's state. */
 struct flexai_compute {
-    uint32_t limit_percent;   /* share of the card's time, 1..100 */
-    uint32_t mode;            /* FLEXAI_MODE_* */
-    uint32_t priority;        /* FLEXAI_PRIORITY_* */
-    uint32_t paused;          /* 1: the slice's launches wait */
-    uint64_t generation;      /* bumped on every change of share, mode, priority or pause */
+    struct flexai_share share; /* a copy for readers; in a container the library obeys
+                                  struct flexai_limits' share instead */
     uint64_t period_ns;       /* control period; 0: the library's default */
     uint64_t window_start_ns; /* CLOCK_MONOTONIC start of the current accounting window */
     uint64_t window_busy_ns;  /* device time used in the current window */

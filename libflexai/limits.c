@@ -1,19 +1,20 @@
 /* Limits: where this process's slice comes from, and attaching to the slice's region.
  *
- * Sources, first found wins:
- *  1. the slice file the runtime mounted (FLEXAI_SLICE_FILE, else /run/flexai/slice.conf;
- *     key=value lines written by flexaid) with the region it mounted beside it
- *     (FLEXAI_REGION, else /run/flexai/region). These defaults are what a process whose
- *     environment was emptied (runc exec with env -i, sudo) still finds.
- *  2. FLEXAI_MEMORY / FLEXAI_FRACTION / FLEXAI_COMPUTE / FLEXAI_DEVICE in the environment,
+ *  1. Inside a sliced container (the runtime mounted the slice file at its fixed path
+ *     /run/flexai/slice.conf): the limits are read from /run/flexai/limits, a file flexaid
+ *     writes and the runtime mounts read-only (struct flexai_limits); usage is shared through
+ *     the region at /run/flexai/region. No FLEXAI_* variable is read: the tenant sets them.
+ *     A missing or damaged input fails closed: every allocation and launch fails with one
+ *     line on stderr. The region is the tenant's to write, so nothing in it is trusted as a
+ *     limit (docs/security.md).
+ *  2. Outside containers, FLEXAI_SLICE_FILE (with FLEXAI_REGION) names a slice directory
+ *     flexaid wrote, used from the host by tests and benches; its limits file applies.
+ *  3. FLEXAI_MEMORY / FLEXAI_FRACTION / FLEXAI_COMPUTE / FLEXAI_DEVICE in the environment,
  *     for use outside containers. The first process of the program tree names a region in
  *     /dev/shm and exports it as FLEXAI_REGION (in the constructor: a getenv and, only when
  *     such variables are set, a setenv), so every process it starts shares one budget; the
- *     first one that touches the driver creates the file.
- *  3. nothing: pure pass-through, the wrappers are never handed out.
- *
- * The region's header is authoritative once it exists (flexaid writes the limits there and
- * may change them); the slice file's values only fill a region the library must create.
+ *     first one that touches the driver creates the file, and its header holds the limits.
+ *  4. nothing: pure pass-through, the wrappers are never handed out.
  */
 #include "flexai.h"
 
@@ -30,6 +31,7 @@
 
 #define DEFAULT_SLICE_FILE "/run/flexai/slice.conf"
 #define DEFAULT_REGION "/run/flexai/region"
+#define DEFAULT_LIMITS "/run/flexai/limits"
 
 struct flexai_process flexai_P = {
     .once = PTHREAD_ONCE_INIT,
@@ -255,17 +257,79 @@ static int env_limits(struct flexai_config *cfg)
 
 static void child_after_fork(void);
 
+/* Maps a limits file read-only; NULL with a reason in *why when it is missing or damaged. */
+static const struct flexai_limits *map_limits(const char *path, const char **why)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        *why = strerror(errno);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t)sizeof(struct flexai_limits)) {
+        close(fd);
+        *why = "too short";
+        return NULL;
+    }
+    void *m = mmap(NULL, sizeof(struct flexai_limits), PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        *why = strerror(errno);
+        return NULL;
+    }
+    const struct flexai_limits *l = m;
+    if (__atomic_load_n(&l->magic, __ATOMIC_ACQUIRE) != FLEXAI_LIMITS_MAGIC ||
+        l->version != FLEXAI_LIMITS_VERSION || l->size != sizeof *l || l->memory_limit <= 0) {
+        munmap(m, sizeof *l);
+        *why = "not a limits file of this version";
+        return NULL;
+    }
+    return l;
+}
+
+/* Inside a container: the runtime's read-only files at their fixed paths, nothing else. */
+static void load_in_container(struct flexai_config *cfg)
+{
+    cfg->in_container = 1;
+    cfg->enforce = 1;
+    cfg->from_slice_file = 1;
+    copy_str(cfg->region_path, sizeof cfg->region_path, DEFAULT_REGION);
+    const char *why = NULL;
+    if (read_slice_file(DEFAULT_SLICE_FILE, cfg) != 0)
+        why = "unreadable or has no memory_limit";
+    const struct flexai_limits *l = why ? NULL : map_limits(DEFAULT_LIMITS, &why);
+    if (l == NULL) {
+        flexai_warn("flexai: the slice's %s is %s; every device allocation and launch of this "
+                    "process fails (fail closed). Restart the container through flexai-runtime.",
+                    why == NULL || cfg->memory_limit ? DEFAULT_LIMITS : DEFAULT_SLICE_FILE,
+                    why ? why : "unusable");
+        cfg->fail_closed = 1;
+        return;
+    }
+    flexai_P.limits = l;
+    cfg->memory_limit = l->memory_limit;
+    cfg->context_memory = l->context_memory;
+    cfg->device_index = l->device_index;
+    copy_str(cfg->device_uuid, sizeof cfg->device_uuid, l->device_uuid);
+    copy_str(cfg->slice_id, sizeof cfg->slice_id, l->slice_id);
+}
+
 void flexai_config_load(void)
 {
     struct flexai_config *cfg = &flexai_P.cfg;
     memset(cfg, 0, sizeof *cfg);
     cfg->compute_limit = 100;
     cfg->priority = FLEXAI_PRIORITY_NORMAL;
+    /* The slice file at its fixed path means a sliced container: FLEXAI_* variables are the
+     * tenant's to set, so none of them is read (docs/security.md). */
+    if (access(DEFAULT_SLICE_FILE, F_OK) == 0 || (errno != ENOENT && errno != ENOTDIR)) {
+        load_in_container(cfg);
+        pthread_atfork(NULL, NULL, child_after_fork);
+        return;
+    }
     const char *env_region = getenv("FLEXAI_REGION");
     const char *slice = getenv("FLEXAI_SLICE_FILE");
-    if (!slice || !*slice)
-        slice = DEFAULT_SLICE_FILE;
-    int rc = read_slice_file(slice, cfg);
+    int rc = slice && *slice ? read_slice_file(slice, cfg) : -1;
     if (rc == 0 || rc == -2) {
         if (rc == -2) {
             flexai_warn("flexai: slice file %s is unreadable or has no memory_limit; "
@@ -276,6 +340,21 @@ void flexai_config_load(void)
         cfg->from_slice_file = 1;
         copy_str(cfg->region_path, sizeof cfg->region_path,
                  env_region && *env_region ? env_region : DEFAULT_REGION);
+        /* a slice directory flexaid wrote (a container's files used from the host, as tests
+         * and benches do): its limits file is what a container would map */
+        char lpath[600];
+        const char *slash = strrchr(slice, '/');
+        int dir = slash ? (int)(slash - slice) + 1 : 0;
+        snprintf(lpath, sizeof lpath, "%.*slimits", dir, slice);
+        const char *why;
+        if (rc == 0 && access(lpath, F_OK) == 0) {
+            flexai_P.limits = map_limits(lpath, &why);
+            if (flexai_P.limits == NULL) {
+                flexai_warn("flexai: the slice's %s is %s; every device allocation and launch "
+                            "fails (fail closed)", lpath, why);
+                cfg->fail_closed = 1;
+            }
+        }
     } else if (env_limits(cfg)) {
         cfg->enforce = 1;
         if (env_region && *env_region)
@@ -309,7 +388,7 @@ __attribute__((constructor)) static void flexai_constructor(void)
         any |= v != NULL && *v != '\0';
     }
     const char *slice = getenv("FLEXAI_SLICE_FILE");
-    if (!any || access(slice && *slice ? slice : DEFAULT_SLICE_FILE, F_OK) == 0)
+    if (!any || access(DEFAULT_SLICE_FILE, F_OK) == 0 || (slice && *slice && access(slice, F_OK) == 0))
         return; /* in a container the runtime's slice and region apply */
     char path[128];
     snprintf(path, sizeof path, "/dev/shm/flexai-region-%d-%llu", (int)getpid(),
@@ -354,9 +433,9 @@ static void fill_header(struct flexai_region *r, const struct flexai_config *cfg
     r->memory_limit = limit;
     r->context_memory = cfg->context_memory;
     r->created_ns = flexai_now_ns(CLOCK_REALTIME);
-    r->compute.limit_percent = (uint32_t)cfg->compute_limit;
-    r->compute.mode = FLEXAI_MODE_WORK_CONSERVING;
-    r->compute.priority = (uint32_t)cfg->priority;
+    r->compute.share.limit_percent = (uint32_t)cfg->compute_limit;
+    r->compute.share.mode = FLEXAI_MODE_WORK_CONSERVING;
+    r->compute.share.priority = (uint32_t)cfg->priority;
 }
 
 /* The card's total memory, for limits given as a share of it; 0 when unknown. */
@@ -483,6 +562,8 @@ struct flexai_region *flexai_attach_slow(void)
     struct flexai_region *r = P->region;
     if (r != NULL)
         goto out;
+    if (P->cfg.fail_closed)
+        goto out;
     int fd = -1;
     r = open_region(&P->cfg, &fd);
     if (r == NULL) {
@@ -491,6 +572,13 @@ struct flexai_region *flexai_attach_slow(void)
         char why[64];
         snprintf(why, sizeof why, "%s", errno == EPROTO ? "not a region of this version"
                                                         : strerror(errno));
+        if (P->cfg.in_container) {
+            /* a private region per process would give each process the whole slice */
+            flexai_warn("flexai: cannot use the slice region %s (%s); every device allocation "
+                        "and launch of this process fails (fail closed)", P->cfg.region_path, why);
+            P->cfg.fail_closed = 1;
+            goto out;
+        }
         r = private_region(&P->cfg, why);
         if (r == NULL)
             goto out;
@@ -539,6 +627,7 @@ static void child_after_fork(void)
     P->region = NULL;
     P->me = NULL;
     P->slot = -1;
+    P->held = 0; /* the parent's allocations are the parent's */
     pthread_mutex_init(&P->attach_lock, NULL);
     flexai_sizemap_after_fork();
 }

@@ -229,7 +229,7 @@ static int charge_context(void)
     struct flexai_proc *me = flexai_P.me;
     if (r == NULL || me == NULL)
         return 0;
-    int64_t bytes = LOAD(r->context_memory), zero = 0;
+    int64_t bytes = flexai_context_bytes(r), zero = 0;
     if (bytes <= 0)
         return 0;
     if (!__atomic_compare_exchange_n(&me->context_bytes, &zero, bytes, 0, __ATOMIC_ACQ_REL,

@@ -171,17 +171,32 @@ int flexai_region_claim_slot(struct flexai_region *r, int fd, pid_t pid)
 int flexai_reserve(int64_t bytes)
 {
     struct flexai_region *r = flexai_region();
-    if (r == NULL)
-        return 0; /* not enforcing (or the card is not known yet): pass through */
+    if (r == NULL) /* not enforcing or the card is not known yet (pass through); fail closed */
+        return flexai_closed() ? -1 : 0;
     struct flexai_proc *me = flexai_P.me;
     if (me == NULL)
         return -1;
     if (bytes <= 0)
         return 0;
+    int64_t limit = flexai_limit_bytes(r);
+    /* What this process holds is known without the region, which the tenant can write: a
+     * forged total never lets one process past the limit. */
+    int64_t mine = __atomic_load_n(&flexai_P.held, __ATOMIC_RELAXED);
+    if (limit > 0 && (bytes > limit || mine > limit - bytes))
+        return -1;
     if (flexai_region_lock(r) != 0)
         return -1;
-    int64_t limit = LOAD(r->memory_limit);
     int64_t used = LOAD(r->memory_used);
+    if (used < mine) {
+        /* below what this process alone holds: the total was written over; rebuild it */
+        used = 0;
+        for (int i = 0; i < FLEXAI_MAX_PROCS; i++) {
+            int64_t v = LOAD(r->procs[i].memory_used);
+            used += v > 0 && v <= limit ? v : 0;
+        }
+        used = used > mine ? used : mine;
+        STORE(r->memory_used, used);
+    }
     if (limit > 0 && (bytes > limit || used > limit - bytes)) {
         flexai_reclaim_dead(r, flexai_P.region_fd, flexai_P.slot);
         used = LOAD(r->memory_used);
@@ -194,6 +209,7 @@ int flexai_reserve(int64_t bytes)
     used += bytes;
     STORE(r->memory_used, used);
     STORE(me->memory_used, LOAD(me->memory_used) + bytes);
+    __atomic_add_fetch(&flexai_P.held, bytes, __ATOMIC_RELAXED);
     if (used > LOAD(r->memory_peak))
         STORE(r->memory_peak, used);
     flexai_region_unlock(r);
@@ -213,13 +229,15 @@ void flexai_unreserve(int64_t bytes)
         bytes = mine; /* never below zero, whatever a caller believes it held */
     STORE(me->memory_used, mine - bytes);
     STORE(r->memory_used, LOAD(r->memory_used) - bytes);
+    int64_t held = __atomic_load_n(&flexai_P.held, __ATOMIC_RELAXED);
+    __atomic_store_n(&flexai_P.held, held > bytes ? held - bytes : 0, __ATOMIC_RELAXED);
     flexai_region_unlock(r);
 }
 
 int64_t flexai_memory_limit(void)
 {
     struct flexai_region *r = flexai_region();
-    return r ? LOAD(r->memory_limit) : 0;
+    return r ? flexai_limit_bytes(r) : 0;
 }
 
 /* The slice's usage, after giving back what dead processes held. */

@@ -140,7 +140,12 @@ def test_runtime_config_selects_mps_in_the_spec_edits():
     assert "FLEXAI_COMPUTE_BY" not in dict(flexai_only.env)
 
 
-def test_card_boards_are_mounted_read_write_beside_the_slices():
-    inj = spec_mod.injection_for(res(slice_dir="/run/flexai/slices/abc"), (), HOOK, lib="/lib/libflexai.so")
-    assert spec_mod.Mount("/run/flexai/boards", "/run/flexai/boards", read_only=False) in inj.mounts
+def test_the_cards_board_is_mounted_read_write_as_a_file_and_limits_read_only():
+    r = res(slice_dir="/run/flexai/slices/abc")
+    inj = spec_mod.injection_for(r, (), HOOK, lib="/lib/libflexai.so")
+    board = r.card_uuid.replace("/", "_")
+    # only the slice's own card's board, as a file a tenant cannot unlink or swap
+    assert spec_mod.Mount(f"/run/flexai/boards/{board}", f"/run/flexai/boards/{board}", read_only=False) in inj.mounts
+    assert not any(m.destination == "/run/flexai/boards" for m in inj.mounts)
+    assert spec_mod.Mount("/run/flexai/slices/abc/limits", "/run/flexai/limits", read_only=True) in inj.mounts
     assert ("FLEXAI_BOARD_DIR", "/run/flexai/boards") in inj.env

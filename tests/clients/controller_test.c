@@ -84,7 +84,7 @@ static void observe(struct slice *s, uint64_t now)
 {
     while (s->tail < s->head && s->ring[s->tail % RING].end <= now) {
         struct inflight *f = &s->ring[s->tail % RING];
-        flexai_ctl_charge(&board, s->cp, &s->p, f->measured, 1, now);
+        flexai_ctl_charge(&board, s->cp, &s->cp->share, &s->p, f->measured, 1, now);
         s->tail++;
     }
 }
@@ -135,7 +135,7 @@ static void step(struct slice *s, uint64_t now)
     if (s->draining)  /* told to drain: no new gate until this process's work completed */
         d = (struct flexai_ctl_decision){FLEXAI_CTL_DRAIN, 0, 0};
     else
-        d = flexai_ctl_gate(&board, s->cp, &s->p, now);
+        d = flexai_ctl_gate(&board, s->cp, &s->cp->share, &s->p, now);
     s->draining = d.action == FLEXAI_CTL_DRAIN;
     if (d.action == FLEXAI_CTL_WAIT) {
         s->next = now + (d.wait_ns ? d.wait_ns : 1);
@@ -222,10 +222,10 @@ static void parse_slice(struct slice *s, char *spec, int idx)
             exit(2);
         }
     }
-    s->c.limit_percent = s->share;
-    s->c.mode = s->mode;
-    s->c.priority = s->prio;
-    s->c.generation = 1;
+    s->c.share.limit_percent = s->share;
+    s->c.share.mode = s->mode;
+    s->c.share.priority = s->prio;
+    s->c.share.generation = 1;
     s->p.slot = -1;
     s->cp = &s->c;
     if (s->same >= 0 && s->same < idx) {
@@ -285,17 +285,17 @@ int main(int argc, char **argv)
             if (!c->done && c->at <= now) {
                 struct flexai_compute *cc = S[c->idx].cp;
                 if (c->kind == 0)
-                    __atomic_store_n(&cc->limit_percent, c->val, __ATOMIC_RELAXED);
+                    __atomic_store_n(&cc->share.limit_percent, c->val, __ATOMIC_RELAXED);
                 else
-                    __atomic_store_n(&cc->paused, c->kind == 1, __ATOMIC_RELAXED);
-                __atomic_add_fetch(&cc->generation, 1, __ATOMIC_RELEASE);
+                    __atomic_store_n(&cc->share.paused, c->kind == 1, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&cc->share.generation, 1, __ATOMIC_RELEASE);
                 c->done = 1;
             }
         }
         struct slice *s = &S[bi];
         if (s->p.slot < 0) {
-            s->p.slot = flexai_board_join(&board, s->p.key, s->cp->limit_percent, s->prio, now);
-            s->p.last_generation = s->cp->generation;
+            s->p.slot = flexai_board_join(&board, s->p.key, s->cp->share.limit_percent, s->prio, now);
+            s->p.last_generation = s->cp->share.generation;
         }
         step(s, now);
     }
@@ -349,7 +349,7 @@ int main(int argc, char **argv)
         printf("%s{\"target\": %u, \"priority\": %u, \"mode\": %u, \"share_busy\": %.3f, "
                "\"share_wall\": %.3f, \"launches\": %llu, \"lat_mean_us\": %.1f, "
                "\"lat_max_us\": %.1f, \"lat_n\": %llu, \"measured_permille\": %d}",
-               i ? ", " : "", s->cp->limit_percent, s->prio, s->mode,
+               i ? ", " : "", s->cp->share.limit_percent, s->prio, s->mode,
                total > 0 ? 100.0 * busy[i] / total : 0, 100.0 * busy[i] / wall,
                (unsigned long long)s->launches, s->lat_n ? s->lat_sum / (double)s->lat_n / US : 0,
                s->lat_max / US, (unsigned long long)s->lat_n, flexai_ctl_measured_permille(s->cp));

@@ -1,0 +1,192 @@
+"""A tenant with a shell inside a sliced container tries to lift its limits (issue 14, attacks
+6-10). Each attack runs through the real path: flexai-runtime + runc + flexaid on a simulated
+16 GiB card, `runc exec` into the running container with busybox's dd/env and a C client
+that loads the driver as libcudart does. Each test asserts the attack now fails and that the
+honest use next to it still works.
+
+The container holds FLEXAI_MEMORY=1GiB. The simulator charges each process's context
+300 MiB (docs/simulator.md), so the main process (context + 400 MiB) leaves 324 MiB: a
+second process gets its context (300 MiB) and nothing of 400 MiB more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import GIB
+from libflexai_support import MIB, client, libs  # noqa: F401
+from test_libflexai_e2e import dynamic_bundle
+from test_runtime_runc import run_to_files, runtime
+
+from flexai_hook import region
+
+HELD = 400 * MIB
+
+
+def offset(struct: str, field: str) -> int:
+    return region.ffi().offsetof(struct, field)
+
+
+class Tenant:
+    """A running sliced container and a shell into it."""
+
+    def __init__(self, runc, daemon, cid: str):
+        self.runc, self.daemon, self.cid = runc, daemon, cid
+
+    def exec(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return run_to_files([self.runc.binary, "--root", str(self.runc.root), "exec", self.cid, *args],
+                            timeout=timeout)
+
+    def sh(self, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.exec("/bin/sh", "-c", script, timeout=timeout)
+
+    def alloc(self, *env: str) -> list[str]:
+        """A second process's 400 MiB allocation, with `env` (env -i first when given)."""
+        prefix = ["env", "-i", *env] if env else []
+        out = self.exec(*prefix, "/bin/flexai_client", "alloc", "mem", str(HELD))
+        return [out.stdout.strip(), out.stderr.strip()]
+
+    def slice_dir(self) -> str:
+        (s,) = self.daemon.slices()
+        return s["slice_dir"]
+
+
+@pytest.fixture
+def tenant(libs, runc, make_daemon, make_bundle, client):  # noqa: F811
+    if not os.path.exists("/lib64/ld-linux-x86-64.so.2") or not os.path.isdir("/lib/x86_64-linux-gnu"):
+        pytest.skip("this test builds its rootfs from an x86_64 Debian-style host glibc")
+    daemon = make_daemon(memories=("16GiB",))
+    # the main process holds context + 400 MiB of the slice until the container is killed
+    script = f"sleep 600 | /bin/flexai_client alloc mem {HELD} hold"
+    bundle = dynamic_bundle(make_bundle, client, ["/bin/sh", "-c", script],
+                            ["FLEXAI_MEMORY=1GiB", "FLEXAI_COMPUTE=10", "FLEXAI_COMPUTE_MODE=hard"])
+    cid = f"tenant{os.getpid()}"
+    out = runtime(runc, daemon, "create", "--bundle", str(bundle), cid)
+    assert out.returncode == 0, out.stderr
+    t = Tenant(runc, daemon, cid)
+    try:
+        assert runtime(runc, daemon, "start", cid).returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            usage = daemon.slices()[0].get("usage") or {}
+            if usage.get("memory_used", 0) >= HELD:
+                break
+            time.sleep(0.1)
+        assert usage.get("memory_used") == HELD + 300 * MIB, usage
+        # the honest use: a second process gets its context and is refused past the slice
+        assert t.alloc()[0] == "oom"
+        yield t
+    finally:
+        runtime(runc, daemon, "kill", cid, "KILL")
+        deadline = time.monotonic() + 30
+        while runtime(runc, daemon, "delete", cid).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def test_forged_limit_in_the_writable_region_changes_nothing(tenant):
+    """Attack 6: the region is the tenant's to write; its memory_limit is not trusted."""
+    at = offset("struct flexai_region", "memory_limit")
+    forged = tenant.sh(f"printf '\\0\\0\\0\\0\\4\\0\\0\\0' | dd of=/run/flexai/region bs=1 seek={at} conv=notrunc")
+    assert forged.returncode == 0, forged.stderr  # the write itself works: the region is writable
+    assert tenant.alloc()[0] == "oom"
+    # forged usage: a total far below zero lets no process past the limit on its own
+    used_at = offset("struct flexai_region", "memory_used")
+    tenant.sh(f"printf '\\0\\0\\0\\0\\0\\0\\0\\200' | dd of=/run/flexai/region bs=1 seek={used_at} conv=notrunc")
+    out = tenant.exec("/bin/flexai_client", "alloc", "mem", str(GIB))
+    assert out.stdout.strip() == "oom", out.stdout + out.stderr
+
+
+def test_limits_file_is_read_only_inside_and_unreachable_for_host_users(tenant):
+    """Attack 6: what is enforced (/run/flexai/limits) cannot be written from inside, and
+    neither it nor the region can be written by a host user outside the socket's group."""
+    at = offset("struct flexai_limits", "memory_limit")
+    out = tenant.sh(f"printf '\\0\\0\\0\\0\\4\\0\\0\\0' | dd of=/run/flexai/limits bs=1 seek={at} conv=notrunc")
+    assert out.returncode != 0 and "Read-only file system" in out.stderr, out.stderr
+    assert tenant.alloc()[0] == "oom"
+    slice_dir = tenant.slice_dir()
+    for name in ("region", "limits"):
+        host = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               "dd", "if=/dev/zero", f"of={slice_dir}/{name}", "bs=8", "count=1", "conv=notrunc"],
+                              capture_output=True, text=True, timeout=30)
+        assert host.returncode != 0 and "Permission denied" in host.stderr, (name, host.stderr)
+    assert oct(os.stat(slice_dir).st_mode & 0o777) == "0o700"
+    assert os.stat(os.path.join(slice_dir, "limits")).st_mode & 0o022 == 0
+
+
+def test_environment_cannot_switch_enforcement_off(tenant):
+    """Attack 7: an emptied environment naming another slice file."""
+    assert tenant.alloc("FLEXAI_SLICE_FILE=/nonexistent")[0] == "oom"
+    assert tenant.alloc("FLEXAI_SLICE_FILE=/nonexistent", "FLEXAI_MEMORY=16GiB")[0] == "oom"
+
+
+def test_a_private_region_per_process_does_not_double_the_slice(tenant):
+    """Attack 8: each process naming its own region would get the whole slice."""
+    assert tenant.alloc("FLEXAI_REGION=/dev/shm/mine")[0] == "oom"
+    out = tenant.sh(f"FLEXAI_REGION=/tmp/x /bin/flexai_client alloc mem {HELD}")
+    assert out.stdout.strip() == "oom", out.stdout + out.stderr
+
+
+def test_damaged_region_fails_closed(tenant):
+    """A region the tenant wrote over (its magic) does not become a private region per
+    process: allocations and launches fail, with one line that says so."""
+    tenant.sh("printf 'XXXXXXXX' | dd of=/run/flexai/region bs=1 seek=0 conv=notrunc")
+    out = tenant.exec("/bin/flexai_client", "alloc", "mem", str(MIB), "launch", "1")
+    assert out.stdout.split("\n")[:2] == ["oom", "err 800"], out.stdout + out.stderr
+    assert "fail closed" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def compute_client(tmp_path_factory) -> str:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build tests/clients/compute_client.c")
+    out = tmp_path_factory.mktemp("compute") / "compute_client"
+    src = os.path.join(os.path.dirname(__file__), "clients", "compute_client.c")
+    subprocess.run([cc, "-O2", "-o", str(out), src, "-ldl"], check=True, capture_output=True)
+    return str(out)
+
+
+@pytest.fixture
+def compute_tenant(tenant, compute_client):
+    # the client goes into the running container's rootfs (a plain directory under runc)
+    state = json.loads(subprocess.run([tenant.runc.binary, "--root", str(tenant.runc.root), "state", tenant.cid],
+                                      capture_output=True, text=True, check=True).stdout)
+    rootfs = os.path.join(state["bundle"], "rootfs")
+    shutil.copy2(compute_client, os.path.join(rootfs, "bin", "compute_client"))
+    return tenant
+
+
+def run_compute(tenant, *env: str) -> tuple[float, str]:
+    prefix = ["env", *env] if env else []
+    out = tenant.exec(*prefix, "/bin/compute_client", "--kernel-us", "1000", "--seconds", "1.5", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["busy_ns"] / result["wall_ns"], out.stderr
+
+
+def test_environment_cannot_switch_the_compute_gate_off(compute_tenant):
+    """Attack 10: FLEXAI_COMPUTE_BY=mps or a private FLEXAI_BOARD_DIR in a process's env."""
+    share, err = run_compute(compute_tenant, "FLEXAI_COMPUTE_BY=mps", "FLEXAI_BOARD_DIR=/tmp")
+    assert share < 0.2, (share, err)  # a hard 10 % slice; unenforced it runs at ~100 %
+    assert "not enforced" not in err
+
+
+def test_damaged_card_board_holds_each_slice_to_its_share(compute_tenant):
+    """Attack 10: 8 bytes over the board's magic. The slice then caps itself at its share."""
+    (card,) = compute_tenant.daemon.status()["cards"]
+    board = f"/run/flexai/boards/{card['uuid']}"
+    out = compute_tenant.sh(f"printf 'XXXXXXXX' | dd of={board} bs=1 seek=0 conv=notrunc")
+    assert out.returncode == 0, out.stderr
+    share, err = run_compute(compute_tenant)
+    assert share < 0.2, (share, err)
+    assert "not enforced" not in err and "hard cap" in err, err
+    # only the card's own board reaches the container, as a file mount it cannot swap
+    out = compute_tenant.sh("ls /run/flexai/boards")
+    assert out.stdout.split() == [card["uuid"]], out.stdout
