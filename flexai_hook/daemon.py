@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import devices, ledger as ledger_mod, library, placement, reconcile, region, server, simcards, supervisor
-from . import validation, writer
+from . import access, validation, writer
 from .spec import board_dir_for, board_name, preload_file_for
 from .atomicfile import write_atomically
 from .batch import Batch, Persisted, answer
@@ -54,6 +54,7 @@ class Config:
     reconcile_interval: float = 30.0
     reconcile_grace: float = 60.0
     runtime_roots: tuple[str, ...] = DEFAULT_RUNTIME_ROOTS
+    reconcile_runtimes: tuple[str, ...] = reconcile.DEFAULT_RUNTIMES  # the only binaries flexaid runs
 
 
 class ConfigError(RuntimeError):
@@ -92,6 +93,7 @@ def load_config(path: str | None) -> Config:
         reconcile_interval=float(data.get("reconcile", {}).get("interval", Config.reconcile_interval)),
         reconcile_grace=float(data.get("reconcile", {}).get("grace", Config.reconcile_grace)),
         runtime_roots=tuple(data.get("reconcile", {}).get("runtime_roots", DEFAULT_RUNTIME_ROOTS)),
+        reconcile_runtimes=tuple(data.get("reconcile", {}).get("runtimes", reconcile.DEFAULT_RUNTIMES)),
     )
 
 
@@ -130,6 +132,8 @@ class Service:
         self._removed: list = []  # releases applied since the last batch (slice dirs to remove)
         self._host_files_written = False
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
+        self.runtimes = frozenset(config.reconcile_runtimes)
+        _warn_unlisted_runtimes(self.ledger.reservations.values(), self.runtimes)
         os.makedirs(config.slices_dir, exist_ok=True)
         os.chmod(config.slices_dir, 0o711)  # slices are reached by their bind mounts, not listed
         self._sync_slice_dirs()
@@ -257,12 +261,15 @@ class Service:
         self.finish(batch, result)
         return result
 
-    def handle_and_commit(self, message: object) -> dict:
-        reply = self.handle(message)
+    def handle_and_commit(self, message: object, peer: access.Peer | None = None) -> dict:
+        reply = self.handle(message, peer)
         cid = message.get("container_id") if isinstance(message, dict) else None
         return answer(reply, cid, self.commit())
 
-    def handle(self, message: object) -> dict:
+    def handle(self, message: object, peer: access.Peer | None = None) -> dict:
+        """Apply one protocol message on behalf of `peer` (its SO_PEERCRED; None: an
+        in-process caller, which acts as root)."""
+        uid = access.ROOT_UID if peer is None else peer.uid
         op = message.get("op") if isinstance(message, dict) else None
         if op not in OPS:
             return {"ok": False, "error": f"invalid request: op must be one of {', '.join(OPS)}, not {op!r}"[:300]}
@@ -271,19 +278,32 @@ class Service:
             return {"ok": False, "error": f"invalid request: {problem}"}
         if op == "reserve":
             return self._reserve(
-                message["container_id"], Request.from_json(message["request"]), message.get("runtime", {})
+                message["container_id"], Request.from_json(message["request"]), message.get("runtime", {}), uid
             )
         if op == "release":
             # From a poststop hook the id comes inside the OCI state it forwards.
             cid = message["container_id"] if "container_id" in message else message["state"]["id"]
-            return self._release(cid)
+            return self._refused_change(uid, "release", cid) or self._release(cid)
         if op == "update":
-            return self._update(message["container_id"], message.get("compute"), message.get("paused"))
+            return (self._refused_change(uid, "update", message["container_id"])
+                    or self._update(message["container_id"], message.get("compute"), message.get("paused")))
         if op == "prepare":
-            return self._prepare(message)
+            return self._prepare(message, uid)
         return {"ok": True, "status": self.status()}
 
-    def _prepare(self, message: dict) -> dict:
+    def _refused_change(self, uid: int, op: str, container_id: str) -> dict | None:
+        """The refusal when `uid` may not change `container_id`'s slice (access.py); None if it may,
+        or if no slice is held (nothing to change)."""
+        held = self.ledger.reservations.get(container_id)
+        if held is None or uid == access.ROOT_UID:
+            return None
+        why = access.change_refused(uid, op, container_id, held.owner_uid)
+        if why is None:
+            return None
+        log.warning("%s", why, extra=supervisor.fields(container_id, held.slice_id, held.card_uuid))
+        return {"ok": False, "error": why}
+
+    def _prepare(self, message: dict, uid: int = access.ROOT_UID) -> dict:
         """reserve + the config.json edits, for flexai-runtime's C front door (flexai_hook/prepare.py
         has the rules; runtime.py applies the same ones when Python starts the container)."""
         from . import prepare
@@ -296,7 +316,7 @@ class Service:
             return {"ok": False, "error": str(exc)}
         if request is None:
             return {"ok": True, "spec": None}
-        reply = self._reserve(container_id, request, message["runtime"])
+        reply = self._reserve(container_id, request, message["runtime"], uid)
         if not reply["ok"]:
             return reply
         try:
@@ -337,7 +357,14 @@ class Service:
                  extra=supervisor.fields(container_id, updated.slice_id, updated.card_uuid))
         return {"ok": True, "reservation": updated.to_json()}
 
-    def _reserve(self, container_id: str, request: Request, runtime: dict) -> dict:
+    def _reserve(self, container_id: str, request: Request, runtime: dict, uid: int = access.ROOT_UID) -> dict:
+        why = access.runtime_refused(runtime, self.runtimes)
+        if why is not None:
+            log.warning("refused %s: %s", container_id, why, extra=supervisor.fields(container_id))
+            return {"ok": False, "error": why}
+        refused = self._refused_change(uid, "reserve", container_id)  # an id already held: the owner's
+        if refused is not None:
+            return refused
         try:
             new, reservation = ledger_mod.reserve(
                 self.ledger,
@@ -349,6 +376,7 @@ class Service:
                 now=time.time(),
                 runtime=runtime,
                 workload=self.workload,
+                owner_uid=uid,
             )
         except ledger_mod.PlacementError as exc:
             log.warning("cannot place %s: %s", container_id, exc, extra=supervisor.fields(container_id))
@@ -431,6 +459,18 @@ def make_boards(boards: str, cards: Sequence[devices.Card]) -> None:
             os.fchmod(fd, 0o666)
         finally:
             os.close(fd)
+
+
+def _warn_unlisted_runtimes(reservations, runtimes: frozenset[str]) -> None:
+    """Slices recorded (by an older flexaid) with a runtime binary not on the allow-list: never
+    run by reconciliation, so they stay until their owner or root releases them. Say so once."""
+    for r in reservations:
+        binary = (r.runtime or {}).get("binary")
+        if binary and binary not in runtimes:
+            log.warning("slice %s of %s names runtime %s, which is not in %s: reconciliation will not "
+                        "run it, so the slice stays until its poststop hook or root releases it",
+                        r.slice_id, r.container_id, binary, access.CONFIG_KEY,
+                        extra=supervisor.fields(r.container_id, r.slice_id, r.card_uuid))
 
 
 def live_usage(slice_dir: str) -> dict | None:

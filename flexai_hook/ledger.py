@@ -148,11 +148,13 @@ def reserve(
     runtime: Mapping | None = None,
     new_id: Callable[[], str] = lambda: secrets.token_hex(6),
     workload: placement.Workload | None = None,
+    owner_uid: int = 0,
 ) -> tuple[Ledger, Reservation]:
     """Place `request` for `container_id`. Idempotent: a known container gets its reservation.
 
     `workload` is the request mix fgd and flexai plan for (the caller learns it, see
-    `observe`); None means placement's default mix."""
+    `observe`); None means placement's default mix. `owner_uid` is recorded as the slice's
+    owner (who besides root may change it: flexai_hook/access.py)."""
     existing = ledger.reservations.get(container_id)
     if existing is not None:
         held, asked = (existing.runtime or {}).get("root"), (runtime or {}).get("root")
@@ -195,6 +197,7 @@ def reserve(
         runtime=dict(runtime or {}),
         backend=card.backend,
         compute_mode=request.compute_mode,
+        owner_uid=owner_uid,
     )
     return replace(ledger, reservations={**ledger.reservations, container_id: reservation}), reservation
 

@@ -4,17 +4,31 @@
 released only after its container has been seen gone (missing, or stopped with every process
 gone) continuously for the grace period; a container the runtime cannot be asked about is
 "unknown" and never released.
+
+Asking a runtime means running it as root, so only binaries on the configured allow-list
+(`reconcile.runtimes`, default `DEFAULT_RUNTIMES`) are ever run: flexaid refuses a reservation
+naming another (access.py), and a ledger written before that rule may still hold one.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from .reservation import Reservation
 
 RUNNING, GONE, UNKNOWN = "running", "gone", "unknown"
+# Where distributions and engines install runc and crun (Debian/Ubuntu, Fedora, containerd.io,
+# static release binaries under /usr/local).
+DEFAULT_RUNTIMES = (
+    "/usr/bin/runc",
+    "/usr/sbin/runc",
+    "/usr/local/bin/runc",
+    "/usr/local/sbin/runc",
+    "/usr/bin/crun",
+    "/usr/local/bin/crun",
+)
 
 
 def decide(
@@ -69,14 +83,17 @@ def observe_process(pid: int, start: int | None, proc: str = "/proc") -> str:
     return RUNNING
 
 
-def observe(reservation: Reservation, timeout: float = 10.0) -> str:
-    """RUNNING, GONE or UNKNOWN for the reservation's container, asking the runtime that made it."""
+def observe(reservation: Reservation, runtimes: Collection[str] = DEFAULT_RUNTIMES, timeout: float = 10.0) -> str:
+    """RUNNING, GONE or UNKNOWN for the reservation's container, asking the runtime that made it
+    if that runtime is one of `runtimes` (never anything else: this runs as root)."""
     runtime = reservation.runtime or {}
     binary = runtime.get("binary")
     if not binary:
         if runtime.get("pid"):  # hooks.d path: the init process is the container's life
             return observe_process(runtime["pid"], runtime.get("pid_start"))
         return UNKNOWN
+    if binary not in runtimes:
+        return UNKNOWN  # kept until released by its owner or root (flexaid warns at start)
     cmd = [binary]
     if runtime.get("root"):
         cmd += ["--root", runtime["root"]]

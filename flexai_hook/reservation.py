@@ -25,6 +25,7 @@ class Reservation:
     runtime: Mapping = {}  # {"binary", "root"} of the OCI runtime that runs it, for reconciliation
     backend: str = ""  # the card's device backend ("simulated", "nvml"); "" when not recorded
     compute_mode: str = "work-conserving"  # or "hard": capped at the share even on an idle card
+    owner_uid: int = 0  # who reserved it (SO_PEERCRED): root or this uid may change it; old ledgers: root
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -24,14 +24,13 @@ import select
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 from typing import TYPE_CHECKING
 
 import orjson
 
-from . import metrics, reconcile, writer
+from . import access, metrics, reconcile, writer
 from .batch import Persisted, answer
 
 if TYPE_CHECKING:
@@ -45,7 +44,6 @@ MAX_LINE = 1 << 20  # a request is a few hundred bytes; anything near this is ga
 MAX_HTTP_HEADER = 8192
 IDLE_TIMEOUT = 60.0
 SD_LISTEN_FDS_START = 3
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def _encode(reply: dict) -> bytes:
@@ -62,11 +60,12 @@ class ServeError(RuntimeError):
 
 
 class _Conn:
-    __slots__ = ("sock", "kind", "inbuf", "outbuf", "waiting", "last", "closing", "closed", "events")
+    __slots__ = ("sock", "kind", "peer", "inbuf", "outbuf", "waiting", "last", "closing", "closed", "events")
 
-    def __init__(self, sock: socket.socket, kind: str):
+    def __init__(self, sock: socket.socket, kind: str, peer: access.Peer | None = None):
         self.sock = sock
         self.kind = kind  # "api" or "metrics"
+        self.peer = peer  # SO_PEERCRED, read once at accept: judges each request (access.py)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.waiting = 0  # answers held by the committer until their batch is on disk
@@ -173,9 +172,9 @@ def group_id(name: str) -> int:
         return 0
 
 
-def peer_allowed(sock: socket.socket, gid: int) -> tuple[bool, str]:
+def peer_allowed(peer: access.Peer, gid: int) -> tuple[bool, str]:
     """Root, or a process whose primary or supplementary groups include the socket's group."""
-    pid, uid, pgid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    pid, uid, pgid = peer
     if uid == 0 or (gid != 0 and pgid == gid):
         return True, ""
     if gid != 0:
@@ -241,9 +240,10 @@ def metrics_socket(listen: str) -> socket.socket:
 class _Reconciler:
     """Asks the runtimes about each reserved container in a helper thread, every interval."""
 
-    def __init__(self, interval: float, wake_fd: int):
+    def __init__(self, interval: float, wake_fd: int, runtimes: frozenset[str]):
         self.interval = interval
         self.wake_fd = wake_fd
+        self.runtimes = runtimes  # the only binaries it may run (reconcile.runtimes)
         self.results: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
         self.next_run = time.monotonic() + interval
@@ -255,7 +255,7 @@ class _Reconciler:
         snapshot = dict(reservations)  # the ledger maps are replaced, never mutated: safe to share
 
         def work() -> None:
-            observed = {cid: reconcile.observe(r) for cid, r in snapshot.items()}
+            observed = {cid: reconcile.observe(r, self.runtimes) for cid, r in snapshot.items()}
             self.results.put(observed)
             try:
                 os.write(self.wake_fd, b"r")
@@ -291,7 +291,7 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    reconciler = _Reconciler(config.reconcile_interval, wake_w)
+    reconciler = _Reconciler(config.reconcile_interval, wake_w, frozenset(config.reconcile_runtimes))
     committer = _Committer(service, sel)
 
     def close(conn: _Conn) -> None:
@@ -398,8 +398,10 @@ def _accept(listener: socket.socket, kind: str, sel: selectors.BaseSelector, con
             log.error("out of file descriptors; refusing a connection")
             return
         raise
+    peer = None
     if kind == "api":
-        allowed, why = peer_allowed(sock, gid)
+        peer = access.peer_of(sock)
+        allowed, why = peer_allowed(peer, gid)
         if not allowed:
             log.warning("refused a client: %s", why)
             try:
@@ -409,7 +411,7 @@ def _accept(listener: socket.socket, kind: str, sel: selectors.BaseSelector, con
             sock.close()
             return
     sock.setblocking(False)
-    conn = _Conn(sock, kind)
+    conn = _Conn(sock, kind, peer)
     conns[id(conn)] = conn
     sel.register(sock, selectors.EVENT_READ, conn)
 
@@ -450,7 +452,7 @@ def _read(conn: _Conn, service: "Service", committer: _Committer) -> bool:
             # reach the disk (updates are rare, from the CLI)
             committer.advance(wait=True)
         try:
-            reply = service.handle(message)
+            reply = service.handle(message, conn.peer)
         except Exception as exc:  # a bug must cost one request, not the daemon
             log.exception("internal error handling %r", line[:200])
             reply = {"ok": False, "error": f"flexaid internal error: {type(exc).__name__}: {exc}"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pwd
 import time
+from typing import Callable
 
 GIB = 1 << 30
 
@@ -20,7 +22,22 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def render(status: dict, socket: str, now: float | None = None) -> str:
+def user_name(uid: int) -> str | None:
+    """The account name of `uid` on this host, None when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def owner(uid: int, name_of: Callable[[int], str | None] = user_name) -> str:
+    """The owner as people read it: uid 1000 (alice), or uid 1000 when it has no name here."""
+    name = name_of(uid)
+    return f"uid {uid} ({name})" if name else f"uid {uid}"
+
+
+def render(status: dict, socket: str, now: float | None = None,
+           name_of: Callable[[int], str | None] = user_name) -> str:
     now = time.time() if now is None else now
     lines = [f"flexaid on {socket}: {status['backend']} backend, placement policy {status['policy']}"]
     header = f"{'CARD':<5} {'NAME':<24} {'UUID':<42} {'MEMORY RESERVED':>24} {'COMPUTE':>8} {'SLICES':>6}"
@@ -35,7 +52,8 @@ def render(status: dict, socket: str, now: float | None = None) -> str:
             lines.append(
                 f"  └ slice {s['slice_id']}  container {s['container_id'][:32]:<32} "
                 f"{_gib(s['memory_bytes']):>10} {str(s['compute']) + '%':>5} compute  "
-                f"{s['priority']:<6}  {_age(now - s.get('created', now))}"
+                f"{s['priority']:<6}  {_age(now - s.get('created', now)):>4}  "
+                f"owner {owner(s.get('owner_uid', 0), name_of)}"  # who besides root may change it
             )
             usage = s.get("usage")
             if usage:
