@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from typing import Mapping
 
 from . import spec as spec_mod
@@ -44,7 +45,31 @@ def sliced_spec(spec: dict, reservation: Reservation, hook_path: str, socket: st
         injection = spec_mod.injection_for(reservation, nodes, hook, settings=dict(settings or {}))
     except ValueError as exc:  # mps.MpsConfigError: the runtime config asks for the impossible
         raise PrepareError(f"runtime config: {exc}") from None
+    if settings and settings.get("compute_backend") == "mps":
+        mark_compute_by_mps(reservation.slice_dir)
     return spec_mod.apply(spec, injection)
+
+
+# struct flexai_limits (libflexai/flexai_region.h): the offset of `flags` and the MPS bit.
+# Written here with the standard library (flexai-runtime's Python path imports no cffi);
+# tests/test_tenant_attacks.py checks both against the header through cffi.
+LIMITS_FLAGS_OFFSET = 16
+LIMITS_F_COMPUTE_BY_MPS = 1
+
+
+def mark_compute_by_mps(slice_dir: str) -> None:
+    """Tell the slice's library that MPS partitions the card (docs/compute.md), through its
+    read-only limits file: inside the container no variable can switch the compute gate off."""
+    path = os.path.join(slice_dir, "limits")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise PrepareError(f"cannot mark {path} for MPS: {exc.strerror}") from None
+    try:
+        (flags,) = struct.unpack("<I", os.pread(fd, 4, LIMITS_FLAGS_OFFSET))
+        os.pwrite(fd, struct.pack("<I", flags | LIMITS_F_COMPUTE_BY_MPS), LIMITS_FLAGS_OFFSET)
+    finally:
+        os.close(fd)
 
 
 def device_node(path: str) -> spec_mod.DeviceNode:

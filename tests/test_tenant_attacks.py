@@ -190,3 +190,23 @@ def test_damaged_card_board_holds_each_slice_to_its_share(compute_tenant):
     # only the card's own board reaches the container, as a file mount it cannot swap
     out = compute_tenant.sh("ls /run/flexai/boards")
     assert out.stdout.split() == [card["uuid"]], out.stdout
+
+
+def test_mps_mode_reaches_the_library_through_the_limits_file(tmp_path):
+    """MPS mode is the runtime config's choice, written into the read-only limits file (the
+    tenant's FLEXAI_COMPUTE_BY is ignored); the offset prepare.py writes is the header's."""
+    from flexai_hook import prepare
+    from flexai_hook.reservation import Reservation
+
+    assert prepare.LIMITS_FLAGS_OFFSET == offset("struct flexai_limits", "flags")
+    assert prepare.LIMITS_F_COMPUTE_BY_MPS == region.constants().FLEXAI_LIMITS_F_COMPUTE_BY_MPS
+    res = Reservation(container_id="c1", slice_id="0123456789ab", card_index=0, card_uuid="GPU-1",
+                      card_name="sim", card_memory=16 * GIB, memory_bytes=GIB, compute=30, priority="normal",
+                      device_paths=(), slice_dir=str(tmp_path))
+    region.write_limits(tmp_path / "limits", res)
+    assert region.read_limits(tmp_path / "limits")["flags"] == 0
+    prepare.sliced_spec({"process": {"env": []}}, res, "/bin/hook", None, {})
+    assert region.read_limits(tmp_path / "limits")["flags"] == 0
+    prepare.sliced_spec({"process": {"env": []}}, res, "/bin/hook", None, {"compute_backend": "mps"})
+    limits = region.read_limits(tmp_path / "limits")
+    assert limits["flags"] == 1 and limits["memory_limit"] == GIB and limits["compute_limit"] == 30
