@@ -51,6 +51,10 @@ class Config:
     policy: str = placement.DEFAULT_POLICY
     simulated_cards: tuple = ()
     metrics_listen: str | None = None  # "127.0.0.1:9400" turns the Prometheus endpoint on
+    max_connections: int | None = None  # None: from RLIMIT_NOFILE (conngate.limits_for)
+    max_connections_per_uid: int | None = None  # root is not capped per uid
+    idle_timeout: float = server.IDLE_TIMEOUT
+    partial_timeout: float = server.PARTIAL_TIMEOUT
     reconcile_interval: float = 30.0
     reconcile_grace: float = 60.0
     runtime_roots: tuple[str, ...] = DEFAULT_RUNTIME_ROOTS
@@ -90,6 +94,10 @@ def load_config(path: str | None) -> Config:
         policy=data.get("policy", Config.policy),
         simulated_cards=tuple(data.get("simulated", {}).get("cards", ())),
         metrics_listen=data.get("metrics", {}).get("listen"),
+        max_connections=data.get("connections", {}).get("max"),
+        max_connections_per_uid=data.get("connections", {}).get("per_uid"),
+        idle_timeout=float(data.get("connections", {}).get("idle_timeout", Config.idle_timeout)),
+        partial_timeout=float(data.get("connections", {}).get("partial_timeout", Config.partial_timeout)),
         reconcile_interval=float(data.get("reconcile", {}).get("interval", Config.reconcile_interval)),
         reconcile_grace=float(data.get("reconcile", {}).get("grace", Config.reconcile_grace)),
         runtime_roots=tuple(data.get("reconcile", {}).get("runtime_roots", DEFAULT_RUNTIME_ROOTS)),

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import resource
 import select
 import selectors
 import signal
@@ -32,6 +33,7 @@ import orjson
 
 from . import access, metrics, reconcile, writer
 from .batch import Persisted, answer
+from .conngate import ACCEPT_BATCH, Gate, limits_for
 
 if TYPE_CHECKING:
     from .batch import Batch
@@ -43,6 +45,7 @@ log = logging.getLogger("flexaid.server")
 MAX_LINE = 1 << 20  # a request is a few hundred bytes; anything near this is garbage
 MAX_HTTP_HEADER = 8192
 IDLE_TIMEOUT = 60.0
+PARTIAL_TIMEOUT = 10.0  # a request line is sent at once; one that stays half-sent is holding a slot
 SD_LISTEN_FDS_START = 3
 
 
@@ -278,6 +281,17 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
         metrics_listener.setblocking(False)
         sel.register(metrics_listener, selectors.EVENT_READ, "metrics")
         log.info("Prometheus metrics on http://%s/metrics", config.metrics_listen)
+    # Connection caps below the descriptor limit (conngate.py): a flood of idle clients must
+    # not leave flexaid unable to accept the runtimes' and hooks' connections.
+    fd_free = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - len(os.listdir("/proc/self/fd"))
+    limits = limits_for(fd_free, config.max_connections,
+                        config.max_connections_per_uid, config.idle_timeout, config.partial_timeout)
+    gate = Gate(limits, time.monotonic())
+    listener_tags = {listener.fileno(): "api"}
+    if metrics_listener is not None:
+        listener_tags[metrics_listener.fileno()] = "metrics"
+    log.info("connections: at most %d, %d per non-root uid; idle ones close after %gs, half-sent lines after %gs",
+             limits.total, limits.per_uid, limits.idle, limits.partial)
     conns: dict[int, _Conn] = {}
     # Signals and the reconcile thread only write to this pipe, so a request being applied is
     # always finished and answered before anything else happens.
@@ -297,6 +311,7 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
     def close(conn: _Conn) -> None:
         sel.unregister(conn.sock)
         conns.pop(id(conn), None)
+        gate.closed(conn)
         conn.sock.close()
         conn.closed = True  # answers still held for it are dropped
 
@@ -318,7 +333,7 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
     summary = service.summary()
     log.info("flexaid ready on %s: %s", config.socket, summary)
     supervisor.ready(summary)
-    timeout = supervisor.loop_timeout(1.0)
+    timeout = min(supervisor.loop_timeout(1.0), gate.period)  # the timeout sweep needs its turns
     try:
         while not stopping:
             touched: dict[int, _Conn] = {}
@@ -333,7 +348,9 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
                         pass
                     continue
                 if tag in ("api", "metrics"):
-                    _accept(key.fileobj, tag, sel, conns, socket_gid)
+                    for _ in range(ACCEPT_BATCH):  # drain a backlog without a loop turn each
+                        if not _accept(key.fileobj, tag, sel, conns, socket_gid, gate, close):
+                            break
                     continue
                 conn: _Conn = tag
                 if events & selectors.EVENT_READ and not _read(conn, service, committer):
@@ -362,8 +379,10 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
             now = time.monotonic()
             supervisor.tick(now)
             reconciler.maybe_start(service.ledger.reservations, now)
-            for conn in [c for c in conns.values() if now - c.last > IDLE_TIMEOUT and not c.waiting]:
+            for conn in gate.expired(conns, now):  # idle, or a line left half-sent
                 close(conn)
+            gate.maybe_resume(sel, now, listener_tags)
+            gate.maybe_log(now)
         log.info("signal %d: stopping", stopping[0])
         supervisor.stopping()
         committer.stop()  # what was applied is written, and answered where the client still listens
@@ -388,15 +407,17 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
         log.info("flexaid stopped")
 
 
-def _accept(listener: socket.socket, kind: str, sel: selectors.BaseSelector, conns: dict, gid: int) -> None:
+def _accept(listener: socket.socket, kind: str, sel: selectors.BaseSelector, conns: dict, gid: int,
+            gate: Gate, close) -> bool:
+    """Accept one client (or refuse it); False when there is none left to accept."""
     try:
         sock, _ = listener.accept()
     except (BlockingIOError, InterruptedError):
-        return
+        return False
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
-            log.error("out of file descriptors; refusing a connection")
-            return
+            gate.out_of_fds(listener, sel, time.monotonic())  # no spinning on a readable listener
+            return False
         raise
     peer = None
     if kind == "api":
@@ -409,11 +430,29 @@ def _accept(listener: socket.socket, kind: str, sel: selectors.BaseSelector, con
             except OSError:
                 pass
             sock.close()
-            return
+            return True
     sock.setblocking(False)
+    uid = peer.uid if peer is not None else None  # None: a metrics (TCP) client
+    why = gate.admit(uid)
+    if why == "evict":  # root at the cap: the runtimes and hooks must get through
+        victim = gate.victim(conns)
+        why = None if victim is not None else f"flexaid holds {len(conns)} connections, its limit"
+        if victim is not None:
+            gate.note("evicted for root")
+            close(victim)
+    if why:
+        gate.note("refused (per-uid cap)" if why.startswith("too many") else "refused (total cap)")
+        try:  # one line, never waiting on a client that does not read
+            sock.send(orjson.dumps({"ok": False, "error": f"{why}; close some and retry"}) + b"\n")
+        except OSError:
+            pass
+        sock.close()
+        return True
     conn = _Conn(sock, kind, peer)
     conns[id(conn)] = conn
     sel.register(sock, selectors.EVENT_READ, conn)
+    gate.opened(conn, uid)
+    return True
 
 
 def _read(conn: _Conn, service: "Service", committer: _Committer) -> bool:
