@@ -103,7 +103,7 @@ def public_dir():
 
 
 @pytest.fixture
-def group_daemon(make_daemon, member, public_dir):
+def group_daemon(public_dir, member, make_daemon):  # this order: the daemons stop before the dir goes
     """make_daemon with its socket in a reachable place, group-owned by the member's group."""
 
     def make(**extra):
@@ -134,7 +134,7 @@ def _reconcile_passes(daemon, passes: int = 6) -> None:
 
 # --- attack 1: a client-named binary run as root ------------------------------------------
 
-def test_a_member_cannot_make_flexaid_run_its_binary(group_daemon, member, public_dir):
+def test_a_member_cannot_make_flexaid_run_its_binary(group_daemon, member, public_dir, tmp_path):
     evil, marker = _evil(public_dir)
     daemon = group_daemon(reconcile={"interval": INTERVAL, "grace": 60})
     reply = member.call(daemon.socket, {"op": "reserve", "container_id": "evil1", "request": {"fraction": 10},
@@ -150,7 +150,7 @@ def test_a_member_cannot_make_flexaid_run_its_binary(group_daemon, member, publi
         daemon.call({**prepare, "container_id": "evil3"})
     # The honest use: an engine's runc, from the same member (a rootless engine).
     good = member.call(daemon.socket, {"op": "reserve", "container_id": "good1", "request": {"fraction": 10},
-                                       "runtime": {"binary": RUNC, "root": str(public_dir / "runc")}})
+                                       "runtime": {"binary": RUNC, "root": str(tmp_path / "runc")}})
     assert good["ok"] is True and good["reservation"]["owner_uid"] == member.uid
     _reconcile_passes(daemon)
     assert not marker.exists()
