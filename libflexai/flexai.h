@@ -323,6 +323,18 @@ struct flexai_config {
     int may_create_region;
 };
 
+/* lease.c: the MiB of the limit this process holds as OFD locks on the region file. */
+#define FLEXAI_LEASE_BASE ((int64_t)1 << 40) /* lock offset of unit 0 (slot locks are at 2^30) */
+#define FLEXAI_LEASE_RANGES 64
+struct flexai_lease_range {
+    int64_t start, len;                  /* units */
+};
+struct flexai_lease {
+    int64_t units;                       /* sum of the ranges */
+    int n;
+    struct flexai_lease_range ranges[FLEXAI_LEASE_RANGES]; /* sorted by start */
+};
+
 struct flexai_process {
     pthread_once_t once;
     struct flexai_config cfg;
@@ -336,6 +348,7 @@ struct flexai_process {
     int slot;
     int64_t held;                  /* bytes this process has charged (private: a bound the
                                       tenant cannot forge through the region) */
+    struct flexai_lease lease;     /* the kernel-kept share of the limit it holds (lease.c) */
     int attach_failed;
     int warned;
     /* the slice's card, resolved once the driver is initialised */
@@ -400,6 +413,13 @@ FLEXAI_HIDDEN int flexai_reserve(int64_t bytes);
 FLEXAI_HIDDEN void flexai_unreserve(int64_t bytes);
 FLEXAI_HIDDEN int64_t flexai_memory_used(void);
 FLEXAI_HIDDEN int64_t flexai_memory_limit(void);
+
+/* ---- lease.c: the memory budget the kernel keeps ------------------------------------- */
+/* Makes this process's leases cover `held_bytes` of a `limit`: 0, or -1 when the slice's
+ * processes together already hold the limit. Caller holds the region lock. */
+FLEXAI_HIDDEN int flexai_lease_cover(struct flexai_lease *l, int fd, int64_t limit, int64_t held_bytes);
+/* Gives back leases beyond `held_bytes` and one spare MiB. Caller holds the region lock. */
+FLEXAI_HIDDEN void flexai_lease_trim(struct flexai_lease *l, int fd, int64_t held_bytes);
 
 /* ---- sizemap.c: what each allocation of this process holds ---------------------------- */
 enum flexai_kind { FLEXAI_PTR = 1, FLEXAI_VMM = 2, FLEXAI_ARRAY = 3, FLEXAI_MIPMAP = 4 };

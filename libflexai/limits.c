@@ -627,7 +627,9 @@ static void child_after_fork(void)
     P->region = NULL;
     P->me = NULL;
     P->slot = -1;
-    P->held = 0; /* the parent's allocations are the parent's */
+    P->held = 0; /* the parent's allocations are the parent's, and so are its leases (they
+                    belong to the open file description the parent keeps) */
+    memset(&P->lease, 0, sizeof P->lease);
     pthread_mutex_init(&P->attach_lock, NULL);
     flexai_sizemap_after_fork();
 }

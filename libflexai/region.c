@@ -206,6 +206,12 @@ int flexai_reserve(int64_t bytes)
             return -1;
         }
     }
+    /* The region may have been written over: what the kernel's leases allow is the truth. */
+    if (limit > 0 && flexai_lease_cover(&flexai_P.lease, flexai_P.region_fd, limit, mine + bytes) != 0) {
+        STORE(r->oom_rejections, LOAD(r->oom_rejections) + 1);
+        flexai_region_unlock(r);
+        return -1;
+    }
     used += bytes;
     STORE(r->memory_used, used);
     STORE(me->memory_used, LOAD(me->memory_used) + bytes);
@@ -230,7 +236,9 @@ void flexai_unreserve(int64_t bytes)
     STORE(me->memory_used, mine - bytes);
     STORE(r->memory_used, LOAD(r->memory_used) - bytes);
     int64_t held = __atomic_load_n(&flexai_P.held, __ATOMIC_RELAXED);
-    __atomic_store_n(&flexai_P.held, held > bytes ? held - bytes : 0, __ATOMIC_RELAXED);
+    held = held > bytes ? held - bytes : 0;
+    __atomic_store_n(&flexai_P.held, held, __ATOMIC_RELAXED);
+    flexai_lease_trim(&flexai_P.lease, flexai_P.region_fd, held);
     flexai_region_unlock(r);
 }
 

@@ -103,6 +103,25 @@ def test_forged_limit_in_the_writable_region_changes_nothing(tenant):
     assert out.stdout.strip() == "oom", out.stdout + out.stderr
 
 
+def test_usage_zeroed_in_the_region_does_not_free_the_slice(tenant):
+    """Attack 6, the consistent forgery: every usage counter of the region written to zero, so
+    the region says the slice is empty while the main process holds 700 MiB. The kernel's
+    leases (libflexai/lease.c) still hold what that process took."""
+    procs = offset("struct flexai_region", "procs")
+    used = offset("struct flexai_proc", "memory_used")
+    seeks = [offset("struct flexai_region", "memory_used")] + [procs + i * 128 + used for i in range(8)]
+    script = "; ".join(f"dd if=/dev/zero of=/run/flexai/region bs=1 count=8 seek={at} conv=notrunc 2>/dev/null"
+                       for at in seeks)
+    assert tenant.sh(script).returncode == 0
+    view = region.read_region(os.path.join(tenant.slice_dir(), "region"))
+    assert view.memory_used_recorded == 0 and view.memory_used == 0  # the forgery took
+    out = tenant.exec("/bin/flexai_client", "alloc", "mem", str(HELD))
+    assert out.stdout.strip() == "oom", out.stdout + out.stderr
+    # what the kernel allows is still there: the 324 MiB the main process leaves
+    out = tenant.exec("/bin/flexai_client", "alloc", "mem", str(20 * MIB))
+    assert out.stdout.strip() == "ok 0", out.stdout + out.stderr
+
+
 def test_limits_file_is_read_only_inside_and_unreachable_for_host_users(tenant):
     """Attack 6: what is enforced (/run/flexai/limits) cannot be written from inside, and
     neither it nor the region can be written by a host user outside the socket's group."""
