@@ -9,8 +9,8 @@ block: the machines are shared and noisy):
 The Ascend rows do the same through AscendCL (aclrtMalloc + aclrtFree, aclrtLaunchKernel).
 Runs alternate between no preload and LD_PRELOAD=libflexai.so with a limit set (so every
 allocation goes through the region's reserve/commit), and the medians are compared. The run
-with the library also loads the driver a second time with dlmopen (a namespace no preload
-reaches) and interleaves blocks of both, which gives the added cost inside one process, free
+with the library also loads the driver a second time with glibc's own dlmopen (a namespace no
+preload reaches, found past libflexai's dlmopen wrapper) and interleaves blocks of both, which gives the added cost inside one process, free
 of the run-to-run swings of the simulator's own allocation path.
 Numbers, not pass/fail. Targets: <= 25 ns added per launch, <= 200 ns per alloc/free pair.
 
@@ -60,11 +60,26 @@ static double now(void) {
     struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
-/* raw: load the driver into a new link-map namespace, where no preload applies. */
+/* raw: load the driver into a new link-map namespace with glibc's own dlmopen and dlsym,
+ * where no preload applies. libflexai wraps dlmopen'd drivers too (docs/security.md), so the
+ * bench reaches glibc's functions the one way libflexai does not close: dlvsym for "dlsym". */
+typedef void *(*dlsym_t)(void *, const char *);
 static void setup(struct api *a, int raw) {
-    void *h = raw ? dlmopen(LM_ID_NEWLM, "libcuda.so.1", RTLD_NOW) : dlopen("libcuda.so.1", RTLD_NOW);
-    if (!h) { fprintf(stderr, "no driver: %s\n", dlerror()); exit(3); }
-    a->gpa = (gpa_t)dlsym(h, "cuGetProcAddress_v2");
+    void *h;
+    if (raw) {
+        dlsym_t glibc_dlsym = (dlsym_t)dlvsym(RTLD_DEFAULT, "dlsym", "GLIBC_2.34");
+        if (!glibc_dlsym) glibc_dlsym = (dlsym_t)dlvsym(RTLD_DEFAULT, "dlsym", "GLIBC_2.2.5");
+        void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+        void *(*glibc_dlmopen)(Lmid_t, const char *, int) = glibc_dlsym && libc ? glibc_dlsym(libc, "dlmopen") : NULL;
+        if (!glibc_dlmopen) { fprintf(stderr, "no glibc dlmopen\n"); exit(3); }
+        h = glibc_dlmopen(LM_ID_NEWLM, "libcuda.so.1", RTLD_NOW);
+        if (!h) { fprintf(stderr, "no driver: %s\n", dlerror()); exit(3); }
+        a->gpa = (gpa_t)glibc_dlsym(h, "cuGetProcAddress_v2");
+    } else {
+        h = dlopen("libcuda.so.1", RTLD_NOW);
+        if (!h) { fprintf(stderr, "no driver: %s\n", dlerror()); exit(3); }
+        a->gpa = (gpa_t)dlsym(h, "cuGetProcAddress_v2");
+    }
     CUresult (*init)(unsigned) = get(a, "cuInit", 13000);
     CUresult (*devget)(int *, int) = get(a, "cuDeviceGet", 13000);
     CUresult (*retain)(void **, int) = get(a, "cuDevicePrimaryCtxRetain", 13000);
