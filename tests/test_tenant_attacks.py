@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 from conftest import GIB
 from libflexai_support import MIB, client, libs  # noqa: F401
+from test_compute_share import compute_client  # noqa: F401
 from test_libflexai_e2e import dynamic_bundle
 from test_runtime_runc import run_to_files, runtime
 
@@ -161,19 +161,8 @@ def test_damaged_region_fails_closed(tenant):
     assert "fail closed" in out.stderr
 
 
-@pytest.fixture(scope="module")
-def compute_client(tmp_path_factory) -> str:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build tests/clients/compute_client.c")
-    out = tmp_path_factory.mktemp("compute") / "compute_client"
-    src = os.path.join(os.path.dirname(__file__), "clients", "compute_client.c")
-    subprocess.run([cc, "-O2", "-o", str(out), src, "-ldl"], check=True, capture_output=True)
-    return str(out)
-
-
 @pytest.fixture
-def compute_tenant(tenant, compute_client):
+def compute_tenant(tenant, compute_client):  # noqa: F811
     # the client goes into the running container's rootfs (a plain directory under runc)
     state = json.loads(subprocess.run([tenant.runc.binary, "--root", str(tenant.runc.root), "state", tenant.cid],
                                       capture_output=True, text=True, check=True).stdout)
