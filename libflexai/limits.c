@@ -294,15 +294,16 @@ static void load_in_container(struct flexai_config *cfg)
     cfg->enforce = 1;
     cfg->from_slice_file = 1;
     copy_str(cfg->region_path, sizeof cfg->region_path, DEFAULT_REGION);
-    const char *why = NULL;
-    if (read_slice_file(DEFAULT_SLICE_FILE, cfg) != 0)
-        why = "unreadable or has no memory_limit";
-    const struct flexai_limits *l = why ? NULL : map_limits(DEFAULT_LIMITS, &why);
+    const char *which = DEFAULT_SLICE_FILE, *why = "unreadable or has no memory_limit";
+    const struct flexai_limits *l = NULL;
+    if (read_slice_file(DEFAULT_SLICE_FILE, cfg) == 0) {
+        which = DEFAULT_LIMITS;
+        l = map_limits(DEFAULT_LIMITS, &why);
+    }
     if (l == NULL) {
         flexai_warn("flexai: the slice's %s is %s; every device allocation and launch of this "
                     "process fails (fail closed). Restart the container through flexai-runtime.",
-                    why == NULL || cfg->memory_limit ? DEFAULT_LIMITS : DEFAULT_SLICE_FILE,
-                    why ? why : "unusable");
+                    which, why);
         cfg->fail_closed = 1;
         return;
     }
