@@ -1,9 +1,12 @@
 """Finding slices whose container vanished without its poststop hook (runtime killed, crash).
 
-`decide` is the pure rule; `observe` asks the real runtime about one container. A slice is
-released only after its container has been seen gone (missing, or stopped with every process
-gone) continuously for the grace period; a container the runtime cannot be asked about is
-"unknown" and never released.
+`decide` is the pure rule; `observe` asks the real runtime about one container. A container
+the runtime reports *stopped* existed and its processes are gone: its poststop release failed
+or has not come (the hook retries for seconds, docs/flexaid.md), so the slice is released at
+once, the retry of last resort. A container the runtime does not know (or a hooks.d init
+process that is gone) is released only after it has been seen gone continuously for the grace
+period, since a slice is reserved before its container exists. A container the runtime cannot
+be asked about is "unknown" and never released.
 
 Asking a runtime means running it as root, so only binaries on the configured allow-list
 (`reconcile.runtimes`, default `DEFAULT_RUNTIMES`) are ever run: flexaid refuses a reservation
@@ -18,7 +21,7 @@ from collections.abc import Collection, Mapping
 
 from .reservation import Reservation
 
-RUNNING, GONE, UNKNOWN = "running", "gone", "unknown"
+RUNNING, GONE, STOPPED, UNKNOWN = "running", "gone", "stopped", "unknown"
 # Where distributions and engines install runc and crun (Debian/Ubuntu, Fedora, containerd.io,
 # static release binaries under /usr/local).
 DEFAULT_RUNTIMES = (
@@ -43,6 +46,9 @@ def decide(
     still_gone: dict[str, float] = {}
     for cid in reservations:
         state = observed.get(cid, UNKNOWN)
+        if state == STOPPED:
+            release.append(cid)  # it existed and every process is gone: no creation to wait for
+            continue
         if state != GONE:
             continue  # running or unknown: the clock restarts when it is next seen gone
         since = gone_since.get(cid, now)
@@ -109,4 +115,4 @@ def observe(reservation: Reservation, runtimes: Collection[str] = DEFAULT_RUNTIM
         status = json.loads(out.stdout).get("status")
     except (ValueError, AttributeError):
         return UNKNOWN
-    return GONE if status == "stopped" else RUNNING
+    return STOPPED if status == "stopped" else RUNNING

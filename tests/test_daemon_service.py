@@ -255,6 +255,22 @@ def test_reconciliation_releases_vanished_containers_only(runc, make_daemon, mak
     assert {s["container_id"] for s in daemon.slices()} == {"alive"}
 
 
+def test_a_stopped_container_whose_release_never_came_is_released_at_the_next_pass(runc, make_daemon, make_bundle):
+    """The poststop release is retried by flexaid: a container the runtime reports stopped is
+    released at the first reconcile pass that sees it, without the grace (a long one here)."""
+    daemon = make_daemon(reconcile={"interval": 0.3, "grace": 3600})
+    rc, out = _runtime(runc, daemon, "create", "--bundle", str(make_bundle(["true"], env=["FLEXAI_FRACTION=0.2"])), "quick")
+    assert rc == 0, out
+    # started with runc itself and never deleted: no poststop hook runs, the container stops
+    assert subprocess.run([runc.binary, "--root", str(runc.root), "start", "quick"]).returncode == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and daemon.slices():
+        time.sleep(0.2)
+    assert daemon.slices() == []
+    assert "reconciled: container gone" in daemon.log()
+    subprocess.run([runc.binary, "--root", str(runc.root), "delete", "quick"], capture_output=True)
+
+
 def test_recover_rebuilds_a_corrupt_ledger_from_live_containers(runc, make_daemon, make_bundle):
     daemon = make_daemon(reconcile={"interval": 0, "runtime_roots": []})
     slices = {}

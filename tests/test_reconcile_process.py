@@ -56,3 +56,16 @@ def test_state_without_a_usable_pid_stays_unknown():
     for state in ({}, {"pid": 0}, {"pid": "12"}, {"pid": True}):
         assert runtime_of(state) == {}
     assert reconcile.observe(reservation({})) == reconcile.UNKNOWN
+
+
+def test_decide_releases_stopped_at_once_and_gone_after_the_grace():
+    held = {cid: reservation({}) for cid in ("stopped", "gone", "running", "unknown")}
+    observed = {"stopped": reconcile.STOPPED, "gone": reconcile.GONE, "running": reconcile.RUNNING}
+    release, since = reconcile.decide(held, observed, {}, now=100.0, grace=60.0)
+    assert release == ["stopped"] and since == {"gone": 100.0}
+    release, since = reconcile.decide(held, observed, since, now=161.0, grace=60.0)
+    assert release == ["gone", "stopped"] and since == {}
+    # a container seen running again restarts its clock
+    release, since = reconcile.decide(held, {"gone": reconcile.GONE}, {}, now=0.0, grace=60.0)
+    release, since = reconcile.decide(held, {"gone": reconcile.RUNNING}, since, now=30.0, grace=60.0)
+    assert release == [] and since == {}
