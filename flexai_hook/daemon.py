@@ -138,6 +138,9 @@ class Service:
                 pass  # a ledger written before requests were recorded: nothing to learn
         self._created: list = []  # reservations applied since the last batch (slice files to write)
         self._removed: list = []  # releases applied since the last batch (slice dirs to remove)
+        # container id -> (reservation, its slice files), made when it is applied: the loop
+        # makes them while the writer is busy with the batch before, not between batches
+        self._files: dict[str, tuple] = {}
         self._host_files_written = False
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
         self.runtimes = frozenset(config.reconcile_runtimes)
@@ -209,7 +212,7 @@ class Service:
         checkpoint = self.file.wants_checkpoint()
         number, journal = self.file.delta(self.saved, batch.ledger)
         return writer.Plan(
-            slices=[(r.container_id, r.slice_dir, writer.slice_files(r)) for r in batch.created],
+            slices=[(r.container_id, r.slice_dir, self._slice_files(r)) for r in batch.created],
             ledger_path=str(self.file.path),
             journal_path=str(self.file.journal),
             batch=number,
@@ -217,6 +220,12 @@ class Service:
             ledger_lines=self.file.lines(batch.ledger) if checkpoint else None,
             removes=[r.slice_dir for r in batch.removed],
         )
+
+    def _slice_files(self, reservation) -> list:
+        made = self._files.pop(reservation.container_id, None)
+        if made is not None and made[0] is reservation:
+            return made[1]
+        return writer.slice_files(reservation)
 
     def persisted(self, batch: Batch, plan: writer.Plan, outcome: writer.Outcome) -> Persisted:
         """What became of `batch`, from the outcome of its plan."""
@@ -249,6 +258,7 @@ class Service:
             # held until their own batch, become errors; see the server).
             self.ledger = self.saved
             self._created, self._removed = [], []
+            self._files.clear()
             return
         if self.ledger is batch.ledger:  # nothing applied since
             self.ledger = result.ledger
@@ -392,6 +402,8 @@ class Service:
         if new is not self.ledger:
             ledger_mod.observe(self.workload, request, self.cards)
             self._created.append(reservation)  # its files are written with its batch (plan)
+            self._files[container_id] = (reservation, writer.slice_files(reservation))
+            self.file.line(reservation)  # its journal line, cached for the batch's delta
             self.ledger = new
             if log.isEnabledFor(logging.INFO):  # skip building the journal fields when nobody logs them
                 log.info("reserved slice %s for %s on card %d (%s): %d bytes, %d%% compute",

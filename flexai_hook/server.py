@@ -325,6 +325,21 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
         committer.ready.clear()
         return got
 
+    def flush(touched: dict[int, _Conn]) -> None:
+        """Send what the connections in `touched` are owed; close those that are done."""
+        for conn in touched.values():
+            if conn.closed:
+                continue
+            if conn.outbuf and not _write(conn):
+                close(conn)
+            elif conn.closing and not conn.outbuf and not conn.waiting:
+                close(conn)
+            else:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+                if events != conn.events:  # an epoll_ctl only when the interest changes
+                    sel.modify(conn.sock, events, conn)
+                    conn.events = events
+
     # Everything built so far (schemas, validators, placement tables) lives as long as the
     # daemon: keep it out of the collector's scans, which otherwise add milliseconds to the
     # request that happens to trigger a full collection.
@@ -334,13 +349,21 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
     log.info("flexaid ready on %s: %s", config.socket, summary)
     supervisor.ready(summary)
     timeout = min(supervisor.loop_timeout(1.0), gate.period)  # the timeout sweep needs its turns
+
     try:
         while not stopping:
             touched: dict[int, _Conn] = {}
-            for key, events in sel.select(timeout=timeout):
+            ready = sel.select(timeout=timeout)
+            if committer.busy is not None and any(key.data == "writer" for key, _ in ready):
+                # The writer is done: collect its batch, hand it the next, and send the answers
+                # now on disk before applying this round's requests, so neither the writer nor
+                # those clients wait while the loop applies them.
+                committer.advance()
+                flush(deliver())
+            for key, events in ready:
                 tag = key.data
                 if tag == "writer":
-                    continue  # its outcome is collected by committer.advance below
+                    continue  # collected above, or by committer.advance below
                 if tag == "wake":
                     try:
                         os.read(wake_r, 4096)
@@ -353,6 +376,8 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
                             break
                     continue
                 conn: _Conn = tag
+                if conn.closed:  # by the flush above
+                    continue
                 if events & selectors.EVENT_READ and not _read(conn, service, committer):
                     close(conn)
                     continue
@@ -364,18 +389,7 @@ def serve(service: "Service", config: "Config", supervisor: "Supervisor") -> Non
             # written), and send the answers of whatever batch is now on disk.
             committer.advance()
             touched.update(deliver())
-            for conn in touched.values():
-                if conn.closed:
-                    continue
-                if conn.outbuf and not _write(conn):
-                    close(conn)
-                elif conn.closing and not conn.outbuf and not conn.waiting:
-                    close(conn)
-                else:
-                    events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-                    if events != conn.events:  # an epoll_ctl only when the interest changes
-                        sel.modify(conn.sock, events, conn)
-                        conn.events = events
+            flush(touched)
             now = time.monotonic()
             supervisor.tick(now)
             reconciler.maybe_start(service.ledger.reservations, now)

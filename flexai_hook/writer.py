@@ -24,8 +24,8 @@ from . import ledger as ledger_mod, region, simcards
 from .atomicfile import write_atomically
 from .reservation import Reservation
 
-SLICE_FILES = ("slice.conf", "limits", "region", "ld.so.preload")
-SLICE_DIR_MODE = 0o700  # the last: in slices of earlier flexaid versions
+SLICE_FILES = ("slice.conf", "limits", "region")  # what slice_files writes
+SLICE_DIR_MODE = 0o700
 _LENGTH = struct.Struct("<I")
 
 
@@ -107,8 +107,9 @@ def write_slice(directory: str, files: list[tuple[str, bytes, int, int]], umask_
 
 
 def remove_slice_dir(path: str) -> None:
-    """Remove a released slice's directory: the files flexaid wrote, then the directory
-    (rmtree only when something else was left there)."""
+    """Remove a released slice's directory: the files flexaid writes, then the directory
+    (rmtree only when something else was left there, e.g. the ld.so.preload that slices of
+    earlier flexaid versions held: no failing unlink per release for it)."""
     for name in SLICE_FILES:
         try:
             os.unlink(os.path.join(path, name))

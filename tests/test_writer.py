@@ -210,3 +210,46 @@ def test_a_journal_plan_appends_its_batch_and_drops_a_failed_slice(tmp_path):
     assert list(outcome.failed) == ["b"] and outcome.error is None
     assert json.loads(file.path.read_text())["reservations"] == []  # the checkpoint is untouched
     assert sorted(ledger_mod.LedgerFile(file.path).load().reservations) == ["a"]
+
+
+def test_new_slice_images_are_the_bytes_cffi_would_write(monkeypatch):
+    """region_image and limits_image pack with struct (flexaid's hot path); cffi filling the
+    header field by field stays the reference, over random fields and the bounds' errors."""
+    import random
+
+    from flexai_hook import region
+
+    monkeypatch.setattr(time, "time_ns", lambda: 1234567890123)  # the region's created_ns
+    rng = random.Random(14)
+    for _ in range(500):
+        limits = {
+            "slice_id": "%x" % rng.getrandbits(rng.choice([8, 48, 200])), "device_uuid": "GPU-" + "u" * rng.randint(0, 120),
+            "device_index": rng.randint(0, 7), "card_memory": rng.randint(1, 1 << 40),
+            "memory_limit": rng.randint(1, 1 << 40), "compute_limit": rng.randint(0, 100),
+            "priority": rng.choice(["low", "normal", "high", 0, 1, 2]),
+            "compute_mode": rng.choice(["hard", "work-conserving", 0, 1]),
+            "context_memory": rng.randint(0, 1 << 30), "paused": rng.choice([0, 1, True, False]),
+        }
+        for key in list(limits):
+            if key != "memory_limit" and rng.random() < 0.2:
+                del limits[key]
+        assert region.region_image(limits) == region._region_image_cffi(limits)
+        assert region.limits_image(limits) == region._limits_image_cffi(limits)
+    for bad in ({"memory_limit": 1, "device_index": 1 << 40}, {"memory_limit": 1, "compute_limit": -1}):
+        for image in (region.region_image, region.limits_image):
+            with pytest.raises(OverflowError):
+                image(bad)
+    with pytest.raises(ValueError, match="memory limit must be positive"):
+        region.limits_image({"memory_limit": 0})
+
+
+def test_a_released_slice_of_an_earlier_version_is_removed_whole(tmp_path):
+    """remove_slice_dir unlinks only what flexaid writes now; a leftover (an earlier version's
+    ld.so.preload) still goes, through rmtree."""
+    directory = tmp_path / "abc"
+    directory.mkdir()
+    for name in (*writer.SLICE_FILES, "ld.so.preload"):
+        (directory / name).write_text("x")
+    writer.remove_slice_dir(str(directory))
+    assert not directory.exists()
+    writer.remove_slice_dir(str(directory))  # already gone: nothing to do
