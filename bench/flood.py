@@ -4,8 +4,10 @@
 Starts a private flexaid over one simulated card with RLIMIT_NOFILE at the unit's
 LimitNOFILE (16384), measures root reserve+release pairs on a quiet daemon, then while
 5 socket-group uids hold 16 500 idle connections between them, and prints both with the
-daemon's CPU share and log growth over the flooded run. Needs root (the flood drops to other
-uids). Numbers, not pass/fail.
+daemon's CPU share and log growth over the flooded run. With --starts N it also times N
+sliced container starts (`flexai-runtime create` of a busybox bundle through the installed
+C front door and runc; the container is deleted untimed) quiet and flooded. Needs root (the
+flood drops to other uids). Numbers, not pass/fail.
 
     sudo python bench/flood.py                       # this checkout
     sudo python bench/flood.py --tree /path/to/old   # another source tree's flexaid (before/after)
@@ -75,6 +77,38 @@ def pairs(sock: str, n: int, timeout: float) -> tuple[list[float], int]:
     return out, failed
 
 
+def starts(sock: str, n: int, work: Path, tag: str) -> tuple[list[float], int]:
+    """Latencies (ms) of n `flexai-runtime create` runs of a sliced busybox bundle, and failures."""
+    import shutil
+
+    from flexai_hook import bundle
+
+    runc = shutil.which("runc")
+    runtime = Path(sys.executable).parent / "flexai-runtime"
+    rootfs = work / "rootfs"
+    if not rootfs.exists():
+        bundle.make_rootfs(rootfs)
+    env = {**os.environ, "FLEXAI_SOCKET": sock, "FLEXAI_RUNTIME": runc or "runc",
+           "FLEXAI_RUNTIME_CONFIG": "/nonexistent"}
+    root = work / "runc-root"
+    out, failed = [], 0
+    for i in range(n):
+        cid = f"{tag}-{i}"
+        b = work / cid
+        bundle.make_bundle(b, ["true"], env=["FLEXAI_FRACTION=0.1"], rootfs_from=rootfs)
+        t0 = time.perf_counter()
+        rc = subprocess.run([str(runtime), "--root", str(root), "create", "--bundle", str(b), cid], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        elapsed = (time.perf_counter() - t0) * 1000
+        subprocess.run([str(runtime), "--root", str(root), "delete", "--force", cid], env=env,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if rc == 0:
+            out.append(elapsed)
+        else:
+            failed += 1
+    return out, failed
+
+
 def row(label: str, lat: list[float], failed: int, extra: str = "") -> str:
     if not lat:
         return f"| {label} | - | - | {failed} | {extra} |"
@@ -89,6 +123,7 @@ def main() -> int:
     ap.add_argument("--flood", type=int, default=16_500)
     ap.add_argument("--nofile", type=int, default=16384)
     ap.add_argument("--timeout", type=float, default=5.0, help="per-request client timeout, seconds")
+    ap.add_argument("--starts", type=int, default=0, help="also time this many sliced container starts")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/flood.py needs root: the flood runs as other uids", file=sys.stderr)
@@ -119,6 +154,7 @@ def main() -> int:
             except client.DaemonUnavailable:
                 time.sleep(0.05)
         quiet, quiet_failed = pairs(config["socket"], args.pairs, args.timeout)
+        quiet_starts = starts(config["socket"], args.starts, tmp, "quiet") if args.starts else None
         per = args.flood // 5
         flood = [subprocess.Popen([sys.executable, "-c", FLOODER, str(tmp), "flexaid.sock", str(60000 + i), str(per)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(5)]
@@ -130,6 +166,7 @@ def main() -> int:
         share = (cpu_seconds(daemon.pid) - cpu) / wall * 100
         grew = (os.path.getsize(tmp / "flexaid.log") - size) / wall
         fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        loaded_starts = starts(config["socket"], args.starts, tmp, "flooded") if args.starts else None
         print(f"flexaid {'from ' + args.tree if args.tree else '(this checkout)'}, RLIMIT_NOFILE {args.nofile}, "
               f"{held} flood connections from 5 uids, {args.pairs} pairs per row, client timeout {args.timeout:g} s\n")
         print("| | reserve+release p50 | p99 | failed | daemon during the flooded run (log at warning) |")
@@ -137,6 +174,11 @@ def main() -> int:
         print(row("quiet", quiet, quiet_failed))
         print(row("flooded", loaded, loaded_failed,
                   f"{share:.0f} % CPU, log +{grew / 1024:.1f} kB/s, {fds} descriptors open"))
+        if args.starts:
+            print(f"\n| {args.starts} sliced starts (flexai-runtime create) | p50 | p99 | failed | |")
+            print("|---|---|---|---|---|")
+            print(row("quiet", *quiet_starts))
+            print(row("flooded", *loaded_starts))
     finally:
         for p in flood:
             try:
