@@ -182,6 +182,7 @@ def run_compute(tenant, *env: str) -> tuple[float, str]:
 def test_environment_cannot_switch_the_compute_gate_off(compute_tenant):
     """Attack 10: FLEXAI_COMPUTE_BY=mps or a private FLEXAI_BOARD_DIR in a process's env."""
     share, err = run_compute(compute_tenant, "FLEXAI_COMPUTE_BY=mps", "FLEXAI_BOARD_DIR=/tmp")
+    print(f"achieved share with FLEXAI_COMPUTE_BY=mps FLEXAI_BOARD_DIR=/tmp: {share:.3f}")
     assert share < 0.2, (share, err)  # a hard 10 % slice; unenforced it runs at ~100 %
     assert "not enforced" not in err
 
@@ -193,6 +194,7 @@ def test_damaged_card_board_holds_each_slice_to_its_share(compute_tenant):
     out = compute_tenant.sh(f"printf 'XXXXXXXX' | dd of={board} bs=1 seek=0 conv=notrunc")
     assert out.returncode == 0, out.stderr
     share, err = run_compute(compute_tenant)
+    print(f"achieved share with the board damaged: {share:.3f}")
     assert share < 0.2, (share, err)
     assert "not enforced" not in err and "hard cap" in err, err
     # only the card's own board reaches the container, as a file mount it cannot swap
