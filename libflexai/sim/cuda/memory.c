@@ -3,9 +3,12 @@
  * MAP_NORESERVE mapping, so device pointers are real addresses that cuMemcpy and cuMemset
  * read and write, and a huge allocation costs nothing until touched. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "simcuda.h"
@@ -112,6 +115,8 @@ static void alloc_destroy(struct sim_alloc *a)
 {
     if (a->kind != A_VMM_MAP)
         munmap((void *)a->base, a->map_len);
+    if (a->ipc_fd)
+        close(a->ipc_fd - 1);
     sim_uncharge(a->device, a->charged);
     if (a->pool)
         atomic_fetch_sub(&a->pool->used, a->charged);
@@ -273,6 +278,119 @@ CUresult sim_cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdevice
         *pbase = a->base;
     if (psize)
         *psize = a->size;
+    return CUDA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- legacy IPC (cuIpc*) */
+
+/* The handle names the exporter's memfd: the importer opens /proc/<pid>/fd/<fd> and maps
+ * the same pages. An import adds nothing to the card's use (the exporter's allocation is
+ * the memory); it is valid while the exporter keeps the allocation. */
+struct sim_ipc_handle {
+    uint32_t magic;
+    int32_t pid, fd, device;
+    uint64_t size;
+};
+#define SIM_IPC_MAGIC 0x43504953u
+
+CUresult sim_cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!pHandle)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&sim_proc.alloc_lock);
+    size_t i = table_lower((uintptr_t)dptr);
+    struct sim_alloc *a = i > 0 ? sim_proc.allocs[i - 1] : NULL;
+    if (!a || a->base != (uintptr_t)dptr || a->kind != A_DEVICE) {
+        pthread_mutex_unlock(&sim_proc.alloc_lock);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (!a->ipc_fd) { /* first export: move the pages (the resident ones) into a memfd */
+        char name[32];
+        snprintf(name, sizeof name, "flexai-sim-ipc-%d", a->device);
+        int fd = memfd_create(name, 0);
+        size_t pg = (size_t)sysconf(_SC_PAGESIZE), npages = a->map_len / pg;
+        unsigned char *res = fd >= 0 ? calloc(npages ? npages : 1, 1) : NULL;
+        int ok = res && ftruncate(fd, (off_t)a->map_len) == 0 &&
+                 mincore((void *)a->base, a->map_len, res) == 0;
+        for (size_t k = 0; ok && k < npages; k++)
+            if (res[k] & 1)
+                ok = pwrite(fd, (char *)a->base + k * pg, pg, (off_t)(k * pg)) == (ssize_t)pg;
+        free(res);
+        if (ok)
+            ok = mmap((void *)a->base, a->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                      fd, 0) != MAP_FAILED;
+        if (!ok) {
+            if (fd >= 0)
+                close(fd);
+            pthread_mutex_unlock(&sim_proc.alloc_lock);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        a->ipc_fd = fd + 1;
+    }
+    struct sim_ipc_handle h = {SIM_IPC_MAGIC, (int32_t)getpid(), a->ipc_fd - 1, a->device, a->size};
+    pthread_mutex_unlock(&sim_proc.alloc_lock);
+    memset(pHandle, 0, sizeof *pHandle);
+    memcpy(pHandle->reserved, &h, sizeof h);
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags)
+{
+    struct CUctx_st *c;
+    CUresult rc = sim_current_ctx(&c);
+    if (rc)
+        return rc;
+    struct sim_ipc_handle h;
+    memcpy(&h, handle.reserved, sizeof h);
+    if (!pdptr || h.magic != SIM_IPC_MAGIC || h.size == 0 || (Flags & ~1u))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (h.pid == (int32_t)getpid())
+        return CUDA_ERROR_INVALID_CONTEXT; /* a process cannot open its own handle */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)h.pid, (int)h.fd);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return CUDA_ERROR_INVALID_VALUE; /* the exporter (or its allocation) is gone */
+    struct sim_alloc *a = calloc(1, sizeof *a);
+    size_t len = page_round(h.size);
+    void *m = a ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (m == MAP_FAILED) {
+        free(a);
+        close(fd);
+        return CUDA_ERROR_MAP_FAILED;
+    }
+    a->base = (uintptr_t)m;
+    a->size = h.size;
+    a->map_len = len;
+    a->device = h.device;
+    a->kind = A_IPC;
+    a->ctx = c;
+    a->ipc_fd = fd + 1;
+    if (table_insert(a)) {
+        alloc_destroy(a);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *pdptr = a->base;
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags)
+{
+    return sim_cuIpcOpenMemHandle_v2(pdptr, handle, Flags);
+}
+
+CUresult sim_cuIpcCloseMemHandle(CUdeviceptr dptr)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    struct sim_alloc *a = table_take((uintptr_t)dptr, 1u << A_IPC);
+    if (!a)
+        return CUDA_ERROR_INVALID_VALUE;
+    alloc_destroy(a);
     return CUDA_SUCCESS;
 }
 
@@ -941,7 +1059,9 @@ CUresult sim_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     struct sim_vmm *v = calloc(1, sizeof *v);
     if (!v)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    v->fd = memfd_create("flexai-sim-vmm", MFD_CLOEXEC);
+    char name[32]; /* the card is in the name: an importer finds it there */
+    snprintf(name, sizeof name, "flexai-sim-vmm-%d", dev);
+    v->fd = memfd_create(name, MFD_CLOEXEC);
     if (v->fd < 0 || ftruncate(v->fd, (off_t)size) != 0) {
         if (v->fd >= 0)
             close(v->fd);
@@ -959,14 +1079,35 @@ CUresult sim_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     v->size = size;
     v->charged = dev >= 0 ? size : 0;
     v->prop = *prop;
+    v->refs = 1;
     *handle = (CUmemGenericAllocationHandle)(uintptr_t)v;
     return CUDA_SUCCESS;
 }
 
+/* The driver's rule: a handle's physical memory lives until every reference to the handle
+ * (cuMemCreate, cuMemImportFromShareableHandle, cuMemRetainAllocationHandle) is released
+ * AND every mapping of it is unmapped. A handle whose references are all released is no
+ * longer valid, though its mappings still hold the memory. refs/maps: under alloc_lock. */
 static struct sim_vmm *vmm_of(CUmemGenericAllocationHandle h)
 {
     struct sim_vmm *v = (struct sim_vmm *)(uintptr_t)h;
-    return (v && v->magic == M_VMM) ? v : NULL;
+    return (v && v->magic == M_VMM && __atomic_load_n(&v->refs, __ATOMIC_RELAXED) > 0) ? v : NULL;
+}
+
+/* Called with alloc_lock held: 1 when nothing holds v any more (the caller then frees it). */
+static int vmm_gone(struct sim_vmm *v)
+{
+    if (v->refs > 0 || v->maps > 0)
+        return 0;
+    v->magic = M_DEAD;
+    return 1;
+}
+
+static void vmm_free(struct sim_vmm *v)
+{
+    sim_uncharge(v->device, v->charged);
+    close(v->fd);
+    free(v);
 }
 
 CUresult sim_cuMemRelease(CUmemGenericAllocationHandle handle)
@@ -974,13 +1115,103 @@ CUresult sim_cuMemRelease(CUmemGenericAllocationHandle handle)
     CUresult rc = sim_check_init();
     if (rc)
         return rc;
+    pthread_mutex_lock(&sim_proc.alloc_lock);
     struct sim_vmm *v = vmm_of(handle);
+    int gone = 0;
+    if (v) {
+        v->refs--;
+        gone = vmm_gone(v);
+    }
+    pthread_mutex_unlock(&sim_proc.alloc_lock);
     if (!v)
         return CUDA_ERROR_INVALID_VALUE;
-    v->magic = M_DEAD;
-    sim_uncharge(v->device, v->charged);
-    close(v->fd); /* existing mappings keep the pages until they are unmapped */
-    free(v);
+    if (gone)
+        vmm_free(v); /* else mapped: the memory stays charged until the last unmap */
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!handle)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sim_vmm *v = NULL;
+    pthread_mutex_lock(&sim_proc.alloc_lock);
+    size_t i = table_lower((uintptr_t)addr);
+    if (i > 0) {
+        struct sim_alloc *a = sim_proc.allocs[i - 1];
+        if (a->kind == A_VMM_MAP && (uintptr_t)addr - a->base < a->size && a->vmm) {
+            v = a->vmm;
+            v->refs++; /* the same handle, one more reference to release */
+        }
+    }
+    pthread_mutex_unlock(&sim_proc.alloc_lock);
+    if (!v)
+        return CUDA_ERROR_INVALID_VALUE;
+    *handle = (CUmemGenericAllocationHandle)(uintptr_t)v;
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle,
+                                          CUmemAllocationHandleType handleType,
+                                          unsigned long long flags)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    struct sim_vmm *v = vmm_of(handle);
+    if (!v || !shareableHandle || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (handleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR ||
+        !(v->prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    int fd = fcntl(v->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *(int *)shareableHandle = fd;
+    return CUDA_SUCCESS;
+}
+
+/* An imported handle shares the creator's physical memory: the card's use does not grow,
+ * and the creator's process stays charged for it (see docs/simulator.md). */
+CUresult sim_cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
+                                            CUmemAllocationHandleType shHandleType)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!handle || shHandleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_INVALID_VALUE;
+    int fd = (int)(intptr_t)osHandle, dev = -2;
+    char link[64], target[128];
+    struct stat st;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0 || fstat(fd, &st) != 0 || st.st_size <= 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    target[n] = 0;
+    if (sscanf(target, "/memfd:flexai-sim-vmm-%d", &dev) != 1 || dev < -1 ||
+        dev >= sim_proc.h.cfg.ncards)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sim_vmm *v = calloc(1, sizeof *v);
+    if (!v)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    v->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (v->fd < 0) {
+        free(v);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    v->magic = M_VMM;
+    v->device = dev;
+    v->size = (uint64_t)st.st_size;
+    v->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    v->prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    v->prop.location.type = dev >= 0 ? CU_MEM_LOCATION_TYPE_DEVICE : CU_MEM_LOCATION_TYPE_HOST;
+    v->prop.location.id = dev >= 0 ? dev : 0;
+    v->refs = 1;
+    *handle = (CUmemGenericAllocationHandle)(uintptr_t)v;
     return CUDA_SUCCESS;
 }
 
@@ -1077,19 +1308,25 @@ CUresult sim_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericA
     struct sim_alloc *a = calloc(1, sizeof *a);
     if (!a)
         return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&sim_proc.alloc_lock);
+    v->maps++; /* the mapping holds the memory, whatever becomes of the handle */
+    pthread_mutex_unlock(&sim_proc.alloc_lock);
     void *m = mmap((void *)(uintptr_t)ptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
                    v->fd, (off_t)offset);
-    if (m == MAP_FAILED) {
-        free(a);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
     a->base = (uintptr_t)ptr;
     a->size = size;
     a->map_len = size;
     a->device = v->device;
     a->kind = A_VMM_MAP;
-    if (table_insert(a)) {
+    a->vmm = v;
+    if (m == MAP_FAILED || table_insert(a)) {
         free(a);
+        pthread_mutex_lock(&sim_proc.alloc_lock);
+        v->maps--;
+        int gone = vmm_gone(v);
+        pthread_mutex_unlock(&sim_proc.alloc_lock);
+        if (gone)
+            vmm_free(v);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     return CUDA_SUCCESS;
@@ -1105,12 +1342,17 @@ CUresult sim_cuMemUnmap(CUdeviceptr ptr, size_t size)
     uintptr_t p = (uintptr_t)ptr, end = p + size;
     for (;;) {
         struct sim_alloc *victim = NULL;
+        struct sim_vmm *gone = NULL;
         pthread_mutex_lock(&sim_proc.alloc_lock);
         for (size_t i = 0; i < sim_proc.nallocs; i++) {
             struct sim_alloc *a = sim_proc.allocs[i];
             if (a->kind == A_VMM_MAP && a->base >= p && a->base < end) {
                 victim = a;
                 table_remove_at(i);
+                if (a->vmm) {
+                    a->vmm->maps--;
+                    gone = vmm_gone(a->vmm) ? a->vmm : NULL;
+                }
                 break;
             }
         }
@@ -1118,6 +1360,8 @@ CUresult sim_cuMemUnmap(CUdeviceptr ptr, size_t size)
         if (!victim)
             break;
         free(victim);
+        if (gone)
+            vmm_free(gone); /* released earlier: the last mapping gives the memory back */
     }
     mmap((void *)p, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     return CUDA_SUCCESS;

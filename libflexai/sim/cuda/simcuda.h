@@ -134,9 +134,11 @@ struct sim_vmm {
     uint64_t charged;
     int fd;                          /* memfd backing the physical memory */
     CUmemAllocationProp prop;
+    int refs;                        /* handle references (create/import/retain - release) */
+    int maps;                        /* live cuMemMap mappings; memory lives while either is > 0 */
 };
 
-enum alloc_kind { A_DEVICE = 1, A_MANAGED, A_HOST, A_POOL, A_VMM_MAP, A_RESERVE };
+enum alloc_kind { A_DEVICE = 1, A_MANAGED, A_HOST, A_POOL, A_VMM_MAP, A_RESERVE, A_IPC };
 
 struct sim_alloc {
     uintptr_t base;
@@ -147,6 +149,8 @@ struct sim_alloc {
     int kind;
     struct CUctx_st *ctx;
     struct CUmemPoolHandle_st *pool;
+    struct sim_vmm *vmm;             /* A_VMM_MAP: the handle mapped here */
+    int ipc_fd;                      /* A_DEVICE exported with cuIpcGetMemHandle / A_IPC: memfd + 1 */
 };
 
 struct sim_reservation {            /* a cuMemAddressReserve range */

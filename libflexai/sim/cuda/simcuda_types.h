@@ -34,6 +34,7 @@ typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef struct CUgreenCtx_st *CUgreenCtx;
 typedef unsigned long long CUmemGenericAllocationHandle_v1;
 typedef CUmemGenericAllocationHandle_v1 CUmemGenericAllocationHandle;
+typedef struct CUipcMemHandle_st { char reserved[64]; } CUipcMemHandle;
 
 typedef struct CUuuid_st { char bytes[16]; } CUuuid;
 
