@@ -177,6 +177,9 @@ typedef struct {
     X(cuMemAllocFromPoolAsync, CUDA) X(cuMemAllocFromPoolAsync_ptsz, CUDA)                   \
     X(cuMemFreeAsync, CUDA) X(cuMemFreeAsync_ptsz, CUDA)                                     \
     X(cuMemCreate, CUDA) X(cuMemRelease, CUDA)                                               \
+    X(cuMemMap, CUDA) X(cuMemUnmap, CUDA) X(cuMemRetainAllocationHandle, CUDA)               \
+    X(cuMemImportFromShareableHandle, CUDA) X(cuMemPoolImportPointer, CUDA)                  \
+    X(cuIpcOpenMemHandle, CUDA) X(cuIpcOpenMemHandle_v2, CUDA) X(cuIpcCloseMemHandle, CUDA)  \
     X(cuArrayCreate, CUDA) X(cuArrayCreate_v2, CUDA)                                         \
     X(cuArray3DCreate, CUDA) X(cuArray3DCreate_v2, CUDA)                                     \
     X(cuArrayDestroy, CUDA)                                                                  \
@@ -240,6 +243,19 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream);
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                      const CUmemAllocationProp *prop, unsigned long long flags);
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle);
+typedef struct { char reserved[64]; } CUipcMemHandle;
+typedef struct { unsigned char reserved[64]; } CUmemPoolPtrExportData;
+CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                  unsigned long long flags);
+CUresult cuMemUnmap(CUdeviceptr ptr, size_t size);
+CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr);
+CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
+                                        int shHandleType);
+CUresult cuMemPoolImportPointer(CUdeviceptr *ptr_out, CUmemoryPool pool,
+                                CUmemPoolPtrExportData *shareData);
+CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags);
+CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags);
+CUresult cuIpcCloseMemHandle(CUdeviceptr dptr);
 CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *desc);
 CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *desc);
 CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *desc);
@@ -427,6 +443,7 @@ FLEXAI_HIDDEN int flexai_sizemap_put(int kind, uint64_t key, int64_t bytes);
 /* Removes the entry; its size, or -1 when the key is unknown. */
 FLEXAI_HIDDEN int64_t flexai_sizemap_take(int kind, uint64_t key);
 FLEXAI_HIDDEN void flexai_sizemap_after_fork(void);
+#define FLEXAI_IPC 16 /* vmm.c: a cuIpcOpenMemHandle import, keyed by its pointer */
 
 /* ---- memory.c / nvml_view.c: the slice's card ---------------------------------------- */
 FLEXAI_HIDDEN int flexai_cu_device(CUdevice *dev);

@@ -448,27 +448,7 @@ CUresult fx_cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch, unsigned
 PITCH_WRAPPER(cuMemAllocPitch, CUdeviceptr_v1, unsigned int)
 FLEXAI_ALIAS(cuMemAllocPitch);
 
-/* VMM: physical memory on a device counts; host and host-NUMA locations (NCCL) do not. */
-CUresult fx_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
-                        const CUmemAllocationProp *prop, unsigned long long flags)
-{
-    __typeof__(&cuMemCreate) real = REAL(cuMemCreate);
-    if (!real)
-        return CUDA_ERROR_NOT_INITIALIZED;
-    if (!flexai_enforcing() || prop == NULL || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
-        return real(handle, size, prop, flags);
-    int64_t bytes = (int64_t)size;
-    int charged = flexai_reserve(bytes);
-    if (charged < 0)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult rc = real(handle, size, prop, flags);
-    return commit(charged, FLEXAI_VMM, rc == CUDA_SUCCESS ? *handle : 0, bytes, rc);
-}
-FLEXAI_ALIAS(cuMemCreate);
-
-CUresult fx_cuMemRelease(CUmemGenericAllocationHandle handle)
-FREE_WRAPPER(cuMemRelease, FLEXAI_VMM, handle, real(handle))
-FLEXAI_ALIAS(cuMemRelease);
+/* VMM (cuMemCreate, cuMemRelease, cuMemMap, ...) and IPC imports: vmm.c. */
 
 /* ---- arrays ---------------------------------------------------------------------------- */
 
