@@ -61,12 +61,30 @@ struct tstate {
     uint32_t open_n;
     int open_borrowed;       /* open_start is the previous batch's end */
     int fast;                /* the last gate said: alone, holder, full cap */
+    int in_capture;          /* this launch goes into a capture: not measured */
     uint64_t fast_turn;      /* the turn word when fast was set */
     uint64_t fast_gen;
     uint64_t cap_ns;
     void *pool[POOL];
     int npool;
 };
+
+/* Stream capture (CUDA graphs). Launches into a capturing stream are recorded into a graph,
+ * not run, and while any capture of the process is open the driver forbids "unsafe" calls
+ * (event query/synchronize...) in global mode, invalidating the capture. `capture_open` counts
+ * the captures begun through the wrappers below and not yet ended; while it is non-zero the
+ * gate (the slow path only: a thread's batch never stays open on a stream it begins to capture)
+ * passes launches into a capturing stream untouched, never records on a capturing stream, and
+ * makes its own driver calls with the thread's capture mode set to relaxed. Graph replays
+ * (cuGraphLaunch on a stream not capturing) are gated and measured like any launch. */
+static int capture_open;
+static int cu_capturing(void *stream);   /* 1: the stream is capturing (or cannot be used) */
+static int cu_relax(int *old);           /* the thread's capture mode to relaxed: 1 if changed */
+static void cu_unrelax(int old);
+static int capture_stream_busy(void *stream)
+{
+    return __atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0 && cu_capturing(stream);
+}
 
 /* One pointer of initial-exec TLS (no __tls_get_addr call on the launch path; 8 bytes fit the
  * static TLS reserve even when the library is dlopen'd); the state itself is on the heap. */
@@ -329,7 +347,9 @@ static void close_open(struct tstate *t)
     if (t->head - t->tail >= RING)
         wait_batch(t, t->tail);
     void *end = ev_get(t);
-    if (!end || G.timer->record(end, t->open_stream) != 0) {
+    /* a stream that began capturing since the batch opened: an event recorded there would be
+     * a node of the user's graph, so the batch is counted as its estimate */
+    if (!end || capture_stream_busy(t->open_stream) || G.timer->record(end, t->open_stream) != 0) {
         /* cannot measure this batch: count it as its estimate */
         flexai_ctl_charge(G.board, &flexai_P.region->compute, G.sh, &t->p,
                           t->open_n * (t->p.est_launch_ns ? t->p.est_launch_ns : 0), t->open_n, now_mono());
@@ -461,6 +481,23 @@ static void pause_gate(struct flexai_region *r)
     }
 }
 
+/* The gate while some capture of the process is open (CUDA only). */
+static void capture_gate(struct flexai_region *r, struct tstate *t, void *stream)
+{
+    int old, relaxed = cu_relax(&old);
+    if (cu_capturing(stream)) {
+        /* recorded into a graph, not run: nothing to wait for or measure (its replays are) */
+        t->in_capture = 1;
+        if (unlikely(__atomic_load_n(&G.sh->paused, __ATOMIC_RELAXED)))
+            pause_gate(r);
+    } else {
+        close_open(t);
+        gate_slow(r, t, stream);
+    }
+    if (relaxed)
+        cu_unrelax(old);
+}
+
 static inline void compute_gate(const struct flexai_device_timer *timer, struct flexai_region *r,
                                 void *stream)
 {
@@ -499,6 +536,10 @@ static inline void compute_gate(const struct flexai_device_timer *timer, struct 
         !__atomic_load_n(&G.sh->paused, __ATOMIC_RELAXED) &&
         flexai_ctl_inflight_ns(&t->p) < t->cap_ns)
         return;
+    if (unlikely(__atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0)) {
+        capture_gate(r, t, stream);
+        return;
+    }
     close_open(t); /* the batch is full (or the slice no longer runs alone): measure it */
     gate_slow(r, t, stream);
 }
@@ -509,9 +550,13 @@ static inline void compute_after(const struct flexai_device_timer *timer, int ok
     if (!G.enabled || timer != G.timer)
         return;
     struct tstate *t = TP;
-    if (!t || t->ready <= 0 || !t->open_start)
+    if (!t || t->ready <= 0)
         return;
-    if (!ok)
+    if (unlikely(t->in_capture)) {
+        t->in_capture = 0; /* recorded into a graph: not this batch's */
+        return;
+    }
+    if (!t->open_start || !ok)
         return;
     t->open_n++;
     if (t->fast) {
@@ -520,6 +565,13 @@ static inline void compute_after(const struct flexai_device_timer *timer, int ok
     }
     uint64_t now = now_mono();
     flexai_ctl_launched(G.board, &t->p, 1, now + flexai_ctl_inflight_ns(&t->p) + t->p.est_launch_ns, now);
+    if (unlikely(__atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0)) {
+        int old, relaxed = cu_relax(&old);
+        close_open(t);
+        if (relaxed)
+            cu_unrelax(old);
+        return;
+    }
     close_open(t); /* throttled or contended: measure every launch */
 }
 
@@ -544,6 +596,8 @@ static struct {
     CUresult (*elapsed)(float *, CUevent, CUevent);
     CUresult (*destroy)(CUevent);
     CUresult (*ctx_current)(CUcontext *);
+    CUresult (*is_capturing)(CUstream, int *);  /* optional: drivers before CUDA 10 lack them */
+    CUresult (*exchange_mode)(int *);
 } CU;
 
 static int cu_bind(void)
@@ -554,6 +608,8 @@ static int cu_bind(void)
     *(void **)&CU.elapsed = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventElapsedTime");
     *(void **)&CU.destroy = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventDestroy_v2");
     *(void **)&CU.ctx_current = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetCurrent");
+    *(void **)&CU.is_capturing = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuStreamIsCapturing");
+    *(void **)&CU.exchange_mode = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuThreadExchangeStreamCaptureMode");
     return CU.create && CU.record && CU.query && CU.elapsed && CU.destroy && CU.ctx_current ? 0 : -1;
 }
 
@@ -592,6 +648,106 @@ static void cu_destroy(void *ev)
 static const struct flexai_device_timer CUDA_TIMER = {
     "CUDA", cu_bind, cu_thread_ready, cu_create, cu_record, cu_query, cu_elapsed, cu_destroy,
 };
+
+/* ---- stream capture (see capture_open) ---- */
+#define FX_CAPTURE_STATUS_NONE 0
+#define FX_CAPTURE_MODE_RELAXED 2
+#define FX_ERROR_STREAM_CAPTURE_INVALIDATED 901
+
+static int cu_capturing(void *stream)
+{
+    if (G.timer != &CUDA_TIMER || !CU.is_capturing)
+        return 0; /* another runtime's stream; or a driver without capture */
+    int st = FX_CAPTURE_STATUS_NONE;
+    /* an error (the legacy stream beside a capture: CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) counts
+     * as capturing: nothing of ours may go there */
+    return CU.is_capturing(stream, &st) != CUDA_SUCCESS || st != FX_CAPTURE_STATUS_NONE;
+}
+
+static int cu_relax(int *old)
+{
+    if (G.timer != &CUDA_TIMER || !CU.exchange_mode)
+        return 0;
+    *old = FX_CAPTURE_MODE_RELAXED;
+    return CU.exchange_mode(old) == CUDA_SUCCESS;
+}
+
+static void cu_unrelax(int old)
+{
+    CU.exchange_mode(&old);
+}
+
+/* Before a capture begins on `stream`: this thread's open batch there is closed now, while
+ * an event may still be recorded on it (the fast path never runs on a capturing stream). */
+static void capture_begins(CUstream stream, int ptsz)
+{
+    __atomic_add_fetch(&capture_open, 1, __ATOMIC_ACQ_REL);
+    if (ptsz && stream == NULL)
+        stream = FX_STREAM_PER_THREAD;
+    struct tstate *t = TP;
+    if (!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE) || G.timer != &CUDA_TIMER || !t ||
+        t->ready <= 0 || !t->open_start || t->open_stream != stream)
+        return;
+    int old, relaxed = cu_relax(&old);
+    close_open(t);
+    t->fast = 0;
+    if (relaxed)
+        cu_unrelax(old);
+}
+
+#define CAPTURE_BEGIN_WRAPPER(name, stream, ptsz, call)                                      \
+    {                                                                                        \
+        __typeof__(&name) real = REAL(name);                                                 \
+        if (unlikely(!real))                                                                 \
+            return CUDA_ERROR_NOT_INITIALIZED;                                               \
+        capture_begins(stream, ptsz);                                                        \
+        CUresult rc = call;                                                                  \
+        if (rc != CUDA_SUCCESS)                                                              \
+            __atomic_sub_fetch(&capture_open, 1, __ATOMIC_ACQ_REL);                          \
+        return rc;                                                                           \
+    }
+
+#define CAPTURE_END_WRAPPER(name, call)                                                      \
+    {                                                                                        \
+        __typeof__(&name) real = REAL(name);                                                 \
+        if (unlikely(!real))                                                                 \
+            return CUDA_ERROR_NOT_INITIALIZED;                                               \
+        CUresult rc = call;                                                                  \
+        /* ended, with a graph or invalidated; other errors leave the capture open */        \
+        if ((rc == CUDA_SUCCESS || rc == FX_ERROR_STREAM_CAPTURE_INVALIDATED) &&             \
+            __atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0)                            \
+            __atomic_sub_fetch(&capture_open, 1, __ATOMIC_ACQ_REL);                          \
+        return rc;                                                                           \
+    }
+
+CUresult fx_cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
+CAPTURE_BEGIN_WRAPPER(cuStreamBeginCapture_v2, hStream, 0, real(hStream, mode))
+FLEXAI_ALIAS(cuStreamBeginCapture_v2);
+
+CUresult fx_cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode)
+CAPTURE_BEGIN_WRAPPER(cuStreamBeginCapture_v2_ptsz, hStream, 1, real(hStream, mode))
+FLEXAI_ALIAS(cuStreamBeginCapture_v2_ptsz);
+
+CUresult fx_cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph, const CUgraphNode *deps,
+                                        const CUgraphEdgeData *edges, size_t ndeps,
+                                        CUstreamCaptureMode mode)
+CAPTURE_BEGIN_WRAPPER(cuStreamBeginCaptureToGraph, hStream, 0, real(hStream, hGraph, deps, edges, ndeps, mode))
+FLEXAI_ALIAS(cuStreamBeginCaptureToGraph);
+
+CUresult fx_cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph,
+                                             const CUgraphNode *deps, const CUgraphEdgeData *edges,
+                                             size_t ndeps, CUstreamCaptureMode mode)
+CAPTURE_BEGIN_WRAPPER(cuStreamBeginCaptureToGraph_ptsz, hStream, 1,
+                      real(hStream, hGraph, deps, edges, ndeps, mode))
+FLEXAI_ALIAS(cuStreamBeginCaptureToGraph_ptsz);
+
+CUresult fx_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
+CAPTURE_END_WRAPPER(cuStreamEndCapture, real(hStream, phGraph))
+FLEXAI_ALIAS(cuStreamEndCapture);
+
+CUresult fx_cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph)
+CAPTURE_END_WRAPPER(cuStreamEndCapture_ptsz, real(hStream, phGraph))
+FLEXAI_ALIAS(cuStreamEndCapture_ptsz);
 
 /* The region when this launch is the slice's, NULL when passing through. */
 static inline struct flexai_region *launch_begin(CUstream stream, int ptsz)

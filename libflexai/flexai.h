@@ -188,6 +188,9 @@ typedef struct {
     X(cuLaunchKernelEx, CUDA) X(cuLaunchKernelEx_ptsz, CUDA)                                 \
     X(cuLaunchCooperativeKernel, CUDA) X(cuLaunchCooperativeKernel_ptsz, CUDA)               \
     X(cuGraphLaunch, CUDA) X(cuGraphLaunch_ptsz, CUDA)                                       \
+    X(cuStreamBeginCapture_v2, CUDA) X(cuStreamBeginCapture_v2_ptsz, CUDA)                   \
+    X(cuStreamBeginCaptureToGraph, CUDA) X(cuStreamBeginCaptureToGraph_ptsz, CUDA)           \
+    X(cuStreamEndCapture, CUDA) X(cuStreamEndCapture_ptsz, CUDA)                             \
     X(nvmlDeviceGetCount, NVML) X(nvmlDeviceGetCount_v2, NVML)                               \
     X(nvmlDeviceGetHandleByIndex, NVML) X(nvmlDeviceGetHandleByIndex_v2, NVML)               \
     X(nvmlDeviceGetHandleByUUID, NVML)                                                       \
@@ -278,6 +281,22 @@ CUresult cuLaunchCooperativeKernel(FLEXAI_LAUNCH_ARGS);
 CUresult cuLaunchCooperativeKernel_ptsz(FLEXAI_LAUNCH_ARGS);
 CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream);
 CUresult cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream);
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct CUgraphEdgeData_st CUgraphEdgeData;
+typedef int CUstreamCaptureMode; /* an enum in cuda.h */
+CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode);
+CUresult cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode);
+CUresult cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph,
+                                     const CUgraphNode *dependencies,
+                                     const CUgraphEdgeData *dependencyData,
+                                     size_t numDependencies, CUstreamCaptureMode mode);
+CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph,
+                                          const CUgraphNode *dependencies,
+                                          const CUgraphEdgeData *dependencyData,
+                                          size_t numDependencies, CUstreamCaptureMode mode);
+CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph);
+CUresult cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph);
 
 nvmlReturn_t nvmlDeviceGetCount(unsigned int *count);
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count);

@@ -442,6 +442,12 @@ static const struct variant VARIANTS[] = {
     {"cuLaunchCooperativeKernel", 9000, 1, FX_cuLaunchCooperativeKernel_ptsz},
     {"cuGraphLaunch", 10000, 0, FX_cuGraphLaunch},
     {"cuGraphLaunch", 10000, 1, FX_cuGraphLaunch_ptsz},
+    {"cuStreamBeginCapture", 10010, 0, FX_cuStreamBeginCapture_v2},
+    {"cuStreamBeginCapture", 10010, 1, FX_cuStreamBeginCapture_v2_ptsz},
+    {"cuStreamBeginCaptureToGraph", 12030, 0, FX_cuStreamBeginCaptureToGraph},
+    {"cuStreamBeginCaptureToGraph", 12030, 1, FX_cuStreamBeginCaptureToGraph_ptsz},
+    {"cuStreamEndCapture", 10000, 0, FX_cuStreamEndCapture},
+    {"cuStreamEndCapture", 10000, 1, FX_cuStreamEndCapture_ptsz},
 };
 #define NVARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
 

@@ -66,6 +66,10 @@ class Slices:
                     "--blocks", str(s.get("blocks", 1))]
             if s.get("closed"):
                 args += ["--closed", "--think-us", str(s.get("think_us", 0))]
+            if s.get("graph_nodes"):
+                args += ["--graph-nodes", str(s["graph_nodes"])]
+            if s.get("side_capture"):
+                args += ["--side-capture"]
             self.procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
                                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
 

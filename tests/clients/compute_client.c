@@ -110,7 +110,7 @@ int main(int argc, char **argv)
     double seconds = 5;
     uint64_t start_at = 0, bucket_ns = 50000000, think_ns = 0;
     const char *api = "launch", *driver = "cuda";
-    int closed = 0, graph_nodes = 8;
+    int closed = 0, graph_nodes = 8, side_capture = 0;
     unsigned sm = 132;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
@@ -132,6 +132,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--think-us")) think_ns = (uint64_t)(atof(v) * 1000), i++;
         else if (!strcmp(a, "--sm-count")) sm = (unsigned)atoi(v), i++;
         else if (!strcmp(a, "--closed")) closed = 1;
+        else if (!strcmp(a, "--side-capture")) side_capture = 1;
         else {
             fprintf(stderr, "compute_client: unknown argument %s\n", a);
             return 2;
@@ -216,6 +217,16 @@ int main(int argc, char **argv)
         CK(p_cuStreamEndCapture(s, &g), "cuStreamEndCapture");
         CK(p_cuGraphInstantiateWithFlags(&exec, g, 0), "cuGraphInstantiateWithFlags");
     }
+    /* --side-capture: a global-mode capture stays open on another stream during the run (only
+     * launches, which are safe, happen meanwhile); it must end without being invalidated */
+    CUstream side = NULL;
+    if (!acl && side_capture) {
+        uint64_t v = per[0];
+        void *params[] = {&v};
+        CK(p_cuStreamCreate(&side, 0), "cuStreamCreate side");
+        CK(p_cuStreamBeginCapture_v2(side, 0), "cuStreamBeginCapture_v2 side");
+        CK(p_cuLaunchKernel(f, blocks, 1, 1, 128, 1, 1, 0, side, params, NULL), "side capture launch");
+    }
 
     if (start_at)
         while (now_ns() < start_at) {
@@ -283,6 +294,11 @@ int main(int argc, char **argv)
             }
         }
     }
+    int side_end = 0;
+    if (side) {
+        CUgraph g2;
+        side_end = (int)p_cuStreamEndCapture(side, &g2);
+    }
     CK(acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "final stream synchronize");
     uint64_t wall = now_ns() - t0;
     printf("{\"launches\": %llu, \"busy_ns\": %llu, \"wall_ns\": %llu, \"bucket_ns\": %llu, "
@@ -292,6 +308,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < nb; i++)
         printf("%s%llu", i ? ", " : "", (unsigned long long)bucket[i]);
     printf("]");
+    if (side)
+        printf(", \"side_capture_end\": %d", side_end);
     if (closed && nlat) {
         qsort(lat, nlat, sizeof *lat, cmp_u64);
         double sum = 0;

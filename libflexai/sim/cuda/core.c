@@ -609,6 +609,8 @@ CUresult sim_cuCtxSynchronize(void)
     CUresult rc = sim_current_ctx(&c);
     if (rc)
         return rc;
+    if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
+        return rc; /* unsafe while a capture is open (exec.c) */
     sim_sleep_until(sim_ctx_tail(c));
     return CUDA_SUCCESS;
 }
@@ -808,6 +810,8 @@ CUresult sim_cuCtxSynchronize_v2(CUcontext ctx)
         return rc;
     if (!sim_ctx_ok(ctx))
         return CUDA_ERROR_INVALID_CONTEXT;
+    if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
+        return rc;
     sim_sleep_until(sim_ctx_tail(ctx));
     return CUDA_SUCCESS;
 }

@@ -154,6 +154,94 @@ void sim_stream_book(struct CUstream_st *s, uint64_t dur)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* ---------------------------------------------------------------- capture rules
+ *
+ * The CUDA programming guide's rules for "potentially unsafe" calls (query/synchronize of
+ * events, streams and contexts) while a stream capture is open: a thread whose capture mode
+ * (cuThreadExchangeStreamCaptureMode, default global) is
+ *   global:       prohibited while it has a capture of its own not begun in relaxed mode, or
+ *                 any other thread has one begun in global mode;
+ *   thread-local: prohibited while it has a capture of its own not begun in relaxed mode;
+ *   relaxed:      never prohibited.
+ * A prohibited call fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
+ * capture sequences that prohibited it (cuStreamEndCapture then returns
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED). */
+#define CAP_MAX 64
+static pthread_mutex_t cap_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct CUstream_st *cap_open[CAP_MAX];
+static int cap_n;
+static _Atomic int cap_strict;     /* open captures not begun in relaxed mode */
+static __thread CUstreamCaptureMode thread_capture_mode; /* 0: global, the default */
+
+CUresult sim_cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!mode || (int)*mode < 0 || *mode > CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUstreamCaptureMode old = thread_capture_mode;
+    thread_capture_mode = *mode;
+    *mode = old;
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_capture_unsafe(void)
+{
+    if (atomic_load(&cap_strict) == 0 || thread_capture_mode == CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_SUCCESS;
+    int hit = 0;
+    pthread_t me = pthread_self();
+    pthread_mutex_lock(&cap_lock);
+    for (int i = 0; i < cap_n; i++) {
+        struct CUstream_st *c = cap_open[i];
+        if (c->capture_mode == CU_STREAM_CAPTURE_MODE_RELAXED)
+            continue;
+        int mine = pthread_equal(c->capture_owner, me);
+        if (mine || (c->capture_mode == CU_STREAM_CAPTURE_MODE_GLOBAL &&
+                     thread_capture_mode == CU_STREAM_CAPTURE_MODE_GLOBAL)) {
+            c->capture_invalid = 1;
+            hit = 1;
+        }
+    }
+    pthread_mutex_unlock(&cap_lock);
+    return hit ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
+static CUresult capture_register(struct CUstream_st *s)
+{
+    pthread_mutex_lock(&cap_lock);
+    if (cap_n == CAP_MAX) {
+        pthread_mutex_unlock(&cap_lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    cap_open[cap_n++] = s;
+    if (s->capture_mode != CU_STREAM_CAPTURE_MODE_RELAXED)
+        atomic_fetch_add(&cap_strict, 1);
+    pthread_mutex_unlock(&cap_lock);
+    return CUDA_SUCCESS;
+}
+
+static void capture_unregister(struct CUstream_st *s)
+{
+    pthread_mutex_lock(&cap_lock);
+    for (int i = 0; i < cap_n; i++)
+        if (cap_open[i] == s) {
+            cap_open[i] = cap_open[--cap_n];
+            if (s->capture_mode != CU_STREAM_CAPTURE_MODE_RELAXED)
+                atomic_fetch_sub(&cap_strict, 1);
+            break;
+        }
+    pthread_mutex_unlock(&cap_lock);
+}
+
+/* An operation not permitted on a capturing stream: fails, and invalidates the capture. */
+static CUresult capture_illegal(struct CUstream_st *s)
+{
+    s->capture_invalid = 1;
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
+
 CUresult sim_cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority)
 {
     struct CUctx_st *c;
@@ -185,6 +273,8 @@ CUresult sim_cuStreamDestroy_v2(CUstream hStream)
         hStream->magic != M_STREAM || hStream->kind != 0)
         return CUDA_ERROR_INVALID_HANDLE;
     struct CUctx_st *c = hStream->ctx;
+    if (hStream->capturing)
+        capture_unregister(hStream);
     /* work already booked stays on the card's timeline, as on a real GPU */
     pthread_mutex_lock(&c->lock);
     for (struct CUstream_st **pp = &c->streams; *pp; pp = &(*pp)->next)
@@ -206,7 +296,9 @@ static CUresult stream_sync(CUstream hs, int ptds)
     if (rc)
         return rc;
     if (s->capturing)
-        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+        return capture_illegal(s);
+    if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
+        return rc;
     sim_sleep_until(sim_stream_tail(s));
     return CUDA_SUCCESS;
 }
@@ -219,6 +311,10 @@ static CUresult stream_query(CUstream hs, int ptds)
     struct CUstream_st *s;
     CUresult rc = sim_resolve_stream(hs, ptds, &s);
     if (rc)
+        return rc;
+    if (s->capturing)
+        return capture_illegal(s);
+    if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
         return rc;
     return sim_now_ns() >= sim_stream_tail(s) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
@@ -353,10 +449,17 @@ static CUresult event_record(CUevent ev, CUstream hs, unsigned flags, int ptds)
         return CUDA_ERROR_INVALID_HANDLE;
     if (flags & ~1u)
         return CUDA_ERROR_INVALID_VALUE;
-    if (s->capturing)
-        return CUDA_SUCCESS; /* captured event records are no-ops in the simulated graph */
+    if (s->capturing) {
+        /* a record node in the captured graph: the event is now "last recorded in a capture",
+         * which only the graph's launches complete (queries answer CUDA_ERROR_CAPTURED_EVENT) */
+        if (s->capture_invalid)
+            return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+        ev->captured = 1;
+        return CUDA_SUCCESS;
+    }
     atomic_store(&ev->t, max_u64(sim_now_ns(), sim_stream_tail(s)));
     ev->recorded = 1;
+    ev->captured = 0;
     return CUDA_SUCCESS;
 }
 
@@ -372,6 +475,10 @@ CUresult sim_cuEventQuery(CUevent ev)
         return rc;
     if (!ev || ev->magic != M_EVENT)
         return CUDA_ERROR_INVALID_HANDLE;
+    if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
+        return rc;
+    if (ev->captured)
+        return CUDA_ERROR_CAPTURED_EVENT;
     if (!ev->recorded)
         return CUDA_SUCCESS;
     return sim_now_ns() >= atomic_load(&ev->t) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
@@ -384,6 +491,10 @@ CUresult sim_cuEventSynchronize(CUevent ev)
         return rc;
     if (!ev || ev->magic != M_EVENT)
         return CUDA_ERROR_INVALID_HANDLE;
+    if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
+        return rc;
+    if (ev->captured)
+        return CUDA_ERROR_CAPTURED_EVENT;
     if (ev->recorded)
         sim_sleep_until(atomic_load(&ev->t));
     return CUDA_SUCCESS;
@@ -410,6 +521,8 @@ CUresult sim_cuEventElapsedTime_v2(float *pMilliseconds, CUevent a, CUevent b)
         return CUDA_ERROR_INVALID_VALUE;
     if (!a || !b || a->magic != M_EVENT || b->magic != M_EVENT)
         return CUDA_ERROR_INVALID_HANDLE;
+    if (a->captured || b->captured)
+        return CUDA_ERROR_CAPTURED_EVENT;
     if ((a->flags | b->flags) & CU_EVENT_DISABLE_TIMING || !a->recorded || !b->recorded)
         return CUDA_ERROR_INVALID_HANDLE;
     uint64_t now = sim_now_ns(), ta = atomic_load(&a->t), tb = atomic_load(&b->t);
@@ -776,6 +889,8 @@ static CUresult launch(CUfunction hf, unsigned gx, unsigned gy, unsigned gz, uns
         return CUDA_ERROR_INVALID_VALUE;
     uint64_t blocks = (uint64_t)gx * gy * gz;
     uint64_t dur = kernel_ns(f, blocks, params, extra);
+    if (s->capturing && s->capture_invalid)
+        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     if (s->capturing)
         return graph_append(s->capture_graph, f, blocks, dur, NULL);
     sim_stream_book(s, dur);
@@ -841,6 +956,12 @@ static CUresult begin_capture(CUstream hs, CUstreamCaptureMode mode, int ptds)
     s->capture_graph = g;
     s->capture_mode = mode;
     s->capture_id = atomic_fetch_add(&sim_proc.next_id, 1) + 1;
+    s->capture_invalid = 0;
+    s->capture_owner = pthread_self();
+    if (capture_register(s) != CUDA_SUCCESS) {
+        free(g);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     s->capturing = 1;
     return CUDA_SUCCESS;
 }
@@ -855,9 +976,21 @@ static CUresult end_capture(CUstream hs, CUgraph *phGraph, int ptds)
         return CUDA_ERROR_INVALID_VALUE;
     if (!s->capturing)
         return CUDA_ERROR_ILLEGAL_STATE;
+    if (s->capture_mode != CU_STREAM_CAPTURE_MODE_RELAXED &&
+        !pthread_equal(s->capture_owner, pthread_self()))
+        return CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
+    capture_unregister(s);
+    s->capturing = 0;
+    if (s->capture_invalid) {
+        /* the capture sequence ends; its graph is discarded */
+        sim_cuGraphDestroy(s->capture_graph);
+        s->capture_graph = NULL;
+        s->capture_invalid = 0;
+        *phGraph = NULL;
+        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    }
     *phGraph = s->capture_graph;
     s->capture_graph = NULL;
-    s->capturing = 0;
     return CUDA_SUCCESS;
 }
 
@@ -869,7 +1002,8 @@ static CUresult is_capturing(CUstream hs, CUstreamCaptureStatus *st, int ptds)
     STREAM_OR_RETURN(hs, ptds, s);
     if (!st)
         return CUDA_ERROR_INVALID_VALUE;
-    *st = s->capturing ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+    *st = !s->capturing ? CU_STREAM_CAPTURE_STATUS_NONE
+          : s->capture_invalid ? CU_STREAM_CAPTURE_STATUS_INVALIDATED : CU_STREAM_CAPTURE_STATUS_ACTIVE;
     return CUDA_SUCCESS;
 }
 
@@ -882,7 +1016,8 @@ static CUresult capture_info(CUstream hs, CUstreamCaptureStatus *st, cuuint64_t 
     STREAM_OR_RETURN(hs, ptds, s);
     if (!st)
         return CUDA_ERROR_INVALID_VALUE;
-    *st = s->capturing ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+    *st = !s->capturing ? CU_STREAM_CAPTURE_STATUS_NONE
+          : s->capture_invalid ? CU_STREAM_CAPTURE_STATUS_INVALIDATED : CU_STREAM_CAPTURE_STATUS_ACTIVE;
     if (s->capturing) {
         if (id) *id = s->capture_id;
         if (g) *g = s->capture_graph;

@@ -56,6 +56,8 @@ struct CUstream_st {
     CUstreamCaptureMode capture_mode;
     unsigned long long capture_id;
     struct CUgraph_st *capture_graph;
+    int capture_invalid;             /* an unsafe call invalidated this capture sequence */
+    pthread_t capture_owner;         /* the thread that began the capture */
     struct CUstream_st *next;        /* in ctx->streams */
 };
 
@@ -63,6 +65,7 @@ struct CUevent_st {
     uint32_t magic;
     unsigned flags;
     int recorded;
+    int captured;                    /* last recorded inside a capture sequence */
     _Atomic uint64_t t;              /* simulated time the event completes */
 };
 
@@ -199,6 +202,7 @@ CUresult sim_resolve_stream(CUstream hs, int ptds, struct CUstream_st **out);
 uint64_t sim_stream_tail(struct CUstream_st *s);
 void sim_stream_book(struct CUstream_st *s, uint64_t dur);
 uint64_t sim_ctx_tail(struct CUctx_st *c);
+CUresult sim_capture_unsafe(void); /* an unsafe call during capture: 0, or the error (exec.c) */
 void sim_sync_for_copy(struct CUstream_st *s);
 struct CUstream_st *sim_stream_new(struct CUctx_st *ctx, unsigned flags, int priority, int kind);
 
