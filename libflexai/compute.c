@@ -816,10 +816,35 @@ LAUNCH_WRAPPER(cuLaunchKernelEx_ptsz, config ? config->hStream : NULL, 1,
                real(config, f, kernelParams, extra))
 FLEXAI_ALIAS(cuLaunchKernelEx_ptsz);
 
-CUresult fx_cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
+/* A graph whose memory nodes do not fit in the slice is refused before it runs (graphmem.c). */
+#define GRAPH_MEMORY_FIRST(exec, stream, ptsz)                                               \
+    if (unlikely(__atomic_load_n(&flexai_graphmem_seen, __ATOMIC_RELAXED))) {                \
+        CUresult grc = flexai_graphmem_before_launch(exec, stream, ptsz);                    \
+        if (grc != CUDA_SUCCESS)                                                             \
+            return grc;                                                                      \
+    }
+
+static CUresult graph_launch(CUgraphExec hGraphExec, CUstream hStream)
 LAUNCH_WRAPPER(cuGraphLaunch, hStream, 0, real(hGraphExec, hStream))
+
+CUresult fx_cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
+{
+    GRAPH_MEMORY_FIRST(hGraphExec, hStream, 0)
+    return graph_launch(hGraphExec, hStream);
+}
 FLEXAI_ALIAS(cuGraphLaunch);
 
-CUresult fx_cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
+static CUresult graph_launch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
 LAUNCH_WRAPPER(cuGraphLaunch_ptsz, hStream, 1, real(hGraphExec, hStream))
+
+CUresult fx_cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
+{
+    GRAPH_MEMORY_FIRST(hGraphExec, hStream, 1)
+    return graph_launch_ptsz(hGraphExec, hStream);
+}
 FLEXAI_ALIAS(cuGraphLaunch_ptsz);
+
+int flexai_capture_open(void)
+{
+    return __atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0;
+}

@@ -191,6 +191,10 @@ typedef struct {
     X(cuStreamBeginCapture_v2, CUDA) X(cuStreamBeginCapture_v2_ptsz, CUDA)                   \
     X(cuStreamBeginCaptureToGraph, CUDA) X(cuStreamBeginCaptureToGraph_ptsz, CUDA)           \
     X(cuStreamEndCapture, CUDA) X(cuStreamEndCapture_ptsz, CUDA)                             \
+    X(cuGraphAddMemAllocNode, CUDA) X(cuGraphUpload, CUDA) X(cuGraphUpload_ptsz, CUDA)       \
+    X(cuGraphExecDestroy, CUDA) X(cuDeviceGraphMemTrim, CUDA) X(cuGraphDestroy, CUDA)        \
+    X(cuGraphInstantiateWithFlags, CUDA) X(cuGraphInstantiateWithParams, CUDA)               \
+    X(cuGraphInstantiateWithParams_ptsz, CUDA)                                               \
     X(nvmlDeviceGetCount, NVML) X(nvmlDeviceGetCount_v2, NVML)                               \
     X(nvmlDeviceGetHandleByIndex, NVML) X(nvmlDeviceGetHandleByIndex_v2, NVML)               \
     X(nvmlDeviceGetHandleByUUID, NVML)                                                       \
@@ -297,6 +301,28 @@ CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph,
                                           size_t numDependencies, CUstreamCaptureMode mode);
 CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph);
 CUresult cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph);
+typedef struct CUDA_MEM_ALLOC_NODE_PARAMS_v1_st CUDA_MEM_ALLOC_NODE_PARAMS;
+CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
+                                const CUgraphNode *dependencies, size_t numDependencies,
+                                CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams);
+CUresult cuGraphUpload(CUgraphExec hGraphExec, CUstream hStream);
+CUresult cuGraphUpload_ptsz(CUgraphExec hGraphExec, CUstream hStream);
+CUresult cuGraphExecDestroy(CUgraphExec hGraphExec);
+CUresult cuDeviceGraphMemTrim(CUdevice device);
+typedef struct CUDA_GRAPH_INSTANTIATE_PARAMS_st CUDA_GRAPH_INSTANTIATE_PARAMS;
+CUresult cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph,
+                                     unsigned long long flags);
+CUresult cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
+                                      CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams);
+CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGraph,
+                                           CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams);
+CUresult cuGraphDestroy(CUgraph hGraph);
+/* compute.c: captures begun and not ended in this process (stream capture) */
+FLEXAI_HIDDEN int flexai_capture_open(void);
+/* graphmem.c: CUDA-graph memory (docs/libflexai.md) */
+FLEXAI_HIDDEN extern int flexai_graphmem_seen;
+FLEXAI_HIDDEN int flexai_graphmem_captured(CUstream stream, int ptsz, size_t bytes); /* 1: into a capture */
+FLEXAI_HIDDEN CUresult flexai_graphmem_before_launch(CUgraphExec e, CUstream stream, int ptsz);
 
 nvmlReturn_t nvmlDeviceGetCount(unsigned int *count);
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count);

@@ -364,23 +364,25 @@ ALLOC_WRAPPER(cuMemAllocManaged, FLEXAI_PTR, *dptr, bytesize, real(dptr, bytesiz
 FLEXAI_ALIAS(cuMemAllocManaged);
 
 CUresult fx_cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocAsync, FLEXAI_PTR, *dptr, bytesize, real(dptr, bytesize, hStream))
+ALLOC_WRAPPER(cuMemAllocAsync, FLEXAI_PTR, *dptr,
+              flexai_graphmem_captured(hStream, 0, bytesize) ? 0 : bytesize, real(dptr, bytesize, hStream))
 FLEXAI_ALIAS(cuMemAllocAsync);
 
 CUresult fx_cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocAsync_ptsz, FLEXAI_PTR, *dptr, bytesize, real(dptr, bytesize, hStream))
+ALLOC_WRAPPER(cuMemAllocAsync_ptsz, FLEXAI_PTR, *dptr,
+              flexai_graphmem_captured(hStream, 1, bytesize) ? 0 : bytesize, real(dptr, bytesize, hStream))
 FLEXAI_ALIAS(cuMemAllocAsync_ptsz);
 
 CUresult fx_cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                     CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocFromPoolAsync, FLEXAI_PTR, *dptr, bytesize,
-              real(dptr, bytesize, pool, hStream))
+ALLOC_WRAPPER(cuMemAllocFromPoolAsync, FLEXAI_PTR, *dptr,
+              flexai_graphmem_captured(hStream, 0, bytesize) ? 0 : bytesize, real(dptr, bytesize, pool, hStream))
 FLEXAI_ALIAS(cuMemAllocFromPoolAsync);
 
 CUresult fx_cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                          CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocFromPoolAsync_ptsz, FLEXAI_PTR, *dptr, bytesize,
-              real(dptr, bytesize, pool, hStream))
+ALLOC_WRAPPER(cuMemAllocFromPoolAsync_ptsz, FLEXAI_PTR, *dptr,
+              flexai_graphmem_captured(hStream, 1, bytesize) ? 0 : bytesize, real(dptr, bytesize, pool, hStream))
 FLEXAI_ALIAS(cuMemAllocFromPoolAsync_ptsz);
 
 CUresult fx_cuMemFree_v2(CUdeviceptr dptr)

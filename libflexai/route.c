@@ -448,6 +448,16 @@ static const struct variant VARIANTS[] = {
     {"cuStreamBeginCaptureToGraph", 12030, 1, FX_cuStreamBeginCaptureToGraph_ptsz},
     {"cuStreamEndCapture", 10000, 0, FX_cuStreamEndCapture},
     {"cuStreamEndCapture", 10000, 1, FX_cuStreamEndCapture_ptsz},
+    {"cuGraphAddMemAllocNode", 11040, 0, FX_cuGraphAddMemAllocNode},
+    {"cuGraphUpload", 11010, 0, FX_cuGraphUpload},
+    {"cuGraphUpload", 11010, 1, FX_cuGraphUpload_ptsz},
+    {"cuGraphExecDestroy", 10000, 0, FX_cuGraphExecDestroy},
+    {"cuDeviceGraphMemTrim", 11040, 0, FX_cuDeviceGraphMemTrim},
+    {"cuGraphDestroy", 10000, 0, FX_cuGraphDestroy},
+    {"cuGraphInstantiateWithFlags", 11040, 0, FX_cuGraphInstantiateWithFlags},
+    {"cuGraphInstantiate", 12000, 0, FX_cuGraphInstantiateWithFlags},
+    {"cuGraphInstantiateWithParams", 12000, 0, FX_cuGraphInstantiateWithParams},
+    {"cuGraphInstantiateWithParams", 12000, 1, FX_cuGraphInstantiateWithParams_ptsz},
 };
 #define NVARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
 

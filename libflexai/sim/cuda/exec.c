@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 
 #include "simcuda.h"
 
@@ -1041,6 +1042,155 @@ CUresult sim_cuStreamGetCaptureInfo_v3_ptsz(CUstream h, CUstreamCaptureStatus *s
                                             CUgraph *g, const CUgraphNode **d, const CUgraphEdgeData **e, size_t *n)
 { return capture_info(h, st, id, g, d, e, n, 1); }
 
+/* ---------------------------------------------------------------- graph memory
+ *
+ * Allocation nodes (cuGraphAddMemAllocNode, or cuMemAllocAsync into a capturing stream) get
+ * their address when added; their physical memory comes from the device's graph memory pool
+ * when an executable graph is first uploaded or launched (the exec's footprint: all of its
+ * allocation nodes, no reuse among them), and stays reserved in the pool after the exec is
+ * destroyed, until cuDeviceGraphMemTrim gives back what no live exec uses. The pool's reserve
+ * is charged on the card (cuMemGetInfo, NVML), like any allocation of the process. */
+static pthread_mutex_t gmem_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t gmem_used[SIM_MAX_CARDS], gmem_reserved[SIM_MAX_CARDS];
+static uint64_t gmem_used_high[SIM_MAX_CARDS], gmem_reserved_high[SIM_MAX_CARDS];
+
+static CUresult graph_mem_node(struct CUgraph_st *g, int device, size_t size, CUdeviceptr *dptr,
+                               struct sim_knode **node)
+{
+    if (!size || device < 0 || device >= SIM_MAX_CARDS)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (g->mem_bytes && g->mem_device != device)
+        return CUDA_ERROR_NOT_SUPPORTED; /* one device's pool per graph, in this simulator */
+    uint64_t bytes = ((uint64_t)size + SIM_ALLOC_ALIGN - 1) / SIM_ALLOC_ALIGN * SIM_ALLOC_ALIGN;
+    /* an address of its own (no memory behind it until the graph runs) */
+    void *va = mmap(NULL, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (va == MAP_FAILED)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = graph_append(g, NULL, 0, 0, node);
+    if (rc) {
+        munmap(va, bytes);
+        return rc;
+    }
+    g->mem_bytes += bytes;
+    g->mem_device = device;
+    *dptr = (CUdeviceptr)(uintptr_t)va;
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_graph_capture_alloc(struct CUstream_st *s, int device, size_t size, CUdeviceptr *dptr)
+{
+    if (s->capture_invalid)
+        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    return graph_mem_node(s->capture_graph, device, size, dptr, NULL);
+}
+
+int sim_graph_capture_free(struct CUstream_st *s, CUdeviceptr dptr)
+{
+    (void)dptr; /* a free node: the exec's footprint already counts the allocation */
+    return graph_append(s->capture_graph, NULL, 0, 0, NULL) == CUDA_SUCCESS ? 0 : -1;
+}
+
+CUresult sim_cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
+                                    size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *p)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!phGraphNode || !g || g->magic != M_GRAPH || !p || (ndeps && !deps) ||
+        p->poolProps.allocType != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        p->poolProps.location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+        p->poolProps.location.id < 0 || p->poolProps.location.id >= sim_proc.h.cfg.ncards)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sim_knode *k;
+    rc = graph_mem_node(g, p->poolProps.location.id, p->bytesize, &p->dptr, &k);
+    if (!rc)
+        *phGraphNode = (CUgraphNode)k;
+    return rc;
+}
+
+CUresult sim_cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
+                                   size_t ndeps, CUdeviceptr dptr)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!phGraphNode || !g || g->magic != M_GRAPH || (ndeps && !deps) || !dptr)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sim_knode *k;
+    rc = graph_append(g, NULL, 0, 0, &k);
+    if (!rc)
+        *phGraphNode = (CUgraphNode)k;
+    return rc;
+}
+
+/* The exec's allocations get physical memory from the pool (first upload or launch). */
+static CUresult graph_mem_map(struct CUgraphExec_st *e)
+{
+    if (e->mem_mapped || !e->mem_bytes)
+        return CUDA_SUCCESS;
+    int d = e->mem_device;
+    pthread_mutex_lock(&gmem_lock);
+    uint64_t used = gmem_used[d] + e->mem_bytes;
+    if (used > gmem_reserved[d]) {
+        uint64_t grow = used - gmem_reserved[d];
+        if (sim_charge(d, grow) != CUDA_SUCCESS) {
+            pthread_mutex_unlock(&gmem_lock);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        gmem_reserved[d] += grow;
+        if (gmem_reserved[d] > gmem_reserved_high[d])
+            gmem_reserved_high[d] = gmem_reserved[d];
+    }
+    gmem_used[d] = used;
+    if (used > gmem_used_high[d])
+        gmem_used_high[d] = used;
+    e->mem_mapped = 1;
+    pthread_mutex_unlock(&gmem_lock);
+    return CUDA_SUCCESS;
+}
+
+static void graph_mem_unmap(struct CUgraphExec_st *e)
+{
+    if (!e->mem_mapped)
+        return;
+    pthread_mutex_lock(&gmem_lock);
+    gmem_used[e->mem_device] -= e->mem_bytes; /* stays reserved in the pool until trimmed */
+    e->mem_mapped = 0;
+    pthread_mutex_unlock(&gmem_lock);
+}
+
+CUresult sim_cuDeviceGraphMemTrim(CUdevice device)
+{
+    CUresult rc = sim_check_device(device);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&gmem_lock);
+    uint64_t spare = gmem_reserved[device] - gmem_used[device];
+    gmem_reserved[device] -= spare;
+    pthread_mutex_unlock(&gmem_lock);
+    sim_uncharge(device, spare);
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_cuDeviceGetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void *value)
+{
+    CUresult rc = sim_check_device(device);
+    if (rc)
+        return rc;
+    if (!value)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&gmem_lock);
+    switch (attr) {
+    case CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT: *(cuuint64_t *)value = gmem_used[device]; break;
+    case CU_GRAPH_MEM_ATTR_USED_MEM_HIGH: *(cuuint64_t *)value = gmem_used_high[device]; break;
+    case CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT: *(cuuint64_t *)value = gmem_reserved[device]; break;
+    case CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH: *(cuuint64_t *)value = gmem_reserved_high[device]; break;
+    default: rc = CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_unlock(&gmem_lock);
+    return rc;
+}
+
 CUresult sim_cuGraphCreate(CUgraph *phGraph, unsigned int flags)
 {
     CUresult rc = sim_check_init();
@@ -1129,6 +1279,8 @@ CUresult sim_cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph g, un
     for (size_t i = 0; i < g->n; i++)
         e->durs[i] = g->nodes[i]->dur;
     e->n = g->n;
+    e->mem_bytes = g->mem_bytes;
+    e->mem_device = g->mem_device;
     e->magic = M_GEXEC;
     *phGraphExec = e;
     return CUDA_SUCCESS;
@@ -1157,6 +1309,7 @@ CUresult sim_cuGraphExecDestroy(CUgraphExec e)
         return rc;
     if (!e || e->magic != M_GEXEC)
         return CUDA_ERROR_INVALID_VALUE;
+    graph_mem_unmap(e);
     e->magic = M_DEAD;
     free(e->durs);
     free(e);
@@ -1167,7 +1320,7 @@ static CUresult graph_upload(CUgraphExec e, CUstream hs, int ptds)
 {
     STREAM_OR_RETURN(hs, ptds, s);
     (void)s;
-    return (!e || e->magic != M_GEXEC) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    return (!e || e->magic != M_GEXEC) ? CUDA_ERROR_INVALID_VALUE : graph_mem_map(e);
 }
 
 CUresult sim_cuGraphUpload(CUgraphExec e, CUstream h) { return graph_upload(e, h, 0); }
@@ -1181,8 +1334,12 @@ static CUresult graph_launch(CUgraphExec e, CUstream hs, int ptds)
         return CUDA_ERROR_INVALID_VALUE;
     if (s->capturing)
         return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    CUresult rc = graph_mem_map(e);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < e->n; i++)
-        sim_stream_book(s, e->durs[i]);
+        if (e->durs[i]) /* memory nodes take no time */
+            sim_stream_book(s, e->durs[i]);
     return CUDA_SUCCESS;
 }
 

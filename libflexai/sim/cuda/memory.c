@@ -818,6 +818,8 @@ static CUresult alloc_from_pool(CUdeviceptr *dptr, size_t size, struct CUmemPool
         pool = default_pool(s->ctx->device);
     if (!pool || pool->magic != M_POOL)
         return CUDA_ERROR_INVALID_VALUE;
+    if (s->capturing) /* an allocation node of the captured graph (exec.c) */
+        return sim_graph_capture_alloc(s, pool->device, size, dptr);
     uintptr_t p;
     rc = new_alloc(s->ctx, pool->device, size, A_POOL, pool, &p);
     if (!rc)
@@ -840,6 +842,8 @@ static CUresult free_async(CUdeviceptr dptr, CUstream hs, int ptds)
     CUresult rc = sim_resolve_stream(hs, ptds, &s);
     if (rc)
         return rc;
+    if (s->capturing && !sim_alloc_find((uintptr_t)dptr, 1)) /* frees a graph allocation */
+        return sim_graph_capture_free(s, dptr) == 0 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
     struct sim_alloc *a = table_take((uintptr_t)dptr,
                                      (1u << A_POOL) | (1u << A_DEVICE) | (1u << A_MANAGED));
     if (!a)

@@ -99,12 +99,17 @@ struct CUgraph_st {
     uint32_t magic;
     struct sim_knode **nodes;
     size_t n, cap;
+    uint64_t mem_bytes;              /* its memory allocation nodes together (graph memory) */
+    int mem_device;
 };
 
 struct CUgraphExec_st {
     uint32_t magic;
     uint64_t *durs;
     size_t n;
+    uint64_t mem_bytes;              /* the graph's allocation nodes, from the device's graph pool */
+    int mem_device;
+    int mem_mapped;                  /* mapped at its first upload or launch */
 };
 
 struct CUmemPoolHandle_st {
@@ -203,6 +208,9 @@ uint64_t sim_stream_tail(struct CUstream_st *s);
 void sim_stream_book(struct CUstream_st *s, uint64_t dur);
 uint64_t sim_ctx_tail(struct CUctx_st *c);
 CUresult sim_capture_unsafe(void); /* an unsafe call during capture: 0, or the error (exec.c) */
+/* cuMemAllocAsync / cuMemFreeAsync into a capturing stream: graph memory nodes (exec.c) */
+CUresult sim_graph_capture_alloc(struct CUstream_st *s, int device, size_t size, CUdeviceptr *dptr);
+int sim_graph_capture_free(struct CUstream_st *s, CUdeviceptr dptr);
 void sim_sync_for_copy(struct CUstream_st *s);
 struct CUstream_st *sim_stream_new(struct CUctx_st *ctx, unsigned flags, int priority, int kind);
 
