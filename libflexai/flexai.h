@@ -195,6 +195,7 @@ typedef struct {
     X(cuGraphExecDestroy, CUDA) X(cuDeviceGraphMemTrim, CUDA) X(cuGraphDestroy, CUDA)        \
     X(cuGraphInstantiateWithFlags, CUDA) X(cuGraphInstantiateWithParams, CUDA)               \
     X(cuGraphInstantiateWithParams_ptsz, CUDA)                                               \
+    X(cuMemPoolTrimTo, CUDA) X(cuMemPoolSetAttribute, CUDA) X(cuMemPoolDestroy, CUDA)        \
     X(nvmlDeviceGetCount, NVML) X(nvmlDeviceGetCount_v2, NVML)                               \
     X(nvmlDeviceGetHandleByIndex, NVML) X(nvmlDeviceGetHandleByIndex_v2, NVML)               \
     X(nvmlDeviceGetHandleByUUID, NVML)                                                       \
@@ -323,6 +324,11 @@ FLEXAI_HIDDEN int flexai_capture_open(void);
 FLEXAI_HIDDEN extern int flexai_graphmem_seen;
 FLEXAI_HIDDEN int flexai_graphmem_captured(CUstream stream, int ptsz, size_t bytes); /* 1: into a capture */
 FLEXAI_HIDDEN CUresult flexai_graphmem_before_launch(CUgraphExec e, CUstream stream, int ptsz);
+/* poolmem.c: stream-ordered pools; settles every pool's charge: 1 when memory was given back */
+FLEXAI_HIDDEN int flexai_pools_settle(void);
+CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep);
+CUresult cuMemPoolSetAttribute(CUmemoryPool pool, int attr, void *value);
+CUresult cuMemPoolDestroy(CUmemoryPool pool);
 
 nvmlReturn_t nvmlDeviceGetCount(unsigned int *count);
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count);

@@ -177,6 +177,7 @@ static void slice_view(unsigned long long *free_bytes, unsigned long long *total
     int64_t limit = flexai_memory_limit();
     if (limit <= 0)
         return;
+    flexai_pools_settle(); /* what pools gave back at a synchronisation */
     int64_t used = flexai_memory_used();
     unsigned long long left = used >= limit ? 0 : (unsigned long long)(limit - used);
     if (left < *free_bytes)
@@ -333,6 +334,8 @@ static CUresult release_end(int kind, uint64_t key, int64_t bytes, CUresult rc)
             return call;                                                                     \
         int64_t bytes = (int64_t)(size);                                                     \
         int charged = flexai_reserve(bytes);                                                 \
+        if (charged < 0 && flexai_pools_settle()) /* pools gave memory back */               \
+            charged = flexai_reserve(bytes);                                                 \
         if (charged < 0)                                                                     \
             return CUDA_ERROR_OUT_OF_MEMORY;                                                 \
         CUresult rc = call;                                                                  \
@@ -363,27 +366,7 @@ CUresult fx_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int f
 ALLOC_WRAPPER(cuMemAllocManaged, FLEXAI_PTR, *dptr, bytesize, real(dptr, bytesize, flags))
 FLEXAI_ALIAS(cuMemAllocManaged);
 
-CUresult fx_cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocAsync, FLEXAI_PTR, *dptr,
-              flexai_graphmem_captured(hStream, 0, bytesize) ? 0 : bytesize, real(dptr, bytesize, hStream))
-FLEXAI_ALIAS(cuMemAllocAsync);
-
-CUresult fx_cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocAsync_ptsz, FLEXAI_PTR, *dptr,
-              flexai_graphmem_captured(hStream, 1, bytesize) ? 0 : bytesize, real(dptr, bytesize, hStream))
-FLEXAI_ALIAS(cuMemAllocAsync_ptsz);
-
-CUresult fx_cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                    CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocFromPoolAsync, FLEXAI_PTR, *dptr,
-              flexai_graphmem_captured(hStream, 0, bytesize) ? 0 : bytesize, real(dptr, bytesize, pool, hStream))
-FLEXAI_ALIAS(cuMemAllocFromPoolAsync);
-
-CUresult fx_cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                         CUstream hStream)
-ALLOC_WRAPPER(cuMemAllocFromPoolAsync_ptsz, FLEXAI_PTR, *dptr,
-              flexai_graphmem_captured(hStream, 1, bytesize) ? 0 : bytesize, real(dptr, bytesize, pool, hStream))
-FLEXAI_ALIAS(cuMemAllocFromPoolAsync_ptsz);
+/* cuMemAllocAsync, cuMemAllocFromPoolAsync (+_ptsz): poolmem.c (pools' reserves are charged). */
 
 CUresult fx_cuMemFree_v2(CUdeviceptr dptr)
 FREE_WRAPPER(cuMemFree_v2, FLEXAI_PTR, dptr, real(dptr))

@@ -458,6 +458,9 @@ static const struct variant VARIANTS[] = {
     {"cuGraphInstantiate", 12000, 0, FX_cuGraphInstantiateWithFlags},
     {"cuGraphInstantiateWithParams", 12000, 0, FX_cuGraphInstantiateWithParams},
     {"cuGraphInstantiateWithParams", 12000, 1, FX_cuGraphInstantiateWithParams_ptsz},
+    {"cuMemPoolTrimTo", 11020, 0, FX_cuMemPoolTrimTo},
+    {"cuMemPoolSetAttribute", 11020, 0, FX_cuMemPoolSetAttribute},
+    {"cuMemPoolDestroy", 11020, 0, FX_cuMemPoolDestroy},
 };
 #define NVARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
 

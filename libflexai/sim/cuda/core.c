@@ -612,6 +612,7 @@ CUresult sim_cuCtxSynchronize(void)
     if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
         return rc; /* unsafe while a capture is open (exec.c) */
     sim_sleep_until(sim_ctx_tail(c));
+    sim_pools_release();
     return CUDA_SUCCESS;
 }
 
@@ -813,5 +814,6 @@ CUresult sim_cuCtxSynchronize_v2(CUcontext ctx)
     if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
         return rc;
     sim_sleep_until(sim_ctx_tail(ctx));
+    sim_pools_release();
     return CUDA_SUCCESS;
 }

@@ -301,6 +301,7 @@ static CUresult stream_sync(CUstream hs, int ptds)
     if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
         return rc;
     sim_sleep_until(sim_stream_tail(s));
+    sim_pools_release();
     return CUDA_SUCCESS;
 }
 
@@ -498,6 +499,7 @@ CUresult sim_cuEventSynchronize(CUevent ev)
         return CUDA_ERROR_CAPTURED_EVENT;
     if (ev->recorded)
         sim_sleep_until(atomic_load(&ev->t));
+    sim_pools_release();
     return CUDA_SUCCESS;
 }
 

@@ -659,6 +659,43 @@ CUresult sim_cuMemsetD32Async_ptsz(CUdeviceptr d, unsigned int v, size_t n, CUst
 
 /* ---------------------------------------------------------------- stream-ordered allocation */
 
+/* Pools keep what is freed into them (`spare`, still charged on the card) and reuse it; at a
+ * synchronisation (stream, event, context) they give back to the card whatever their reserve
+ * (used + spare) has above the release threshold (0 by default: everything spare), and
+ * cuMemPoolTrimTo gives back spare memory down to the bytes asked to keep. */
+#define POOLS_MAX 64
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct CUmemPoolHandle_st *pools[POOLS_MAX];
+
+static void pool_marks(struct CUmemPoolHandle_st *p) /* caller holds pool_lock */
+{
+    uint64_t used = atomic_load(&p->used);
+    if (used > p->used_high)
+        p->used_high = used;
+    if (used + p->spare > p->reserved_high)
+        p->reserved_high = used + p->spare;
+}
+
+/* Gives back spare memory until the reserve is at most `keep`. Caller holds pool_lock. */
+static void pool_release_to(struct CUmemPoolHandle_st *p, uint64_t keep)
+{
+    uint64_t reserved = atomic_load(&p->used) + p->spare;
+    if (reserved <= keep)
+        return;
+    uint64_t give = reserved - keep < p->spare ? reserved - keep : p->spare;
+    p->spare -= give;
+    sim_uncharge(p->device, give);
+}
+
+void sim_pools_release(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    for (int i = 0; i < POOLS_MAX; i++)
+        if (pools[i] && pools[i]->spare)
+            pool_release_to(pools[i], pools[i]->threshold);
+    pthread_mutex_unlock(&pool_lock);
+}
+
 static struct CUmemPoolHandle_st *pool_new(int device, int is_default)
 {
     struct CUmemPoolHandle_st *p = calloc(1, sizeof *p);
@@ -666,6 +703,13 @@ static struct CUmemPoolHandle_st *pool_new(int device, int is_default)
         p->magic = M_POOL;
         p->device = device;
         p->is_default = is_default;
+        pthread_mutex_lock(&pool_lock);
+        for (int i = 0; i < POOLS_MAX; i++)
+            if (!pools[i]) {
+                pools[i] = p;
+                break;
+            }
+        pthread_mutex_unlock(&pool_lock);
     }
     return p;
 }
@@ -753,17 +797,27 @@ CUresult sim_cuMemPoolDestroy(CUmemoryPool pool)
             sim_proc.current_pool[i] = NULL;
     pthread_mutex_unlock(&sim_proc.lock);
     /* allocations still outstanding stay valid until freed; the struct is kept for them */
+    pthread_mutex_lock(&pool_lock);
+    pool_release_to(pool, 0);
+    for (int i = 0; i < POOLS_MAX; i++)
+        if (pools[i] == pool)
+            pools[i] = NULL;
+    pthread_mutex_unlock(&pool_lock);
     pool->magic = M_DEAD;
     return CUDA_SUCCESS;
 }
 
 CUresult sim_cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)
 {
-    (void)minBytesToKeep;
     CUresult rc = sim_check_init();
     if (rc)
         return rc;
-    return (!pool || pool->magic != M_POOL) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (!pool || pool->magic != M_POOL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&pool_lock);
+    pool_release_to(pool, minBytesToKeep);
+    pthread_mutex_unlock(&pool_lock);
+    return CUDA_SUCCESS;
 }
 
 CUresult sim_cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
@@ -774,7 +828,20 @@ CUresult sim_cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, 
     if (!pool || pool->magic != M_POOL || !value || attr < CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES ||
         attr > CU_MEMPOOL_ATTR_USED_MEM_HIGH)
         return CUDA_ERROR_INVALID_VALUE;
-    return CUDA_SUCCESS;
+    pthread_mutex_lock(&pool_lock);
+    if (attr == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD)
+        pool->threshold = *(cuuint64_t *)value;
+    else if (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH || attr == CU_MEMPOOL_ATTR_USED_MEM_HIGH) {
+        if (*(cuuint64_t *)value != 0)
+            rc = CUDA_ERROR_INVALID_VALUE; /* high marks can only be reset to zero */
+        else if (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)
+            pool->reserved_high = 0;
+        else
+            pool->used_high = 0;
+    } else if (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT || attr == CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+        rc = CUDA_ERROR_INVALID_VALUE; /* read-only */
+    pthread_mutex_unlock(&pool_lock);
+    return rc;
 }
 
 CUresult sim_cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
@@ -791,13 +858,18 @@ CUresult sim_cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, 
         *(int *)value = 1;
         break;
     case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
-        *(cuuint64_t *)value = 0;
-        break;
     case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT:
     case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
     case CU_MEMPOOL_ATTR_USED_MEM_CURRENT:
     case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
-        *(cuuint64_t *)value = atomic_load(&pool->used);
+        pthread_mutex_lock(&pool_lock);
+        pool_marks(pool);
+        *(cuuint64_t *)value = attr == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD ? pool->threshold
+                             : attr == CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT ? atomic_load(&pool->used) + pool->spare
+                             : attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH ? pool->reserved_high
+                             : attr == CU_MEMPOOL_ATTR_USED_MEM_CURRENT ? atomic_load(&pool->used)
+                                                                        : pool->used_high;
+        pthread_mutex_unlock(&pool_lock);
         break;
     default:
         return CUDA_ERROR_INVALID_VALUE;
@@ -820,8 +892,20 @@ static CUresult alloc_from_pool(CUdeviceptr *dptr, size_t size, struct CUmemPool
         return CUDA_ERROR_INVALID_VALUE;
     if (s->capturing) /* an allocation node of the captured graph (exec.c) */
         return sim_graph_capture_alloc(s, pool->device, size, dptr);
+    /* reuse what the pool keeps: that much of the charge moves from spare to the allocation */
+    uint64_t bytes = ((uint64_t)size + SIM_ALLOC_ALIGN - 1) / SIM_ALLOC_ALIGN * SIM_ALLOC_ALIGN;
+    pthread_mutex_lock(&pool_lock);
+    uint64_t reuse = pool->spare < bytes ? pool->spare : bytes;
+    pool->spare -= reuse;
+    pthread_mutex_unlock(&pool_lock);
+    sim_uncharge(pool->device, reuse);
     uintptr_t p;
     rc = new_alloc(s->ctx, pool->device, size, A_POOL, pool, &p);
+    pthread_mutex_lock(&pool_lock);
+    if (rc && reuse && sim_charge(pool->device, reuse) == CUDA_SUCCESS)
+        pool->spare += reuse; /* not allocated after all: the pool keeps it */
+    pool_marks(pool);
+    pthread_mutex_unlock(&pool_lock);
     if (!rc)
         *dptr = (CUdeviceptr)p;
     return rc;
@@ -848,7 +932,19 @@ static CUresult free_async(CUdeviceptr dptr, CUstream hs, int ptds)
                                      (1u << A_POOL) | (1u << A_DEVICE) | (1u << A_MANAGED));
     if (!a)
         return CUDA_ERROR_INVALID_VALUE;
+    struct CUmemPoolHandle_st *pool = a->kind == A_POOL ? a->pool : NULL;
+    uint64_t charged = a->charged;
+    int device = a->device;
     alloc_destroy(a);
+    /* the pool keeps the freed memory (given back at the next synchronisation above its
+     * release threshold, or at cuMemPoolTrimTo) */
+    if (pool && charged) {
+        pthread_mutex_lock(&pool_lock);
+        if (sim_charge(device, charged) == CUDA_SUCCESS)
+            pool->spare += charged;
+        pool_marks(pool);
+        pthread_mutex_unlock(&pool_lock);
+    }
     return CUDA_SUCCESS;
 }
 

@@ -117,6 +117,9 @@ struct CUmemPoolHandle_st {
     int device;
     int is_default;
     _Atomic uint64_t used;
+    uint64_t spare;                  /* freed bytes the pool keeps (charged on the card), under pool_lock */
+    uint64_t threshold;              /* CU_MEMPOOL_ATTR_RELEASE_THRESHOLD */
+    uint64_t used_high, reserved_high;
 };
 
 struct CUarray_st {
@@ -209,6 +212,7 @@ void sim_stream_book(struct CUstream_st *s, uint64_t dur);
 uint64_t sim_ctx_tail(struct CUctx_st *c);
 CUresult sim_capture_unsafe(void); /* an unsafe call during capture: 0, or the error (exec.c) */
 /* cuMemAllocAsync / cuMemFreeAsync into a capturing stream: graph memory nodes (exec.c) */
+void sim_pools_release(void); /* at synchronisation: pools give back what passes their threshold */
 CUresult sim_graph_capture_alloc(struct CUstream_st *s, int device, size_t size, CUdeviceptr *dptr);
 int sim_graph_capture_free(struct CUstream_st *s, CUdeviceptr dptr);
 void sim_sync_for_copy(struct CUstream_st *s);
