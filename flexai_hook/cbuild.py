@@ -26,6 +26,7 @@ class Target:
     source_dirs: tuple[str, ...]  # under libflexai/: folders (all their *.c) or single .c files
     libraries: tuple[str, ...]
     soname: str | None = None    # None: an executable, not a shared object
+    needs: tuple[str, ...] = ()  # outputs (built before it) it links against, found at run time beside it
 
     def sources(self, root: Path) -> list[Path]:
         found: list[Path] = []
@@ -44,6 +45,11 @@ TARGETS: tuple[Target, ...] = (
            "libnvidia-ml.so.1"),
     Target("sim/libascendcl.so", ("sim/acl", "sim/common"), ("pthread", "rt", "m"),
            "libascendcl.so"),
+    # A forwarding CANN install: the runtime's entry points live in libacl_rt.so, and libascendcl.so
+    # only depends on it (as open-source CANN builds them).
+    Target("sim/cann/libacl_rt.so", ("sim/acl", "sim/common"), ("pthread", "rt", "m"), "libacl_rt.so"),
+    Target("sim/cann/libascendcl.so", ("sim/acl_forward",), (), "libascendcl.so",
+           needs=("sim/cann/libacl_rt.so",)),
     # Front doors of the per-container-start commands (see libflexai/launch/).
     Target("bin/flexai-runtime", ("launch/runtime_front.c", "launch/prepare.c", "launch/launch.c"), ()),
     Target("bin/flexai-hook", ("launch/hook_front.c", "launch/launch.c"), ()),
@@ -79,7 +85,10 @@ def build(out_dir: Path, root: Path = SOURCE_ROOT, force: bool = False,
         if not own:  # the target's own part is not written yet (shared code alone is no library)
             continue
         output = out_dir / target.output
-        if force or _stale(output, sources + headers):
+        needs = [out_dir / n for n in target.needs]
+        if any(not n.exists() for n in needs):
+            continue  # what it links against was not built (its sources are not written yet)
+        if force or _stale(output, sources + headers + needs):
             objects_dir = (obj_dir or root.parent / "build" / "cobj") / target.output.replace("/", "_")
             objects = compiler.compile(
                 [str(s) for s in sources], output_dir=str(objects_dir),
@@ -92,7 +101,9 @@ def build(out_dir: Path, root: Path = SOURCE_ROOT, force: bool = False,
             else:
                 compiler.link_shared_object(
                     objects, str(output), libraries=list(target.libraries),
-                    extra_preargs=[f"-Wl,-soname,{target.soname}", "-Wl,-z,now", "-Wl,--as-needed"])
+                    extra_preargs=[f"-Wl,-soname,{target.soname}", "-Wl,-z,now", "-Wl,--as-needed"],
+                    extra_postargs=(["-Wl,--no-as-needed", *map(str, needs), "-Wl,-rpath,$ORIGIN"]
+                                    if needs else None))
         built.append(output)
     # The region header ships beside the library: flexai_hook.region reads its cffi block.
     region_header = root / "flexai_region.h"

@@ -7,6 +7,9 @@
  * Steps: init | finalize | count | set D | reset D | getdev | ctx D | meminfo | malloc N |
  *        align32 N | cached N | cfg N [D] | phys N D | free | freeall | fill CHUNK | errmsg |
  *        copy | vmm | spin NS COUNT | kernel BLOCKS COUNT | hostargs NS | withcfg NS |
+ *        sched N (aclrtMallocForTaskScheduler) | dvpp N (acldvppMalloc) | dvppfree |
+ *        graph NS TASKS REPLAYS (aclmdlRI capture of TASKS spin launches, replayed) |
+ *        aicpu NS (an AI-CPU function: aclrtRegisterCpuFunc + aclrtLaunchKernelWithConfig) |
  *        ready | wait (for one line on stdin) | hold (until stdin closes) | sleep MS */
 #include <dlfcn.h>
 #include <stdarg.h>
@@ -45,6 +48,8 @@ static void *ptrs[MAXP];
 static int nptrs;
 static aclrtDrvMemHandle phys[MAXP];
 static int nphys;
+static void *dvpp[MAXP];
+static int ndvpp;
 
 static void say(const char *step, aclError rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void say(const char *step, aclError rc, const char *fmt, ...)
@@ -259,6 +264,63 @@ int main(int argc, char **argv)
             float ms = -1;
             if (!rc) rc = CALL(aclrtEventElapsedTime)(&ms, e0, e1);
             say(s, rc, "event_ms=%.3f", ms);
+        } else if (!strcmp(s, "sched") || !strcmp(s, "dvpp")) {
+            size_t n = strtoull(a1, NULL, 0);
+            void *p = NULL;
+            i++;
+            if (!strcmp(s, "sched")) {
+                aclrtMallocConfig cfg = { .attrs = NULL, .numAttrs = 0 };
+                rc = CALL(aclrtMallocForTaskScheduler)(&p, n, ACL_MEM_MALLOC_HUGE_FIRST, &cfg);
+                if (rc == ACL_SUCCESS && nptrs < MAXP)
+                    ptrs[nptrs++] = p;
+            } else {
+                rc = CALL(acldvppMalloc)(&p, n);
+                if (rc == ACL_SUCCESS && ndvpp < MAXP)
+                    dvpp[ndvpp++] = p;
+            }
+            say(s, rc, "bytes=%zu", n);
+        } else if (!strcmp(s, "dvppfree")) {
+            rc = ACL_SUCCESS;
+            while (ndvpp && !rc)
+                rc = CALL(acldvppFree)(dvpp[--ndvpp]);
+            say(s, rc, NULL);
+        } else if (!strcmp(s, "graph")) {
+            unsigned long long ns = strtoull(a1, NULL, 0);
+            int tasks = atoi(a2), replays = i + 3 < argc ? atoi(argv[i + 3]) : 1;
+            i += 3;
+            aclrtFuncHandle f = function("flexai_sim_spin_ns");
+            aclrtStream st = NULL;
+            aclmdlRI ri = NULL;
+            rc = f ? CALL(aclrtCreateStream)(&st) : ACL_ERROR_KERNEL_NOT_FOUND;
+            if (!rc) rc = CALL(aclmdlRICaptureBegin)(st, ACL_MODEL_RI_CAPTURE_MODE_GLOBAL);
+            for (int k = 0; k < tasks && !rc; k++)
+                rc = CALL(aclrtLaunchKernel)(f, 1, &ns, sizeof ns, st);
+            if (!rc) rc = CALL(aclmdlRICaptureEnd)(st, &ri);
+            aclError capture = rc;
+            double t0 = now_ms();
+            for (int k = 0; k < replays && !rc; k++)
+                rc = CALL(aclmdlRIExecuteAsync)(ri, st);
+            if (!rc) rc = CALL(aclrtSynchronizeStream)(st);
+            double wall = now_ms() - t0;
+            if (ri) CALL(aclmdlRIDestroy)(ri);
+            if (st) CALL(aclrtDestroyStream)(st);
+            say(s, rc, "capture=%d wall_ms=%.3f", capture, wall);
+        } else if (!strcmp(s, "aicpu")) {
+            unsigned long long ns = strtoull(a1, NULL, 0);
+            i++;
+            static const char blob[] = "flexai simulated AI-CPU kernel library";
+            aclrtBinHandle bin = NULL;
+            aclrtFuncHandle f = NULL;
+            aclrtArgsHandle ah = NULL;
+            aclrtParamHandle ph = NULL;
+            rc = CALL(aclrtBinaryLoadFromData)(blob, sizeof blob, NULL, &bin);
+            if (!rc) rc = CALL(aclrtRegisterCpuFunc)(bin, "RunCpuKernel", "flexai_sim_spin_cpu", &f);
+            if (!rc) rc = CALL(aclrtKernelArgsInit)(f, &ah);
+            if (!rc) rc = CALL(aclrtKernelArgsAppend)(ah, &ns, sizeof ns, &ph);
+            if (!rc) rc = CALL(aclrtKernelArgsFinalize)(ah);
+            if (!rc) rc = CALL(aclrtLaunchKernelWithConfig)(f, 1, NULL, NULL, ah, NULL);
+            if (!rc) rc = CALL(aclrtSynchronizeDevice)();
+            say(s, rc, NULL);
         } else if (!strcmp(s, "ready")) {
             say(s, 0, "pid=%d", (int)getpid());
         } else if (!strcmp(s, "wait")) {

@@ -19,6 +19,7 @@ typedef void *aclrtBinHandle;
 typedef void *aclrtFuncHandle;
 typedef void *aclrtArgsHandle;
 typedef void *aclrtParamHandle;
+typedef void *aclmdlRI;                /* a captured task sequence (NPUGraph), replayed whole */
 
 /* acl_base.h */
 #define ACL_SUCCESS 0
@@ -169,6 +170,12 @@ typedef enum aclrtMemGranularityOptions {
 } aclrtMemGranularityOptions;
 
 typedef struct aclrtBinaryLoadOptions aclrtBinaryLoadOptions; /* read by nobody here */
+
+typedef enum aclmdlRICaptureMode {
+    ACL_MODEL_RI_CAPTURE_MODE_GLOBAL = 0,
+    ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL,
+    ACL_MODEL_RI_CAPTURE_MODE_RELAXED,
+} aclmdlRICaptureMode;
 typedef struct aclrtLaunchKernelCfg aclrtLaunchKernelCfg;     /* attributes; ignored */
 typedef struct aclrtPlaceHolderInfo {
     uint32_t addrOffset;
@@ -205,6 +212,9 @@ typedef struct aclrtPlaceHolderInfo {
     X(aclError, aclrtMallocAlign32, (void **devPtr, size_t size, aclrtMemMallocPolicy policy), (devPtr, size, policy)) \
     X(aclError, aclrtMallocCached, (void **devPtr, size_t size, aclrtMemMallocPolicy policy), (devPtr, size, policy)) \
     X(aclError, aclrtMallocWithCfg, (void **devPtr, size_t size, aclrtMemMallocPolicy policy, aclrtMallocConfig *cfg), (devPtr, size, policy, cfg)) \
+    X(aclError, aclrtMallocForTaskScheduler, (void **devPtr, size_t size, aclrtMemMallocPolicy policy, aclrtMallocConfig *cfg), (devPtr, size, policy, cfg)) \
+    X(aclError, acldvppMalloc, (void **devPtr, size_t size), (devPtr, size)) \
+    X(aclError, acldvppFree, (void *devPtr), (devPtr)) \
     X(aclError, aclrtFree, (void *devPtr), (devPtr)) \
     X(aclError, aclrtMallocHost, (void **hostPtr, size_t size), (hostPtr, size)) \
     X(aclError, aclrtFreeHost, (void *hostPtr), (hostPtr)) \
@@ -234,6 +244,11 @@ typedef struct aclrtPlaceHolderInfo {
     X(aclError, aclrtBinaryLoadFromData, (const void *data, size_t length, const aclrtBinaryLoadOptions *options, aclrtBinHandle *binHandle), (data, length, options, binHandle)) \
     X(aclError, aclrtBinaryGetFunction, (const aclrtBinHandle binHandle, const char *kernelName, aclrtFuncHandle *funcHandle), (binHandle, kernelName, funcHandle)) \
     X(aclError, aclrtBinaryUnLoad, (aclrtBinHandle binHandle), (binHandle)) \
+    X(aclError, aclrtRegisterCpuFunc, (const aclrtBinHandle handle, const char *funcName, const char *kernelName, aclrtFuncHandle *funcHandle), (handle, funcName, kernelName, funcHandle)) \
+    X(aclError, aclmdlRICaptureBegin, (aclrtStream stream, aclmdlRICaptureMode mode), (stream, mode)) \
+    X(aclError, aclmdlRICaptureEnd, (aclrtStream stream, aclmdlRI *modelRI), (stream, modelRI)) \
+    X(aclError, aclmdlRIExecuteAsync, (aclmdlRI modelRI, aclrtStream stream), (modelRI, stream)) \
+    X(aclError, aclmdlRIDestroy, (aclmdlRI modelRI), (modelRI)) \
     X(aclError, aclrtKernelArgsInit, (aclrtFuncHandle funcHandle, aclrtArgsHandle *argsHandle), (funcHandle, argsHandle)) \
     X(aclError, aclrtKernelArgsAppend, (aclrtArgsHandle argsHandle, void *param, size_t paramSize, aclrtParamHandle *paramHandle), (argsHandle, param, paramSize, paramHandle)) \
     X(aclError, aclrtKernelArgsFinalize, (aclrtArgsHandle argsHandle), (argsHandle)) \

@@ -305,7 +305,7 @@ aclError aclrtBinaryLoadFromData(const void *data, size_t length, const aclrtBin
     return ACL_SUCCESS;
 }
 
-aclError aclrtBinaryGetFunction(const aclrtBinHandle binHandle, const char *kernelName, aclrtFuncHandle *funcHandle)
+static aclError get_function(const aclrtBinHandle binHandle, const char *kernelName, aclrtFuncHandle *funcHandle)
 {
     struct acl_bin *b = binHandle;
     if (!b || b->magic != A_BIN || !kernelName || !*kernelName || !funcHandle)
@@ -323,6 +323,11 @@ aclError aclrtBinaryGetFunction(const aclrtBinHandle binHandle, const char *kern
     pthread_mutex_unlock(&acl_proc.lock);
     *funcHandle = f;
     return ACL_SUCCESS;
+}
+
+aclError aclrtBinaryGetFunction(const aclrtBinHandle binHandle, const char *kernelName, aclrtFuncHandle *funcHandle)
+{
+    return get_function(binHandle, kernelName, funcHandle);
 }
 
 aclError aclrtBinaryUnLoad(aclrtBinHandle binHandle)
@@ -378,6 +383,8 @@ aclError aclrtKernelArgsFinalize(aclrtArgsHandle argsHandle)
 
 /* ---------------------------------------------------------------- launches */
 
+static void book(struct acl_stream *s, uint64_t dur);
+
 static aclError launch(aclrtFuncHandle funcHandle, uint32_t blockDim, const void *args, size_t argsSize,
                        aclrtStream stream, const char *what)
 {
@@ -400,6 +407,19 @@ static aclError launch(aclrtFuncHandle funcHandle, uint32_t blockDim, const void
     uint64_t dur = (per && waves > SIM_MAX_KERNEL_NS / per) ? SIM_MAX_KERNEL_NS : waves * per;
     if (dur < cfg->launch_ns)
         dur = cfg->launch_ns;
+    if (s->capture) { /* captured, not run: aclmdlRIExecuteAsync runs it */
+        s->capture->tasks++;
+        s->capture->dur_ns += dur;
+        return ACL_SUCCESS;
+    }
+    book(s, dur);
+    return ACL_SUCCESS;
+}
+
+/* Books `dur` ns of work on the stream's card after what is queued on it. */
+static void book(struct acl_stream *s, uint64_t dur)
+{
+    const struct sim_config *cfg = &acl_proc.h.cfg;
     uint64_t start, end;
     end = sim_timeline_book(&acl_proc.h, s->ctx->device, acl_stream_tail(s), dur, &start);
     uint64_t cur = atomic_load(&s->tail);
@@ -408,7 +428,6 @@ static aclError launch(aclrtFuncHandle funcHandle, uint32_t blockDim, const void
     uint64_t now = sim_now_ns();
     if (end > now + cfg->queue_ahead_ns)
         sim_sleep_until(end - cfg->queue_ahead_ns); /* the task queue is full: the launch blocks */
-    return ACL_SUCCESS;
 }
 
 aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t blockDim, const void *argsData, size_t argsSize,
@@ -443,4 +462,79 @@ aclError aclrtLaunchKernelWithHostArgs(aclrtFuncHandle funcHandle, uint32_t bloc
     (void)placeHolderArray;
     (void)placeHolderNum;
     return launch(funcHandle, blockDim, hostArgs, argsSize, stream, "aclrtLaunchKernelWithHostArgs");
+}
+
+/* AI-CPU kernels: a binary loaded with the CPU-kernel option, its functions registered by name.
+ * The simulator does not read load options: a registered function runs like any other (launched
+ * through aclrtLaunchKernelWithConfig / ...WithHostArgs, as CANN documents for AI-CPU kernels). */
+aclError aclrtRegisterCpuFunc(const aclrtBinHandle handle, const char *funcName, const char *kernelName,
+                              aclrtFuncHandle *funcHandle)
+{
+    if (!funcName || !*funcName)
+        return acl_err(ACL_ERROR_INVALID_PARAM, "aclrtRegisterCpuFunc: no function name");
+    return get_function(handle, kernelName, funcHandle);
+}
+
+/* ---------------------------------------------------------------- model RI (NPUGraph) */
+
+aclError aclmdlRICaptureBegin(aclrtStream stream, aclmdlRICaptureMode mode)
+{
+    (void)mode;
+    struct acl_stream *s;
+    aclError rc = acl_resolve_stream(stream, &s);
+    if (rc)
+        return rc;
+    if (s->capture)
+        return acl_err(ACL_ERROR_INVALID_PARAM, "aclmdlRICaptureBegin: the stream is already capturing");
+    struct acl_mdlri *ri = calloc(1, sizeof *ri);
+    if (!ri)
+        return acl_err(ACL_ERROR_BAD_ALLOC, "out of host memory");
+    ri->magic = A_MDLRI;
+    s->capture = ri;
+    return ACL_SUCCESS;
+}
+
+aclError aclmdlRICaptureEnd(aclrtStream stream, aclmdlRI *modelRI)
+{
+    struct acl_stream *s;
+    aclError rc = acl_resolve_stream(stream, &s);
+    if (rc)
+        return rc;
+    if (!modelRI || !s->capture)
+        return acl_err(ACL_ERROR_INVALID_PARAM, "aclmdlRICaptureEnd: %s",
+                       modelRI ? "the stream is not capturing" : "null modelRI");
+    *modelRI = s->capture;
+    s->capture = NULL;
+    return ACL_SUCCESS;
+}
+
+static struct acl_mdlri *mdlri_of(aclmdlRI h)
+{
+    struct acl_mdlri *ri = h;
+    return ri && ri->magic == A_MDLRI ? ri : NULL;
+}
+
+aclError aclmdlRIExecuteAsync(aclmdlRI modelRI, aclrtStream stream)
+{
+    struct acl_mdlri *ri = mdlri_of(modelRI);
+    if (!ri)
+        return acl_err(ACL_ERROR_INVALID_PARAM, "aclmdlRIExecuteAsync: not a model RI");
+    struct acl_stream *s;
+    aclError rc = acl_resolve_stream(stream, &s);
+    if (rc)
+        return rc;
+    uint64_t dur = ri->dur_ns;
+    if (dur < acl_proc.h.cfg.launch_ns)
+        dur = acl_proc.h.cfg.launch_ns;
+    book(s, dur);
+    return ACL_SUCCESS;
+}
+
+aclError aclmdlRIDestroy(aclmdlRI modelRI)
+{
+    struct acl_mdlri *ri = mdlri_of(modelRI);
+    if (!ri)
+        return acl_err(ACL_ERROR_INVALID_PARAM, "aclmdlRIDestroy: not a model RI");
+    ri->magic = A_DEAD; /* kept allocated: a stale handle is an error, not a crash */
+    return ACL_SUCCESS;
 }

@@ -161,9 +161,10 @@ aclError aclrtMallocCached(void **devPtr, size_t size, aclrtMemMallocPolicy poli
     return device_malloc(devPtr, size, -1, round_up(size, 32) + 32, "aclrtMallocCached");
 }
 
-aclError aclrtMallocWithCfg(void **devPtr, size_t size, aclrtMemMallocPolicy policy, aclrtMallocConfig *cfg)
+/* The exported entry points never call each other (a preloaded interposer would see the inner
+ * call too): they share these helpers. */
+static aclError malloc_with_cfg(void **devPtr, size_t size, aclrtMallocConfig *cfg, const char *what)
 {
-    (void)policy;
     int device = -1;
     if (cfg) {
         if (cfg->numAttrs && !cfg->attrs)
@@ -172,13 +173,34 @@ aclError aclrtMallocWithCfg(void **devPtr, size_t size, aclrtMemMallocPolicy pol
             if (cfg->attrs[i].attr == ACL_RT_MEM_ATTR_DEVICE_ID)
                 device = (int)cfg->attrs[i].value.deviceId;
     }
-    return device_malloc(devPtr, size, device, round_up(size, 32) + 32, "aclrtMallocWithCfg");
+    return device_malloc(devPtr, size, device, round_up(size, 32) + 32, what);
 }
 
-aclError aclrtFree(void *devPtr)
+aclError aclrtMallocWithCfg(void **devPtr, size_t size, aclrtMemMallocPolicy policy, aclrtMallocConfig *cfg)
+{
+    (void)policy;
+    return malloc_with_cfg(devPtr, size, cfg, "aclrtMallocWithCfg");
+}
+
+/* Memory the task scheduler reads (CANN: aclrtMallocForTaskScheduler): device memory charged
+ * like aclrtMallocWithCfg. */
+aclError aclrtMallocForTaskScheduler(void **devPtr, size_t size, aclrtMemMallocPolicy policy, aclrtMallocConfig *cfg)
+{
+    (void)policy;
+    return malloc_with_cfg(devPtr, size, cfg, "aclrtMallocForTaskScheduler");
+}
+
+/* DVPP (media) memory: device memory of the current device. CANN rounds the size up to 32 bytes
+ * and adds 32, as for aclrtMalloc; the simulator charges the card the same. acldvppFree frees it. */
+aclError acldvppMalloc(void **devPtr, size_t size)
+{
+    return device_malloc(devPtr, size, -1, round_up(size, 32) + 32, "acldvppMalloc");
+}
+
+static aclError free_device(void *devPtr, const char *what)
 {
     if (!devPtr)
-        return acl_err(ACL_ERROR_INVALID_PARAM, "aclrtFree: null devPtr");
+        return acl_err(ACL_ERROR_INVALID_PARAM, "%s: null devPtr", what);
     aclError rc = acl_check_init();
     if (rc)
         return rc;
@@ -186,12 +208,22 @@ aclError aclrtFree(void *devPtr)
     long i = table_find_base((uintptr_t)devPtr, K_DEVICE);
     if (i < 0) {
         pthread_mutex_unlock(&acl_proc.lock);
-        return acl_err(ACL_ERROR_RT_PARAM_INVALID, "aclrtFree: %p is not device memory from aclrtMalloc",
+        return acl_err(ACL_ERROR_RT_PARAM_INVALID, "%s: %p is not device memory from aclrtMalloc", what,
                        devPtr);
     }
     drop(table_take((size_t)i));
     pthread_mutex_unlock(&acl_proc.lock);
     return ACL_SUCCESS;
+}
+
+aclError aclrtFree(void *devPtr)
+{
+    return free_device(devPtr, "aclrtFree");
+}
+
+aclError acldvppFree(void *devPtr)
+{
+    return free_device(devPtr, "acldvppFree");
 }
 
 aclError aclrtMallocHost(void **hostPtr, size_t size)

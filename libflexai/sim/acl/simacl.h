@@ -20,9 +20,17 @@
 #define ACL_SIM_SPIN_PREFIX "flexai_sim_spin"
 
 enum { A_CTX = 0x41435458, A_STREAM = 0x4153544d, A_EVENT = 0x41455654, A_BIN = 0x4142494e,
-       A_FUNC = 0x4146554e, A_ARGS = 0x41415247, A_PHYS = 0x41504859, A_DEAD = 0x44454144 };
+       A_FUNC = 0x4146554e, A_ARGS = 0x41415247, A_PHYS = 0x41504859, A_MDLRI = 0x414d5249, A_DEAD = 0x44454144 };
 
 struct acl_stream;
+
+/* A captured task sequence (aclmdlRICaptureBegin .. End): replayed whole by aclmdlRIExecuteAsync,
+ * which books the captured tasks' total duration on the replaying stream. */
+struct acl_mdlri {
+    uint32_t magic;
+    uint32_t tasks;                  /* launches captured */
+    uint64_t dur_ns;                 /* their total simulated duration */
+};
 
 struct acl_ctx {
     uint32_t magic;
@@ -41,6 +49,7 @@ struct acl_stream {
     uint32_t priority;
     _Atomic uint64_t tail;           /* CLOCK_MONOTONIC ns when the last work booked on it ends */
     struct acl_stream *next;         /* in ctx->streams */
+    struct acl_mdlri *capture;       /* capturing into this model (aclmdlRICaptureBegin), or NULL */
 };
 
 struct acl_event {
