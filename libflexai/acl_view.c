@@ -44,8 +44,9 @@
     X(aclrtMalloc) X(aclrtMallocAlign32) X(aclrtMallocCached) X(aclrtMallocWithCfg)          \
     X(aclrtFree) X(aclrtMallocPhysical) X(aclrtFreePhysical)                                 \
     X(aclrtMemGetAllocationGranularity)                                                      \
+    X(aclrtMallocForTaskScheduler) X(acldvppMalloc) X(acldvppFree)                           \
     X(aclrtLaunchKernel) X(aclrtLaunchKernelV2) X(aclrtLaunchKernelWithConfig)               \
-    X(aclrtLaunchKernelWithHostArgs)
+    X(aclrtLaunchKernelWithHostArgs) X(aclmdlRIExecuteAsync)
 
 enum acl_sym {
 #define ACL_ENUM(name) AX_##name,
@@ -100,11 +101,26 @@ static void acl_store_real(int sym, void *p)
                                 __ATOMIC_ACQUIRE);
 }
 
+static int from_acl_lib(void *addr);
+
+/* The runtime's definition of `sym`: through libascendcl.so (and what it depends on), else the
+ * next definition after this library when it is one of CANN's runtime libraries. */
+static void *acl_find(int sym, int load)
+{
+    void *h = acl_lib(load);
+    void *p = h ? flexai_real_dlsym(h, ACL_TABLE[sym].name) : NULL;
+    if (p == NULL) { /* not reached from libascendcl.so (acldvppMalloc is libacl_dvpp.so's) */
+        p = flexai_real_dlsym(RTLD_NEXT, ACL_TABLE[sym].name);
+        if (p != NULL && !from_acl_lib(p))
+            p = NULL;
+    }
+    return p == ACL_TABLE[sym].wrapper ? NULL : p;
+}
+
 static void *acl_real_slow(int sym)
 {
-    void *h = acl_lib(1);
-    void *p = h ? flexai_real_dlsym(h, ACL_TABLE[sym].name) : NULL;
-    if (p == NULL || p == ACL_TABLE[sym].wrapper)
+    void *p = acl_find(sym, 1);
+    if (p == NULL)
         return NULL;
     acl_store_real(sym, p);
     return __atomic_load_n(&acl_real_ptr[sym], __ATOMIC_ACQUIRE);
@@ -114,6 +130,12 @@ static void *acl_real_slow(int sym)
     ((__typeof__(&name))(__atomic_load_n(&acl_real_ptr[AX_##name], __ATOMIC_ACQUIRE)        \
                              ?: acl_real_slow(AX_##name)))
 
+/* CANN's runtime libraries: where the entry points above are defined. libascendcl.so on
+ * installs that build the runtime into it; libacl_rt.so where (open-source CANN) libascendcl.so
+ * only forwards to it; libacl_dvpp.so defines acldvppMalloc/acldvppFree. A definition in any other
+ * library (another project's "acl" API, a test double) is not the runtime's and is left alone. */
+static const char *const ACL_LIBS[] = {ACL_SONAME, "libacl_rt.so", "libacl_dvpp.so"};
+
 static int from_acl_lib(void *addr)
 {
     Dl_info info;
@@ -121,7 +143,12 @@ static int from_acl_lib(void *addr)
         return 0;
     const char *base = strrchr(info.dli_fname, '/');
     base = base ? base + 1 : info.dli_fname;
-    return strncmp(base, ACL_SONAME, strlen(ACL_SONAME)) == 0;
+    for (size_t i = 0; i < sizeof ACL_LIBS / sizeof ACL_LIBS[0]; i++) {
+        size_t n = strlen(ACL_LIBS[i]);
+        if (strncmp(base, ACL_LIBS[i], n) == 0 && (base[n] == '\0' || base[n] == '.'))
+            return 1;
+    }
+    return 0;
 }
 
 /* route.c's dlsym hands acl* names here: 1 when answered (in *out), 0 for glibc. */
@@ -141,9 +168,8 @@ int flexai_acl_dlsym(void *handle, const char *name, void **out)
         return 1;
     }
     if (real == ACL_TABLE[sym].wrapper) {
-        void *h = acl_lib(0);
-        real = h ? flexai_real_dlsym(h, name) : NULL;
-        if (real == NULL || real == ACL_TABLE[sym].wrapper) {
+        real = acl_find(sym, 0);
+        if (real == NULL) {
             *out = NULL;
             return 1;
         }
@@ -530,11 +556,18 @@ aclError fx_aclrtMallocCached(void **devPtr, size_t sizeArg, aclrtMemMallocPolic
 ALLOC_WRAPPER(aclrtMallocCached, round32(sizeArg) + 32, real(devPtr, sizeArg, policy))
 FLEXAI_ALIAS(aclrtMallocCached);
 
-/* The device attribute, if any, names device 0 (the slice's chip): passed on as the real id. */
-aclError fx_aclrtMallocWithCfg(void **devPtr, size_t sizeArg, aclrtMemMallocPolicy policy,
-                               aclrtMallocConfig *cfg)
+/* DVPP (media) memory, CANN's libacl_dvpp.so: rounded and padded like aclrtMalloc. */
+aclError fx_acldvppMalloc(void **devPtr, size_t sizeArg)
+ALLOC_WRAPPER(acldvppMalloc, round32(sizeArg) + 32, real(devPtr, sizeArg))
+FLEXAI_ALIAS(acldvppMalloc);
+
+typedef aclError (*with_cfg_fn)(void **, size_t, aclrtMemMallocPolicy, aclrtMallocConfig *);
+
+/* The device attribute, if any, names device 0 (the slice's chip): passed on as the real id.
+ * aclrtMallocWithCfg and aclrtMallocForTaskScheduler (memory the task scheduler reads) alike. */
+static aclError malloc_with_cfg(with_cfg_fn real, void **devPtr, size_t sizeArg,
+                                aclrtMemMallocPolicy policy, aclrtMallocConfig *cfg)
 {
-    __typeof__(&aclrtMallocWithCfg) real = AREAL(aclrtMallocWithCfg);
     if (!real)
         return ACL_ERROR_UNINITIALIZE;
     if (!flexai_enforcing() || devPtr == NULL || sizeArg == 0)
@@ -571,7 +604,20 @@ aclError fx_aclrtMallocWithCfg(void **devPtr, size_t sizeArg, aclrtMemMallocPoli
     return commit(charged, kind(ACL_KIND_PTR), rc == ACL_SUCCESS ? (uint64_t)(uintptr_t)*devPtr : 0,
                   bytes, rc);
 }
+
+aclError fx_aclrtMallocWithCfg(void **devPtr, size_t sizeArg, aclrtMemMallocPolicy policy,
+                               aclrtMallocConfig *cfg)
+{
+    return malloc_with_cfg(AREAL(aclrtMallocWithCfg), devPtr, sizeArg, policy, cfg);
+}
 FLEXAI_ALIAS(aclrtMallocWithCfg);
+
+aclError fx_aclrtMallocForTaskScheduler(void **devPtr, size_t sizeArg, aclrtMemMallocPolicy policy,
+                                        aclrtMallocConfig *cfg)
+{
+    return malloc_with_cfg(AREAL(aclrtMallocForTaskScheduler), devPtr, sizeArg, policy, cfg);
+}
+FLEXAI_ALIAS(aclrtMallocForTaskScheduler);
 
 static aclError call_free(void *p)
 {
@@ -588,6 +634,22 @@ aclError fx_aclrtFree(void *devPtr)
     return release(ACL_KIND_PTR, (uint64_t)(uintptr_t)devPtr, call_free, devPtr);
 }
 FLEXAI_ALIAS(aclrtFree);
+
+static aclError call_dvpp_free(void *p)
+{
+    return AREAL(acldvppFree)(p);
+}
+
+aclError fx_acldvppFree(void *devPtr)
+{
+    __typeof__(&acldvppFree) real = AREAL(acldvppFree);
+    if (!real)
+        return ACL_ERROR_UNINITIALIZE;
+    if (!flexai_enforcing() || devPtr == NULL)
+        return real(devPtr);
+    return release(ACL_KIND_PTR, (uint64_t)(uintptr_t)devPtr, call_dvpp_free, devPtr);
+}
+FLEXAI_ALIAS(acldvppFree);
 
 /* A copy of a physical-memory property with the device location made real. */
 static int real_prop(const aclrtPhysicalMemProp *prop, aclrtPhysicalMemProp *out)
@@ -799,3 +861,10 @@ LAUNCH_WRAPPER(aclrtLaunchKernelWithHostArgs, stream,
                real(funcHandle, blockDim, stream, cfg, hostArgs, argsSize, placeHolderArray,
                     placeHolderNum))
 FLEXAI_ALIAS(aclrtLaunchKernelWithHostArgs);
+
+/* AI-CPU kernels (aclrtRegisterCpuFunc) are launched through the entry points above. A model RI
+ * replay (aclmdlRIExecuteAsync: NPUGraph, vLLM-Ascend graph mode) runs a whole captured sequence
+ * of tasks: it passes the gate and is counted as one launch, like a CUDA graph launch. */
+aclError fx_aclmdlRIExecuteAsync(aclmdlRI modelRI, aclrtStream stream)
+LAUNCH_WRAPPER(aclmdlRIExecuteAsync, stream, real(modelRI, stream))
+FLEXAI_ALIAS(aclmdlRIExecuteAsync);
