@@ -781,6 +781,13 @@ static inline void launch_end(struct flexai_region *r, CUresult rc)
         struct flexai_region *r = launch_begin(stream, ptsz);                                \
         if (unlikely(r == NULL) && flexai_closed())                                          \
             return CUDA_ERROR_NOT_PERMITTED; /* the slice's inputs are damaged: fail closed */ \
+        if (unlikely(!flexai_ctx_ok) && r != NULL) {                                         \
+            CUresult ctx_rc = flexai_ctx_first_use();                                        \
+            if (ctx_rc != CUDA_SUCCESS) {                                                    \
+                launch_end(r, ctx_rc);                                                       \
+                return ctx_rc;                                                               \
+            }                                                                                \
+        }                                                                                    \
         CUresult rc = call;                                                                  \
         launch_end(r, rc);                                                                   \
         return rc;                                                                           \

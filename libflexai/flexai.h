@@ -459,6 +459,19 @@ static inline int64_t flexai_context_bytes(const struct flexai_region *r)
     const struct flexai_limits *l = flexai_P.limits;
     return __atomic_load_n(l ? &l->context_memory : &r->context_memory, __ATOMIC_RELAXED);
 }
+/* First use of a context (memory.c): a context can appear without the wrapped creators
+ * (cudart's private export table), so the first allocation/launch of each thread checks the
+ * current context's card and charges the process's context; after that, one TLS branch. */
+extern __thread int flexai_ctx_ok __attribute__((tls_model("initial-exec"), visibility("hidden")));
+FLEXAI_HIDDEN CUresult flexai_ctx_first_use(void);
+#define FLEXAI_CTX_FIRST_USE()                                                               \
+    do {                                                                                     \
+        if (unlikely(!flexai_ctx_ok)) {                                                      \
+            CUresult ctx_rc_ = flexai_ctx_first_use();                                       \
+            if (ctx_rc_ != CUDA_SUCCESS)                                                     \
+                return ctx_rc_;                                                              \
+        }                                                                                    \
+    } while (0)
 /* 1 when the slice's read-only inputs are unusable: allocations and launches must fail. */
 static inline int flexai_closed(void)
 {

@@ -268,8 +268,38 @@ static void uncharge_context(void)
         CUresult rc = call;                                                                  \
         if (rc != CUDA_SUCCESS && charged > 0)                                               \
             uncharge_context();                                                              \
+        flexai_ctx_ok = 0; /* this thread may make another context current: check again */  \
         return rc;                                                                           \
     }
+
+/* Contexts that appear without the wrappers above (cudart creates its primary context through
+ * the driver's private export table): the first allocation or launch of each thread asks the
+ * driver for the current context's card, refuses another card, and charges the process's
+ * context once; then the thread's flag is set and the check is one predictable branch. */
+__thread int flexai_ctx_ok __attribute__((tls_model("initial-exec"), visibility("hidden")));
+
+CUresult flexai_ctx_first_use(void)
+{
+    static CUresult (*get_current)(CUcontext *);
+    static CUresult (*get_device)(CUdevice *);
+    if (!flexai_enforcing())
+        return CUDA_SUCCESS;
+    if (!get_current)
+        get_current = (CUresult(*)(CUcontext *))flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetCurrent");
+    if (!get_device)
+        get_device = (CUresult(*)(CUdevice *))flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetDevice");
+    CUcontext ctx = NULL;
+    CUdevice d;
+    if (!get_current || !get_device || get_current(&ctx) != CUDA_SUCCESS || ctx == NULL ||
+        get_device(&d) != CUDA_SUCCESS)
+        return CUDA_SUCCESS; /* no context: the driver refuses the call itself */
+    if (foreign_device(d))
+        return CUDA_ERROR_INVALID_DEVICE;
+    if (charge_context() < 0)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    flexai_ctx_ok = 1;
+    return CUDA_SUCCESS;
+}
 
 CUresult fx_cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 CONTEXT_WRAPPER(cuDevicePrimaryCtxRetain, real(pctx, dev))
@@ -332,6 +362,7 @@ static CUresult release_end(int kind, uint64_t key, int64_t bytes, CUresult rc)
             return CUDA_ERROR_NOT_INITIALIZED;                                               \
         if (!flexai_enforcing())                                                             \
             return call;                                                                     \
+        FLEXAI_CTX_FIRST_USE();                                                              \
         int64_t bytes = (int64_t)(size);                                                     \
         int charged = flexai_reserve(bytes);                                                 \
         if (charged < 0 && flexai_pools_settle()) /* pools gave memory back */               \
@@ -397,6 +428,7 @@ FLEXAI_ALIAS(cuMemFreeAsync_ptsz);
             return CUDA_ERROR_NOT_INITIALIZED;                                               \
         if (!flexai_enforcing())                                                             \
             return real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);               \
+        FLEXAI_CTX_FIRST_USE();                                                              \
         unsigned long long width = ((unsigned long long)WidthInBytes + PITCH_ALIGN - 1) /    \
                                    PITCH_ALIGN * PITCH_ALIGN;                                \
         int64_t estimate = (Height && width > (unsigned long long)INT64_MAX / Height)        \

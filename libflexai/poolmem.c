@@ -166,6 +166,7 @@ static CUresult single(CUdeviceptr *dptr, size_t bytes, CUresult rc_of_call, int
             return CUDA_ERROR_NOT_INITIALIZED;                                               \
         if (!flexai_enforcing() || flexai_graphmem_captured(hStream, ptsz, bytesize))        \
             return call; /* a captured allocation is a graph node (graphmem.c) */            \
+        FLEXAI_CTX_FIRST_USE();                                                              \
         CUmemoryPool p = (poolexpr);                                                         \
         int go = before(p, bytesize);                                                        \
         if (go < 0)                                                                          \

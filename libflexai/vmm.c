@@ -125,6 +125,7 @@ CUresult fx_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!flexai_enforcing() || prop == NULL || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
         return real(handle, size, prop, flags);
+    FLEXAI_CTX_FIRST_USE();
     int64_t bytes = (int64_t)size;
     int charged = flexai_reserve(bytes);
     if (charged < 0)

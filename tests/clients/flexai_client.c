@@ -314,6 +314,24 @@ int main(int argc, char **argv)
                        devtotal, uuid);
         } else if (!strcmp(cmd, "ctx")) {
             report(ensure_ctx(), "ok");
+        } else if (!strcmp(cmd, "privctx") && i + 1 < argc) {
+            /* cudart's way: the primary context of raw device N through the driver's private
+             * export table (never cuDevicePrimaryCtxRetain/cuCtxCreate), made current */
+            CUdevice raw = (CUdevice)atoi(argv[++i]);
+            CUresult (*export_table)(const void **, const CUuuid *) =
+                (CUresult (*)(const void **, const CUuuid *))get("cuGetExportTable");
+            const struct { size_t size; CUresult (*primary_ctx)(CUcontext *, CUdevice); } *tbl = NULL;
+            CUuuid id;
+            memset(&id, 0x5a, sizeof id);
+            CUresult rc = export_table ? export_table((const void **)&tbl, &id) : CUDA_ERROR_NOT_FOUND;
+            CUcontext ctx = NULL;
+            if (!rc)
+                rc = tbl->primary_ctx(&ctx, raw);
+            if (!rc) {
+                dev = raw;
+                have_ctx = 1;
+            }
+            report(rc, "ok");
         } else if (!strcmp(cmd, "alloc") && i + 2 < argc) {
             const char *api = argv[++i];
             uint64_t bytes = strtoull(argv[++i], NULL, 0);

@@ -103,10 +103,32 @@ CUresult sim_cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion
     return get_proc(symbol, pfn, cudaVersion, flags, symbolStatus);
 }
 
+/* cudart's private path: libcudart creates its primary context through a function of a
+ * driver export table, not through cuDevicePrimaryCtxRetain/cuCtxCreate, so a library that
+ * interposes those entry points never sees the context appear. The simulator models it with
+ * one table (any table id): {size, fn} where fn retains the primary context of a device and
+ * makes it current, calling the internal implementation directly. */
+static CUresult private_primary_ctx(CUcontext *pctx, CUdevice dev)
+{
+    CUcontext ctx = NULL;
+    CUresult rc = sim_cuDevicePrimaryCtxRetain(&ctx, dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = sim_cuCtxSetCurrent(ctx);
+    if (rc == CUDA_SUCCESS && pctx)
+        *pctx = ctx;
+    return rc;
+}
+
+static const struct {
+    size_t size;
+    CUresult (*primary_ctx)(CUcontext *, CUdevice);
+} private_table = {sizeof private_table, private_primary_ctx};
+
 CUresult sim_cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId)
 {
-    (void)pExportTableId;
-    if (ppExportTable)
-        *ppExportTable = NULL;
-    return CUDA_ERROR_NOT_SUPPORTED;
+    if (!ppExportTable || !pExportTableId)
+        return CUDA_ERROR_INVALID_VALUE;
+    *ppExportTable = &private_table;
+    return CUDA_SUCCESS;
 }
