@@ -198,17 +198,23 @@ def region_image(limits) -> bytes:
     fields: list[tuple[str, object]] = [("magic", magic), ("version", version), ("size", region_size()),
                                         ("created_ns", time.time_ns())]
     try:
-        if "slice_id" in values:
-            fields.append(("slice_id", _text(ctype, "slice_id", values["slice_id"])))
-        if "device_uuid" in values:
-            fields.append(("device_uuid", _text(ctype, "device_uuid", values["device_uuid"])))
-        for key in ("device_index", "card_memory", "memory_limit", "context_memory"):
-            if key in values:
-                fields.append((key, int(values[key])))
+        fields += _card_fields(ctype, values)
         fields += _share_fields(values, "compute.share.", ("compute_limit", "priority", "compute_mode"))
         return _pack(ctype, _procs_offset(), fields)
     except struct.error:
         return _region_image_cffi(values)  # out of range: cffi says so in its own words
+
+
+def _card_fields(ctype: str, values: dict) -> list[tuple[str, object]]:
+    """The slice and card fields both headers share (region and limits), for _pack."""
+    fields: list[tuple[str, object]] = []
+    for key in ("slice_id", "device_uuid"):
+        if key in values:
+            fields.append((key, _text(ctype, key, values[key])))
+    for key in ("device_index", "card_memory", "memory_limit", "context_memory"):
+        if key in values:
+            fields.append((key, int(values[key])))
+    return fields
 
 
 def _share_fields(values: dict, prefix: str, keys: tuple[str, ...]) -> list[tuple[str, object]]:
@@ -498,13 +504,7 @@ def limits_image(limits) -> bytes:
     fields: list[tuple[str, object]] = [("magic", magic), ("version", version), ("size", limits_size()),
                                         ("share.generation", 1)]
     try:
-        if "slice_id" in values:
-            fields.append(("slice_id", _text(ctype, "slice_id", values["slice_id"])))
-        if "device_uuid" in values:
-            fields.append(("device_uuid", _text(ctype, "device_uuid", values["device_uuid"])))
-        for key in ("device_index", "card_memory", "memory_limit", "context_memory"):
-            if key in values:
-                fields.append((key, int(values[key])))
+        fields += _card_fields(ctype, values)
         fields += _share_fields(values, "share.", ("compute_limit", "priority", "compute_mode", "paused"))
         return _pack(ctype, limits_size(), fields)
     except struct.error:
