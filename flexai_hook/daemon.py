@@ -138,8 +138,8 @@ class Service:
                 pass  # a ledger written before requests were recorded: nothing to learn
         self._created: list = []  # reservations applied since the last batch (slice files to write)
         self._removed: list = []  # releases applied since the last batch (slice dirs to remove)
-        # container id -> (reservation, its slice files), made when it is applied: the loop
-        # makes them while the writer is busy with the batch before, not between batches
+        # container id -> (reservation, its writer.plan_entry), made when it is applied: the
+        # loop makes them while the writer is busy with the batch before, not between batches
         self._files: dict[str, tuple] = {}
         self._host_files_written = False
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
@@ -212,7 +212,7 @@ class Service:
         checkpoint = self.file.wants_checkpoint()
         number, journal = self.file.delta(self.saved, batch.ledger)
         return writer.Plan(
-            slices=[(r.container_id, r.slice_dir, self._slice_files(r)) for r in batch.created],
+            slices=[self._plan_entry(r) for r in batch.created],
             ledger_path=str(self.file.path),
             journal_path=str(self.file.journal),
             batch=number,
@@ -221,11 +221,11 @@ class Service:
             removes=[r.slice_dir for r in batch.removed],
         )
 
-    def _slice_files(self, reservation) -> list:
+    def _plan_entry(self, reservation) -> tuple:
         made = self._files.pop(reservation.container_id, None)
         if made is not None and made[0] is reservation:
             return made[1]
-        return writer.slice_files(reservation)
+        return writer.plan_entry(reservation)
 
     def persisted(self, batch: Batch, plan: writer.Plan, outcome: writer.Outcome) -> Persisted:
         """What became of `batch`, from the outcome of its plan."""
@@ -402,7 +402,7 @@ class Service:
         if new is not self.ledger:
             ledger_mod.observe(self.workload, request, self.cards)
             self._created.append(reservation)  # its files are written with its batch (plan)
-            self._files[container_id] = (reservation, writer.slice_files(reservation))
+            self._files[container_id] = (reservation, writer.plan_entry(reservation))
             self.file.line(reservation)  # its journal line, cached for the batch's delta
             self.ledger = new
             if log.isEnabledFor(logging.INFO):  # skip building the journal fields when nobody logs them

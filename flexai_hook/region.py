@@ -189,14 +189,49 @@ def _consts_of(*names: str) -> tuple[int, ...]:
     return values
 
 
+_TEMPLATES: dict[tuple, bytes] = {}  # _templated's memo
+_TEMPLATES_LIMIT = 1024
+
+
+def _templated(ctype: str, values: dict, pack, stamp: bool) -> bytes:
+    """`pack(values, created_ns)`, made from a memo of the image of the same fields with an
+    empty slice id: the slices of a host differ mostly in their ids, so a new one costs a
+    copy and a patch (the id, and with `stamp` the creation time) instead of a pack. The
+    same bytes as packing afresh (tests/test_writer.py checks them against cffi's)."""
+    slice_id = values.get("slice_id")
+    key = (ctype, stamp, *(item for item in values.items() if item[0] != "slice_id"))
+    try:
+        template = _TEMPLATES.get(key) if isinstance(slice_id, str) else None
+    except TypeError:  # an unhashable value: pack it afresh
+        slice_id = None
+    if not isinstance(slice_id, str):
+        return pack(values, time.time_ns())
+    if template is None:
+        template = pack({**values, "slice_id": ""}, 0)
+        if len(_TEMPLATES) >= _TEMPLATES_LIMIT:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    image = bytearray(template)
+    text = _text(ctype, "slice_id", slice_id)
+    offset = _slot(ctype, "slice_id")[0]
+    image[offset:offset + len(text)] = text
+    if stamp:
+        offset, code, _ = _slot(ctype, "created_ns")
+        struct.pack_into(code, image, offset, time.time_ns())
+    return bytes(image)
+
+
 def region_image(limits) -> bytes:
     """A new region's bytes up to its process table (which starts as zeros): header filled
     from `limits`, magic set (the same bytes as `_region_image_cffi`, faster)."""
-    values = _limits_from(limits)
+    return _templated("struct flexai_region", _limits_from(limits), _region_image_packed, True)
+
+
+def _region_image_packed(values: dict, created_ns: int) -> bytes:
     ctype = "struct flexai_region"
     magic, version = _consts_of("FLEXAI_REGION_MAGIC", "FLEXAI_REGION_VERSION")
     fields: list[tuple[str, object]] = [("magic", magic), ("version", version), ("size", region_size()),
-                                        ("created_ns", time.time_ns())]
+                                        ("created_ns", created_ns)]
     try:
         fields += _card_fields(ctype, values)
         fields += _share_fields(values, "compute.share.", ("compute_limit", "priority", "compute_mode"))
@@ -499,6 +534,10 @@ def limits_image(limits) -> bytes:
     values = _limits_from(limits)
     if values.get("memory_limit", 0) <= 0:
         raise ValueError(f"a slice's memory limit must be positive, not {values.get('memory_limit')!r}")
+    return _templated("struct flexai_limits", values, _limits_image_packed, False)
+
+
+def _limits_image_packed(values: dict, _created_ns: int) -> bytes:
     ctype = "struct flexai_limits"
     magic, version = _consts_of("FLEXAI_LIMITS_MAGIC", "FLEXAI_LIMITS_VERSION")
     fields: list[tuple[str, object]] = [("magic", magic), ("version", version), ("size", limits_size()),

@@ -1,11 +1,12 @@
 """flexaid's file writer: a batch's slice files and ledger write, in a helper process.
 
 flexaid's loop applies requests in memory; what they change on disk (each new slice's
-directory with its slice.conf and region; the ledger journal, fdatasync'd, or a checkpoint;
-released slices' directories) is a `plan` of plain data that `execute` carries out. The server hands plans to
-a `Writer` (this module run as a child process) so the file system's system calls run on
-another core while the loop applies the next requests (threads would not: the GIL makes a
-busy loop and a writer thread take turns). `Service.commit` runs `execute` in-process.
+directory with its slice.conf, limits file and region; the ledger journal, fdatasync'd, or a
+checkpoint; released slices' directories) is a `plan` of plain data that `execute` carries out.
+The server hands plans to a `Writer` (this module run as a child process) so the file system's
+system calls, and packing the slices' binary images, run on another core while the loop
+applies the next requests (threads would not: the GIL makes a busy loop and a writer thread
+take turns). `Service.commit` runs `execute` in-process.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Plan:
     The ledger part is either the batch's journal lines (ledger.LedgerFile.delta) or, for a
     checkpoint, every reservation's line (ledger.render) and an emptied journal."""
 
-    slices: list[tuple[str, str, list[tuple[str, bytes, int, int]]]]  # (container id, dir, slice_files)
+    # (container id, dir, slice.conf text, region_limits): files_of makes the files from them
+    slices: list[tuple[str, str, str, dict]]
     ledger_path: str
     journal_path: str
     batch: int  # the journal batch number
@@ -66,11 +68,22 @@ def region_limits(reservation: Reservation) -> dict:
 
 
 def slice_files(reservation: Reservation) -> list[tuple[str, bytes, int, int]]:
-    """A new slice's files as (name, content, mode, size): slice.conf and its shared region
-    (its process table left as a hole of zeros)."""
-    limits = region_limits(reservation)
+    """A new slice's files as (name, content, mode, size): slice.conf, its limits file and its
+    shared region (its process table left as a hole of zeros)."""
+    return files_of(reservation.slice_conf(), region_limits(reservation))
+
+
+def plan_entry(reservation: Reservation) -> tuple[str, str, str, dict]:
+    """A new slice as a Plan names it: plain data, from which the writer makes its files
+    (files_of), so the images are packed on the writer's core, not in flexaid's loop."""
+    return reservation.container_id, reservation.slice_dir, reservation.slice_conf(), region_limits(reservation)
+
+
+def files_of(conf: str, limits: dict) -> list[tuple[str, bytes, int, int]]:
+    """The files of slice_files, from the slice.conf text and the region_limits of a slice.
+    ValueError or OverflowError for limits the headers cannot hold."""
     return [
-        ("slice.conf", reservation.slice_conf().encode(), 0o644, 0),
+        ("slice.conf", conf.encode(), 0o644, 0),
         # what libflexai enforces: root's, mounted read-only (docs/security.md)
         (region.LIMITS_NAME, region.limits_image(limits), 0o644, 0),
         # usage only: every process of the container writes it, whatever its uid
@@ -132,7 +145,12 @@ def execute(plan: Plan, umask_clear: bool = False) -> Outcome:
     old state or the new one."""
     outcome = Outcome()
     made = []
-    for cid, directory, files in plan.slices:
+    for cid, directory, conf, limits in plan.slices:
+        try:
+            files = files_of(conf, limits)
+        except (ValueError, OverflowError, struct.error) as exc:
+            outcome.failed[cid] = f"its limits cannot be written: {exc}"
+            continue
         try:
             write_slice(directory, files, umask_clear)
             made.append(directory)
@@ -239,6 +257,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(0)  # every file states its mode (write_slice); saves an fchmod per file
+    try:  # read the header's layout now, not while the first batch waits (~20 ms)
+        files_of("", {"slice_id": "0", "memory_limit": 1, "priority": "normal", "compute_mode": "hard"})
+    except Exception:  # noqa: BLE001 - a slice whose files fail is refused alone, with the reason
+        pass
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while True:
         head = inp.read(_LENGTH.size)

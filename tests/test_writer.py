@@ -48,7 +48,7 @@ def _slot(tmp_path, cid, slice_dir=None):
                     card_memory=1 << 34, memory_bytes=1 << 30, compute=10, priority="normal",
                     device_paths=("/dev/sim0",), slice_dir=str(slice_dir or tmp_path / f"s-{cid}"),
                     backend="simulated")
-    return cid, r.slice_dir, writer.slice_files(r)
+    return writer.plan_entry(r)
 
 
 def test_execute_writes_slices_then_the_ledger_then_removes(tmp_path):
@@ -83,6 +83,41 @@ def test_a_slice_that_cannot_be_written_is_left_out_of_the_ledger(tmp_path):
     saved = json.loads((tmp_path / "state" / "ledger.json").read_text())
     assert [r["container_id"] for r in saved["reservations"]] == ["c1"]
     assert (tmp_path / "s-c1" / "slice.conf").exists()
+
+
+def test_the_writer_makes_the_files_slice_files_names(tmp_path, monkeypatch):
+    """A plan carries a slice's conf text and limits; the writer packs the images from them:
+    the same files as writer.slice_files (tests/test_libflexai_* use those)."""
+    from flexai_hook import region as region_mod
+
+    monkeypatch.setattr(time, "time_ns", lambda: 1234567890123)  # the region's created_ns
+    (tmp_path / "state").mkdir()
+    cid, directory, conf, limits = entry = _slot(tmp_path, "c1")
+    from flexai_hook.reservation import Reservation
+
+    assert writer.execute(_plan(tmp_path, [entry])) == writer.Outcome()
+    r = Reservation(container_id=cid, slice_id="s-c1", card_index=0, card_uuid="GPU-0", card_name="sim",
+                    card_memory=1 << 34, memory_bytes=1 << 30, compute=10, priority="normal",
+                    device_paths=("/dev/sim0",), slice_dir=directory, backend="simulated")
+    for name, content, mode, size in writer.slice_files(r):
+        path = tmp_path / "s-c1" / name
+        assert path.read_bytes() == content + bytes(max(0, size - len(content))), name
+        assert path.stat().st_mode & 0o777 == mode
+    assert limits == writer.region_limits(r) and conf == r.slice_conf()
+    assert region_mod.read_region(tmp_path / "s-c1" / "region").compute_limit == 10
+
+
+def test_a_slice_whose_limits_cannot_be_packed_is_refused_alone(tmp_path):
+    (tmp_path / "state").mkdir()
+    good, bad = _slot(tmp_path, "c1"), _slot(tmp_path, "c2")
+    bad[3]["device_index"] = 1 << 40  # more than the header's field holds
+    plan = _plan(tmp_path, [good, bad], lines=[("c1", '{"container_id": "c1"}'), ("c2", '{"container_id": "c2"}')])
+    outcome = writer.execute(plan)
+    assert outcome.error is None and list(outcome.failed) == ["c2"]
+    assert "limits cannot be written" in outcome.failed["c2"]
+    assert (tmp_path / "s-c1" / "region").exists() and not (tmp_path / "s-c2").exists()
+    saved = json.loads((tmp_path / "state" / "ledger.json").read_text())
+    assert [r["container_id"] for r in saved["reservations"]] == ["c1"]
 
 
 def test_a_failed_ledger_write_removes_the_slices_it_wrote_and_keeps_released_ones(tmp_path):
@@ -241,6 +276,29 @@ def test_new_slice_images_are_the_bytes_cffi_would_write(monkeypatch):
                 image(bad)
     with pytest.raises(ValueError, match="memory limit must be positive"):
         region.limits_image({"memory_limit": 0})
+
+
+def test_images_made_from_a_memo_are_the_bytes_cffi_would_write(monkeypatch):
+    """Slices that differ only in their ids get their images from a memo (region._templated),
+    patched with the id and the creation time: still cffi's bytes, for ids short, long and
+    cut to the field, times that change, and a memo that fills up and starts again."""
+    import random
+
+    from flexai_hook import region
+
+    monkeypatch.setattr(region, "_TEMPLATES_LIMIT", 3)
+    rng = random.Random(15)
+    shapes = [{"device_uuid": "GPU-1", "device_index": 1, "card_memory": 1 << 36, "memory_limit": m,
+               "compute_limit": c, "priority": p, "compute_mode": "hard", "context_memory": 1 << 28}
+              for m, c, p in ((1 << 30, 1, "normal"), (1 << 31, 50, "low"), (1 << 20, 100, "high"), (5, 7, 1))]
+    for step in range(300):
+        now = 10**18 + step
+        monkeypatch.setattr(time, "time_ns", lambda now=now: now)
+        limits = dict(rng.choice(shapes), slice_id="%x" % rng.getrandbits(rng.choice([4, 48, 400])))
+        assert region.region_image(limits) == region._region_image_cffi(limits)
+        assert region.limits_image(limits) == region._limits_image_cffi(limits)
+    odd = dict(shapes[0], slice_id=["not", "a", "string"])  # not memoised, packed as before
+    assert region.limits_image(odd) == region._limits_image_cffi(odd)
 
 
 def test_a_released_slice_of_an_earlier_version_is_removed_whole(tmp_path):
