@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -71,31 +71,48 @@ class Ledger:
         return totals
 
 
+_STATES: dict[tuple, placement.CardState] = {}  # card_states' memo: CardStates are immutable values
+_STATES_LIMIT = 4096
+
+
 def card_states(ledger: Ledger, cards: Sequence[Card], request: Request) -> list[placement.CardState]:
     """The cards as the placement functions see them, in the units this request is measured in.
 
     A request sized as a share of a card is compared in thousandths of each card's memory so
     that cards of different sizes are ranked fairly; an absolute size is compared in bytes.
+
+    flexaid asks this on every reservation, mostly about card states it has seen before (the
+    same few shapes coming and going), so each CardState is made once per card, usage and
+    unit, and then reused (building the frozen dataclasses was most of a reservation's cost).
     """
     relative = request.memory_bytes is None
+    per_card = ledger._per_card
     states = []
     for card in cards:
-        mem_used, compute_used = ledger.used(card.index)
-        total, free = card.memory, card.memory - mem_used
-        if relative and card.memory:
-            total, free = 1000, max(0, free) * 1000 // card.memory
-        states.append(
-            placement.CardState(
+        mem_used, compute_used, held = per_card.get(card.index, _UNUSED)
+        key = (card.index, card.uuid, card.name, card.memory, mem_used, compute_used, not held, relative)
+        state = _STATES.get(key)
+        if state is None:
+            total, free = card.memory, card.memory - mem_used
+            if relative and card.memory:
+                total, free = 1000, max(0, free) * 1000 // card.memory
+            state = placement.CardState(
                 index=card.index,
                 uuid=card.uuid,
                 model=card.name,
                 memory_total=total,
                 memory_free=max(0, free),
                 compute_free=max(0, (100 - compute_used) * 10),
-                whole_free=not ledger.holders(card.index),
+                whole_free=not held,
             )
-        )
+            if len(_STATES) >= _STATES_LIMIT:
+                _STATES.clear()
+            _STATES[key] = state
+        states.append(state)
     return states
+
+
+_UNUSED = (0, 0, 0)
 
 
 def demand_of(request: Request, cards: Sequence[Card]) -> placement.Demand:
@@ -199,7 +216,7 @@ def reserve(
         compute_mode=request.compute_mode,
         owner_uid=owner_uid,
     )
-    return replace(ledger, reservations={**ledger.reservations, container_id: reservation}), reservation
+    return _with(ledger, {**ledger.reservations, container_id: reservation}, reservation, 1), reservation
 
 
 def release(ledger: Ledger, container_id: str) -> tuple[Ledger, Reservation | None]:
@@ -208,7 +225,27 @@ def release(ledger: Ledger, container_id: str) -> tuple[Ledger, Reservation | No
         return ledger, None
     remaining = dict(ledger.reservations)
     gone = remaining.pop(container_id)
-    return replace(ledger, reservations=remaining), gone
+    return _with(ledger, remaining, gone, -1), gone
+
+
+def _with(ledger: Ledger, reservations: dict, changed: Reservation, sign: int) -> Ledger:
+    """The ledger holding `reservations`: `ledger`'s plus (sign 1) or minus (-1) `changed`.
+    Its per-card totals, if `ledger` has worked them out, are carried over with the one card
+    changed, rather than summed again over every reservation on the next placement."""
+    new = Ledger(reservations)
+    totals = ledger.__dict__.get("_per_card")  # cached_property's slot: absent until asked for
+    if totals is not None:
+        totals = dict(totals)
+        memory, compute, count = totals.get(changed.card_index, (0, 0, 0))
+        count += sign
+        if count:
+            totals[changed.card_index] = (
+                memory + sign * changed.memory_bytes,
+                compute + sign * (changed.compute if changed.priority != BEST_EFFORT else 0), count)
+        else:
+            totals.pop(changed.card_index, None)
+        new.__dict__["_per_card"] = totals
+    return new
 
 
 class LedgerCorrupt(RuntimeError):

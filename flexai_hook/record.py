@@ -20,7 +20,23 @@ def record(cls: type) -> type:
     for n in defaults:
         delattr(cls, n)  # the value lives on each instance, as with dataclasses
 
+    name_set = frozenset(names)
+    fresh = {n for n, v in defaults.items() if isinstance(v, (dict, list))}  # copied per instance
+
     def __init__(self, *args, **kwargs):
+        if not args and name_set.issuperset(kwargs):
+            # Keywords only, all known (flexaid builds a Reservation per container start): the
+            # values go straight into the instance dict, in field order, as below.
+            values = self.__dict__
+            for name in names:
+                if name in kwargs:
+                    values[name] = kwargs[name]
+                elif name in defaults:
+                    default = defaults[name]
+                    values[name] = type(default)(default) if name in fresh else default
+                else:
+                    raise TypeError(f"{cls.__name__}() missing field {name!r}")
+            return
         if len(args) > len(names):
             raise TypeError(f"{cls.__name__}() takes {len(names)} fields, {len(args)} given")
         values = dict(zip(names, args))
@@ -71,7 +87,11 @@ def fields(obj_or_cls) -> tuple[str, ...]:
 
 
 def asdict(obj) -> dict:
-    return {n: getattr(obj, n) for n in fields(obj)}
+    values = vars(obj)  # the fields, in field order (__init__ sets nothing else)
+    names = fields(obj)
+    if len(values) == len(names):
+        return dict(values)
+    return {n: getattr(obj, n) for n in names}
 
 
 def replace(obj, **changes):

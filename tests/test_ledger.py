@@ -236,3 +236,46 @@ def test_a_ledger_nested_too_deep_is_corrupt_not_a_crash(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(L.LedgerCorrupt):
         L.LedgerFile(path).load(CARDS)
+
+
+def _card_states_afresh(ledger, cards, request):
+    """card_states as it was before its memo: every CardState built anew."""
+    from flexai_hook import placement
+
+    relative = request.memory_bytes is None
+    states = []
+    for card in cards:
+        mem_used, compute_used = ledger.used(card.index)
+        total, free = card.memory, card.memory - mem_used
+        if relative and card.memory:
+            total, free = 1000, max(0, free) * 1000 // card.memory
+        states.append(placement.CardState(index=card.index, uuid=card.uuid, model=card.name, memory_total=total,
+                                          memory_free=max(0, free), compute_free=max(0, (100 - compute_used) * 10),
+                                          whole_free=not ledger.holders(card.index)))
+    return states
+
+
+def test_card_states_memo_gives_the_states_built_afresh(monkeypatch):
+    """card_states reuses CardStates it made before, and reserve/release carry the per-card
+    totals over (flexaid's hot path): over random reserve and release sequences, on cards of different sizes, with absolute and relative requests, best-effort
+    slices and a memo that fills up and starts again, it answers what building them anew would."""
+    monkeypatch.setattr(L, "_STATES_LIMIT", 50)
+    cards = CARDS + [Card(index=2, uuid="GPU-c", name="big", memory=80 * GIB, device_paths=("/dev/s2",),
+                          backend="simulated"), Card(index=3, uuid="GPU-d", name="none", memory=0, device_paths=(), backend="simulated")]
+    rng = random.Random(7)
+    requests = [Request(fraction=10), Request(fraction=1, priority="low"), Request(memory_bytes=3 * GIB),
+                Request(memory_fraction=20, compute=5), Request(compute=40), Request(fraction=5, device="2")]
+    led, held = L.Ledger(), []
+    for step in range(600):
+        if held and rng.random() < 0.45:
+            led, _ = L.release(led, held.pop(rng.randrange(len(held))))
+        else:
+            try:
+                led, r = reserve(led, f"c{step}", rng.choice(requests), cards)
+                held.append(r.container_id)
+            except L.PlacementError:
+                pass
+        for request in requests:
+            assert L.card_states(led, cards, request) == _card_states_afresh(led, cards, request)
+        # the per-card totals reserve and release carry over are those summed afresh
+        assert led._per_card == L.Ledger(dict(led.reservations))._per_card

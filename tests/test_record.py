@@ -45,3 +45,18 @@ def test_hashable_and_errors():
         Point(1, x=2)
     with pytest.raises(TypeError):
         Point(1, 2, {}, 4)
+
+
+def test_keyword_construction_is_the_same_record_as_positional():
+    """Keywords only take a shorter path (flexaid builds records per request): same values,
+    same field order, the same fresh copy of a mutable default, the same errors."""
+    a, b = Point(x=1), Point(1)
+    assert a == b and vars(a) == vars(b) and list(vars(a)) == ["x", "y", "tags"]
+    assert Point(tags={"k": 1}, x=1).tags == {"k": 1} and list(vars(Point(tags={}, y=2, x=1))) == ["x", "y", "tags"]
+    assert list(asdict(Point(tags={}, y=2, x=1)).items()) == [("x", 1), ("y", 2), ("tags", {})]
+    a.tags["k"] = 1
+    assert Point(x=2).tags == {}
+    with pytest.raises(TypeError, match="missing field 'x'"):
+        Point(y=1)
+    with pytest.raises(TypeError, match="unexpected field 'z'"):
+        Point(x=1, z=2)
