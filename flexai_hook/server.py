@@ -481,9 +481,14 @@ def _read(conn: _Conn, service: "Service", committer: _Committer) -> bool:
     conn.last = time.monotonic()
     if conn.closing:
         return True  # discard what follows a refused request until our answer is out
-    conn.inbuf += data
     if conn.kind == "metrics":
+        conn.inbuf += data
         return _read_http(conn, service)
+    if not conn.inbuf and data.find(b"\n") == len(data) - 1:
+        # the usual case: one whole request line, nothing before it (no copy into inbuf)
+        _apply(conn, data, service, committer)
+        return True
+    conn.inbuf += data
     while True:
         nl = conn.inbuf.find(b"\n")
         if nl < 0:
@@ -494,22 +499,27 @@ def _read(conn: _Conn, service: "Service", committer: _Committer) -> bool:
             return True
         line = bytes(conn.inbuf[:nl])
         del conn.inbuf[: nl + 1]
-        try:
-            message = orjson.loads(line)
-        except ValueError:  # orjson.JSONDecodeError is one, and so is invalid UTF-8
-            committer.hold(conn, {"ok": False, "error": "request is not a JSON object on one line"})
-            continue
-        is_dict = isinstance(message, dict)
-        if is_dict and message.get("op") == "update":
-            # an update rewrites slice files in place: first let every slice being created
-            # reach the disk (updates are rare, from the CLI)
-            committer.advance(wait=True)
-        try:
-            reply = service.handle(message, conn.peer)
-        except Exception as exc:  # a bug must cost one request, not the daemon
-            log.exception("internal error handling %r", line[:200])
-            reply = {"ok": False, "error": f"flexaid internal error: {type(exc).__name__}: {exc}"}
-        committer.hold(conn, reply, message.get("container_id") if is_dict else None)
+        _apply(conn, line, service, committer)
+
+
+def _apply(conn: _Conn, line: bytes, service: "Service", committer: _Committer) -> None:
+    """Apply one request line (its newline may still end it: JSON whitespace) and hold its answer."""
+    try:
+        message = orjson.loads(line)
+    except ValueError:  # orjson.JSONDecodeError is one, and so is invalid UTF-8
+        committer.hold(conn, {"ok": False, "error": "request is not a JSON object on one line"})
+        return
+    is_dict = isinstance(message, dict)
+    if is_dict and message.get("op") == "update":
+        # an update rewrites slice files in place: first let every slice being created
+        # reach the disk (updates are rare, from the CLI)
+        committer.advance(wait=True)
+    try:
+        reply = service.handle(message, conn.peer)
+    except Exception as exc:  # a bug must cost one request, not the daemon
+        log.exception("internal error handling %r", line[:200])
+        reply = {"ok": False, "error": f"flexaid internal error: {type(exc).__name__}: {exc}"}
+    committer.hold(conn, reply, message.get("container_id") if is_dict else None)
 
 
 def _read_http(conn: _Conn, service: "Service") -> bool:
