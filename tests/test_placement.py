@@ -313,3 +313,26 @@ def test_workload_changes_are_picked_up():
     for _ in range(10):
         learned.observe(share(600))
     assert choose(cards, share(300), "fgd", learned) == (1,)
+
+
+def test_a_refresh_that_finds_the_same_mix_keeps_the_compiled_workload_and_its_memos():
+    """flexaid's steady request mix: the workload re-read every refresh_every requests is the
+    same, so the compiled one (and what choose memoised on it) is kept; a changed mix is not."""
+    w = Workload(refresh_every=5, window=10)
+    for _ in range(10):
+        w.observe(share(100))
+    first = w.compiled()
+    cards = [card(0, 800), card(1, 300), card(2)]
+    picked = choose(cards, share(100), "flexai", w)
+    for _ in range(12):  # a full window more of the same: two refreshes
+        w.observe(share(100))
+        assert w.compiled() is first
+    assert choose(cards, share(100), "flexai", w) == picked
+    for _ in range(5):
+        w.observe(share(600))
+    changed = w.compiled()
+    assert changed is not first and changed.typical == w.typical()
+    fresh = Workload.from_demands([share(100)] * 5 + [share(600)] * 5, window=10)
+    for policy in ("fgd", "flexai"):
+        for demand in (share(100), share(300), share(600)):
+            assert choose(cards, demand, policy, w) == choose(cards, demand, policy, fresh)

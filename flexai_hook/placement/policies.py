@@ -23,6 +23,9 @@ FGD_SCORE_POINTS = 100
 _NOTHING = object()  # memo marker: the request does not fit on this node
 _NODE_MEMO_LIMIT = 512
 _SHARED_MEMO_LIMIT = 200_000
+# choose's share of it (flexaid's one node): a compiled workload lives as long as the request
+# mix stays the same, so its memo is kept smaller than a cluster replay's
+_CHOOSE_MEMO_LIMIT = 4096
 _demand_ids = count(1)
 
 CardKey = tuple[int, int, bool, "str | None"]
@@ -51,7 +54,7 @@ def choose(
         found = _best_on_node(cards, None, demand, 0, scorer, compiled)
         if found is None:
             found = _NOTHING
-        if len(shared) >= _SHARED_MEMO_LIMIT:
+        if len(shared) >= _CHOOSE_MEMO_LIMIT:
             shared.clear()
         shared[state] = found
     return None if found is _NOTHING else found[1]

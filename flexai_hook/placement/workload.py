@@ -132,9 +132,15 @@ class Workload:
         return kept
 
     def compiled(self) -> _Compiled:
-        """The current distribution in the form the scorers use (re-read every refresh_every)."""
+        """The current distribution in the form the scorers use (re-read every refresh_every).
+
+        A re-read that finds the same distribution keeps the compiled one, and with it the
+        scores and choices it has memoised (a steady request mix, as on a busy host, would
+        otherwise lose them every refresh_every requests and work them out again)."""
         if self._compiled is None or self._unread >= self.refresh_every:
-            self._compiled = _Compiled(self.typical())
+            typical = self.typical()
+            if self._compiled is None or typical != self._compiled.typical:
+                self._compiled = _Compiled(typical)
             self._unread = 0
         return self._compiled
 
@@ -162,6 +168,7 @@ class _Compiled:
     """
 
     def __init__(self, typical: Sequence[tuple[TaskType, int]]) -> None:
+        self.typical = list(typical)  # what it was compiled from (Workload.compiled compares)
         self.cpu_cuts = sorted({t.cpu_milli for t, _ in typical if t.cpu_milli > 0})
         self.full_rank = len(self.cpu_cuts)  # "CPU is not a constraint"
         self.cpu_only_weight = 0
