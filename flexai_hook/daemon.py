@@ -21,7 +21,8 @@ from pathlib import Path
 
 from . import devices, ledger as ledger_mod, library, placement, reconcile, region, server, simcards, supervisor
 from . import access, validation, writer
-from .spec import board_dir_for, board_name, preload_file_for
+from .board import CardBoards
+from .spec import board_dir_for, preload_file_for
 from .atomicfile import write_atomically
 from .batch import Batch, Persisted, answer
 from .request import Request
@@ -142,12 +143,14 @@ class Service:
         # loop makes them while the writer is busy with the batch before, not between batches
         self._files: dict[str, tuple] = {}
         self._host_files_written = False
+        self.boards = CardBoards(board_dir_for(config.slices_dir), cards)  # card boards (board.py)
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
         self.runtimes = frozenset(config.reconcile_runtimes)
         _warn_unlisted_runtimes(self.ledger.reservations.values(), self.runtimes)
         os.makedirs(config.slices_dir, exist_ok=True)
         os.chmod(config.slices_dir, 0o711)  # slices are reached by their bind mounts, not listed
         self._sync_slice_dirs()
+        self.boards.flush()  # the rosters of the slices held at start (nothing when none)
         for op in OPS:  # build the validators now, not on the first container start
             validation.validator("protocol.schema.json", f"{op}_message")
             validation.fast_validator("protocol.schema.json", f"{op}_message")
@@ -177,9 +180,9 @@ class Service:
                 text = simcards.render_config(self.cards)
                 if not conf.exists() or conf.read_text() != text:
                     simcards.write_sim_dir(conf.parent, self.cards)
-        boards = board_dir_for(self.config.slices_dir)
-        if not self._host_files_written or not os.path.isdir(boards):
-            make_boards(boards, self.cards)
+        if not self._host_files_written or not os.path.isdir(self.boards.directory):
+            self.boards.make()
+            self.boards.rebuild(self.ledger.reservations.values())  # written by finish()
         self._host_files_written = True
 
     def _write_slice_files(self, reservation) -> None:
@@ -259,6 +262,8 @@ class Service:
             self.ledger = self.saved
             self._created, self._removed = [], []
             self._files.clear()
+            self.boards.rebuild(self.ledger.reservations.values())
+            self.boards.flush()
             return
         if self.ledger is batch.ledger:  # nothing applied since
             self.ledger = result.ledger
@@ -268,6 +273,8 @@ class Service:
             if self.ledger.reservations.get(cid) is lost:
                 self.ledger = ledger_mod.release(self.ledger, cid)[0]
             self._removed = [r for r in self._removed if r is not lost]
+            self.boards.drop(lost)
+        self.boards.flush()  # before the batch's answers go out: a started container finds its slot
 
     def commit(self) -> Persisted | None:
         """Persist everything applied so far, in this thread. None when nothing changed."""
@@ -365,6 +372,7 @@ class Service:
             self.ledger = dataclasses.replace(
                 self.ledger, reservations={**self.ledger.reservations, container_id: updated})
             self._write_slice_files(updated)  # slice.conf and the region's share (generation bumped)
+            self.boards.put(updated)  # the share other slices on the card read
         if paused is not None:
             try:
                 region.set_compute(Path(updated.slice_dir) / "region", paused=paused)
@@ -402,6 +410,7 @@ class Service:
         if new is not self.ledger:
             ledger_mod.observe(self.workload, request, self.cards)
             self._created.append(reservation)  # its files are written with its batch (plan)
+            self.boards.put(reservation)  # listed on its card's board when the batch is on disk
             self._files[container_id] = (reservation, writer.plan_entry(reservation))
             self.file.line(reservation)  # its journal line, cached for the batch's delta
             self.ledger = new
@@ -419,6 +428,7 @@ class Service:
         self.ledger = new
         self.gone_since.pop(container_id, None)
         self._removed.append(gone)
+        self.boards.drop(gone)
         if log.isEnabledFor(logging.INFO):
             log.info("%s slice %s of %s on card %d", reason, gone.slice_id, container_id, gone.card_index,
                      extra=supervisor.fields(container_id, gone.slice_id, gone.card_uuid))
@@ -463,22 +473,6 @@ class Service:
             if cid in self.ledger.reservations:
                 self._release(cid, reason="reconciled: container gone, released")
         return releases  # written with the server's next batch
-
-
-def make_boards(boards: str, cards: Sequence[devices.Card]) -> None:
-    """The card boards (libflexai/controller.h): flexaid makes one file per card, writable by
-    containers of any uid (their compute controllers share it); the directory is root's and
-    not writable by others, so no host user or tenant can swap a board for their own, and a
-    container cannot create one (docs/security.md). The library initialises a zeroed board."""
-    os.makedirs(boards, exist_ok=True)
-    os.chmod(boards, 0o711)
-    for card in cards:
-        path = os.path.join(boards, board_name(card.uuid, card.index))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-        try:
-            os.fchmod(fd, 0o666)
-        finally:
-            os.close(fd)
 
 
 def _warn_unlisted_runtimes(reservations, runtimes: frozenset[str]) -> None:

@@ -11,6 +11,7 @@ import copy
 import os
 
 from . import library
+from .board import card_dir_name, slice_key, slot_name
 from .ascend_nodes import visible_devices_env
 from .record import record
 from .reservation import Reservation
@@ -56,8 +57,8 @@ class Injection:
     poststop: tuple[Hook, ...] = ()
 
 
-# The card boards (libflexai/controller.h): one file per card, shared by the slices of every
-# container on it, so their compute controllers see each other.
+# The card boards (libflexai/controller.h, flexai_hook/board.py): one directory per card,
+# shared by the slices of every container on it, so their compute controllers see each other.
 BOARD_DIR_IN_CONTAINER = "/run/flexai/boards"
 
 
@@ -74,8 +75,8 @@ def board_dir_for(slices_dir: str) -> str:
 
 
 def board_name(card_uuid: str, card_index: int) -> str:
-    """A card's board file name, as libflexai/compute.c board_open derives it."""
-    return card_uuid.replace("/", "_") if card_uuid else f"card{card_index}"
+    """A card's board directory name, as libflexai/compute.c board_open derives it."""
+    return card_dir_name(card_uuid, card_index)
 
 
 def injection_for(
@@ -119,11 +120,14 @@ def _injection(
         ("FLEXAI_COMPUTE_LIMIT", str(reservation.compute)),
         ("FLEXAI_BOARD_DIR", BOARD_DIR_IN_CONTAINER),
     ]
-    # only the slice's card's board, as a file: a bind-mounted file cannot be unlinked or
-    # replaced from inside, so the tenant can write into the board but not swap it
-    board = board_name(reservation.card_uuid, reservation.card_index)
-    mounts.append(Mount(os.path.join(board_dir_for(os.path.dirname(slice_dir)), board),
-                        f"{BOARD_DIR_IN_CONTAINER}/{board}", read_only=False))
+    # only the slice's card's board (flexai_hook/board.py): its directory read-only (the
+    # roster and the other slices' slots), and over it the slice's own slot read-write, the
+    # one part of the board the tenant can write
+    card = board_name(reservation.card_uuid, reservation.card_index)
+    host_card = os.path.join(board_dir_for(os.path.dirname(slice_dir)), card)
+    slot = slot_name(slice_key(reservation.slice_id))
+    mounts.append(Mount(host_card, f"{BOARD_DIR_IN_CONTAINER}/{card}"))
+    mounts.append(Mount(f"{host_card}/{slot}", f"{BOARD_DIR_IN_CONTAINER}/{card}/{slot}", read_only=False))
     if reservation.backend == "simulated":
         driver_dir = library.driver_dir_in_container()
         for name in library.SIM_LIBRARIES:

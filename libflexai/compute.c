@@ -31,6 +31,7 @@ typedef struct CUevent_st *CUevent;
 #define BATCH_MAX 64     /* launches per measured batch while running alone */
 #define RING 64          /* closed batches in flight per thread */
 #define POOL 160
+#define FAST_WATCH 8     /* the fast path watches at most this many other slices */
 
 static struct {
     pthread_once_t once;
@@ -62,8 +63,12 @@ struct tstate {
     int open_borrowed;       /* open_start is the previous batch's end */
     int fast;                /* the last gate said: alone, holder, full cap */
     int in_capture;          /* this launch goes into a capture: not measured */
-    uint64_t fast_turn;      /* the turn word when fast was set */
-    uint64_t fast_gen;
+    uint64_t fast_turn;      /* the slice's hold token when fast was set (this thread's take) */
+    uint64_t fast_gen;       /* the share's generation then */
+    uint64_t fast_rgen;      /* the roster's generation then */
+    int nwatch;              /* the other slices of this priority or above: their want words */
+    const uint64_t *watch[FAST_WATCH];
+    uint64_t watch_v[FAST_WATCH]; /* as they were (a change: one of them starts waiting) */
     uint64_t cap_ns;
     void *pool[POOL];
     int npool;
@@ -118,66 +123,168 @@ static void sleep_ns(uint64_t ns)
 
 /* ---- the card board ------------------------------------------------------------------ */
 
-static struct flexai_board *board_open(struct flexai_region *r)
+/* Mapping state of a board view: which key's slot file each roster index maps, the roster
+ * generation the view was brought up to date with, where the files are. Changed under
+ * board_lock on the slow path only; a mapping, once made, stays at its address (a slot file
+ * of another slice is mapped over it with MAP_FIXED), so readers never see it unmapped. */
+struct board_maps {
+    char dir[512];
+    int writable;                       /* outside containers: the library keeps the roster */
+    uint64_t mapped_key[FLEXAI_BOARD_SLOTS];
+    uint64_t generation;                /* of the roster, when last refreshed */
+};
+static struct flexai_board view, solo_view;
+static struct board_maps maps;
+static pthread_mutex_t board_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void card_name(struct flexai_region *r, char *name, size_t size)
+{
+    const char *uuid = flexai_P.limits ? flexai_P.limits->device_uuid : r->device_uuid;
+    int card = flexai_P.limits ? flexai_P.limits->device_index : r->device_index;
+    if (uuid[0]) {
+        size_t n = 0;
+        for (const char *s = uuid; *s && n + 1 < size; s++)
+            name[n++] = (*s == '/' ? '_' : *s);
+        name[n] = 0;
+    } else {
+        snprintf(name, size, "card%d", card);
+    }
+}
+
+/* Maps `path` (size bytes) at `at` (NULL: anywhere), writable or not; NULL when it cannot. */
+static void *map_file(const char *path, size_t size, int writable, int create, void *at)
+{
+    int fd;
+    if (create) {
+        mode_t old = umask(0);
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
+        umask(old);
+    } else {
+        fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW);
+    }
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    void *m = MAP_FAILED;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (st.st_size >= (off_t)size || (create && ftruncate(fd, (off_t)size) == 0)))
+        m = mmap(at, size, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                 MAP_SHARED | (at ? MAP_FIXED : 0), fd, 0);
+    close(fd);
+    return m == MAP_FAILED ? NULL : m;
+}
+
+static void slot_path(char *path, size_t size, uint64_t key)
+{
+    snprintf(path, size, "%s/%016llx", maps.dir, (unsigned long long)key);
+}
+
+/* Maps the slot file of every slice the roster lists (read-only but for our own). */
+static void board_refresh(struct flexai_board *b)
+{
+    pthread_mutex_lock(&board_lock);
+    uint64_t gen = __atomic_load_n(&b->roster->generation, __ATOMIC_ACQUIRE);
+    if (gen != maps.generation) {
+        for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
+            uint64_t key = __atomic_load_n(&b->roster->entry[i].key, __ATOMIC_ACQUIRE);
+            if (key == 0 || key == maps.mapped_key[i] || i == b->self)
+                continue;
+            char path[600];
+            slot_path(path, sizeof path, key);
+            void *old = (void *)b->slot[i];
+            void *m = map_file(path, FLEXAI_SLOT_FILE_SIZE, 0, 0, old);
+            if (m) {
+                __atomic_store_n(&b->slot[i], (const struct flexai_board_slot *)m, __ATOMIC_RELEASE);
+                maps.mapped_key[i] = key;
+            } else if (old) {
+                /* a failed MAP_FIXED may have unmapped the old slot under a reader: zeros there
+                 * (key 0: nobody) keep every pointer valid */
+                mmap(old, FLEXAI_SLOT_FILE_SIZE, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                maps.mapped_key[i] = 0;
+            }
+        }
+        maps.generation = gen;
+    }
+    pthread_mutex_unlock(&board_lock);
+}
+
+/* The slice's own slot: made by flexaid (in a container, mounted read-write over the
+ * read-only card directory) or by the library outside containers, before its roster claim. */
+static struct flexai_board_slot *own_slot(uint64_t key)
+{
+    char path[600];
+    slot_path(path, sizeof path, key);
+    return map_file(path, FLEXAI_SLOT_FILE_SIZE, 1, maps.writable, NULL);
+}
+
+/* Opens the board of the slice's card into `view`: 0, or -1 with `why` set. */
+static int board_open(struct flexai_region *r, uint64_t key, const char **why)
 {
     /* in a container only the board flexaid made and the runtime mounted counts: a board the
      * tenant names (or a private one in the container's /dev/shm) would be a board of one */
     int in_container = flexai_P.cfg.in_container;
     const char *dir = in_container ? FLEXAI_BOARD_DIR : getenv("FLEXAI_BOARD_DIR");
-    char path[600];
     char name[128];
-    const char *uuid = flexai_P.limits ? flexai_P.limits->device_uuid : r->device_uuid;
-    int card = flexai_P.limits ? flexai_P.limits->device_index : r->device_index;
-    if (uuid[0]) {
-        size_t n = 0;
-        for (const char *s = uuid; *s && n + 1 < sizeof name; s++)
-            name[n++] = (*s == '/' ? '_' : *s);
-        name[n] = 0;
-    } else {
-        snprintf(name, sizeof name, "card%d", card);
-    }
+    card_name(r, name, sizeof name);
     if (!dir || !*dir) {
         struct stat st;
-        dir = stat(FLEXAI_BOARD_DIR, &st) == 0 && S_ISDIR(st.st_mode) &&
-                      access(FLEXAI_BOARD_DIR, W_OK) == 0
+        dir = stat(FLEXAI_BOARD_DIR, &st) == 0 && S_ISDIR(st.st_mode) && access(FLEXAI_BOARD_DIR, W_OK) == 0
                   ? FLEXAI_BOARD_DIR
-                  : "/dev/shm";
+                  : NULL;
     }
-    if (strcmp(dir, "/dev/shm") == 0)
-        snprintf(path, sizeof path, "/dev/shm/flexai-board-%s", name);
+    if (dir)
+        snprintf(maps.dir, sizeof maps.dir, "%s/%s", dir, name);
     else
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd;
-    if (in_container) {
-        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW); /* flexaid creates each card's board */
+        snprintf(maps.dir, sizeof maps.dir, "/dev/shm/flexai-board-%s", name);
+    maps.writable = !in_container;
+    if (maps.writable && mkdir(maps.dir, 0777) != 0 && errno != EEXIST) {
+        *why = "cannot make the card board directory";
+        return -1;
+    }
+    if (maps.writable)
+        chmod(maps.dir, 0777); /* slices of any uid share it outside containers (dev, benches) */
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", maps.dir, FLEXAI_ROSTER_NAME);
+    struct flexai_roster *roster = map_file(path, sizeof *roster, maps.writable, maps.writable, NULL);
+    if (!roster) {
+        *why = "no card board for the slice's card";
+        return -1;
+    }
+    if (maps.writable && __atomic_load_n(&roster->magic, __ATOMIC_ACQUIRE) == 0)
+        flexai_roster_init(roster); /* idempotent: zeroed fields, magic stored last */
+    if (!flexai_roster_valid(roster)) {
+        munmap(roster, sizeof *roster);
+        *why = "the card board's roster is damaged or of another version";
+        return -1;
+    }
+    view.roster = roster;
+    view.self = -1;
+    view.keeps_roster = maps.writable;
+    view.own = own_slot(key);
+    if (!view.own) {
+        *why = "the slice's own slot on the card board cannot be opened for writing";
+        return -1;
+    }
+    uint64_t now = now_mono();
+    if (maps.writable) {
+        /* a sign of life before the claim, so a concurrent claimer does not take it as dead */
+        __atomic_store_n(&view.own->heartbeat_ns, now, __ATOMIC_RELEASE);
+        board_refresh(&view);
+        view.self = flexai_roster_claim(&view, key, __atomic_load_n(&G.sh->limit_percent, __ATOMIC_RELAXED),
+                                        __atomic_load_n(&G.sh->priority, __ATOMIC_RELAXED), now);
     } else {
-        mode_t old = umask(0);
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
-        umask(old);
+        view.self = flexai_roster_find(roster, key);
     }
-    if (fd < 0)
-        return NULL;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || (st.st_size < (off_t)sizeof(struct flexai_board) &&
-                                ftruncate(fd, sizeof(struct flexai_board)) != 0)) {
-        close(fd);
-        return NULL;
+    if (view.self < 0) {
+        *why = maps.writable ? "the card board is full" : "the card board does not list the slice";
+        return -1;
     }
-    void *m = mmap(NULL, sizeof(struct flexai_board), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED)
-        return NULL;
-    struct flexai_board *b = m;
-    uint64_t magic = __atomic_load_n(&b->magic, __ATOMIC_ACQUIRE);
-    if (magic == 0)
-        flexai_board_init(b); /* idempotent: zeroed fields, magic stored last */
-    else if (magic != FLEXAI_BOARD_MAGIC || b->version != FLEXAI_BOARD_VERSION) {
-        munmap(m, sizeof(struct flexai_board));
-        return NULL;
-    }
-    return b;
+    view.slot[view.self] = view.own;
+    maps.mapped_key[view.self] = key;
+    board_refresh(&view);
+    flexai_board_join(&view, key, now);
+    return 0;
 }
-
 /* A forked child starts with no batches: the parent's events belong to the parent's context. */
 static void compute_child_after_fork(void)
 {
@@ -203,18 +310,26 @@ static void solo_refresh(void)
  * holds itself to its own share as a hard cap on a board of its own. Never "not enforced". */
 static int go_solo(const char *why)
 {
-    struct flexai_board *b = mmap(NULL, sizeof *b, PROT_READ | PROT_WRITE,
-                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (b == MAP_FAILED)
+    struct flexai_roster *roster = mmap(NULL, sizeof *roster + FLEXAI_SLOT_FILE_SIZE, PROT_READ | PROT_WRITE,
+                                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (roster == MAP_FAILED)
         return -1;
-    flexai_board_init(b);
+    flexai_roster_init(roster);
     solo_refresh();
     flexai_warn("flexai: %s; the slice is held to its own %u%% compute share (hard cap)", why,
                 G.solo_share.limit_percent);
-    __atomic_store_n(&G.solo, 1, __ATOMIC_RELEASE);
+    solo_view.roster = roster;
+    solo_view.own = (struct flexai_board_slot *)((char *)roster + sizeof *roster);
+    solo_view.keeps_roster = 1;
+    solo_view.self = -1;
+    solo_view.self = flexai_roster_claim(&solo_view, G.key, G.solo_share.limit_percent, G.solo_share.priority,
+                                         now_mono());
+    solo_view.slot[solo_view.self] = solo_view.own;
+    flexai_board_join(&solo_view, G.key, now_mono());
     G.sh = &G.solo_share;
-    G.board = b;
-    G.slot = flexai_board_join(b, G.key, G.solo_share.limit_percent, G.solo_share.priority, now_mono());
+    G.slot = solo_view.self;
+    __atomic_store_n(&G.board, &solo_view, __ATOMIC_RELEASE);
+    __atomic_store_n(&G.solo, 1, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -253,15 +368,12 @@ static void compute_init(void)
     /* the slice: its id, or outside containers the region every process of the tree maps */
     const char *id = flexai_P.limits ? flexai_P.limits->slice_id : r->slice_id;
     G.key = flexai_ctl_key(id[0] ? id : flexai_P.cfg.region_path);
-    G.board = board_open(r);
-    if (!G.board) {
-        if (go_solo("no usable card board for the slice's card") != 0)
-            return;
-    } else {
-        G.slot = flexai_board_join(G.board, G.key, __atomic_load_n(&G.sh->limit_percent, __ATOMIC_RELAXED),
-                                   __atomic_load_n(&G.sh->priority, __ATOMIC_RELAXED), now_mono());
-        if (G.slot < 0 && go_solo("the card board is full") != 0)
-            return;
+    const char *why = NULL;
+    if (board_open(r, G.key, &why) == 0) {
+        G.board = &view;
+        G.slot = view.self;
+    } else if (go_solo(why) != 0) {
+        return;
     }
     pthread_atfork(NULL, NULL, compute_child_after_fork);
     __atomic_store_n(&G.enabled, 1, __ATOMIC_RELEASE);
@@ -419,6 +531,37 @@ static int thread_ready(struct tstate *t)
     return 1;
 }
 
+/* What the fast path watches: the thread's hold of the turn, the roster's generation (a slice
+ * came or went), and the want words of the other slices that could take the card from it
+ * (of its priority or above). 0: too many to watch, take the slow path. */
+static int fast_snapshot(struct tstate *t)
+{
+    struct flexai_board *b = G.board;
+    uint32_t prio = __atomic_load_n(&b->roster->entry[b->self].priority, __ATOMIC_RELAXED);
+    t->fast_turn = t->p.held_turn;
+    t->fast_gen = t->p.last_generation;
+    t->fast_rgen = __atomic_load_n(&b->roster->generation, __ATOMIC_ACQUIRE);
+    t->nwatch = 0;
+    for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
+        const struct flexai_board_slot *o = i == b->self ? NULL : flexai_board_slot_of(b, i);
+        if (!o || __atomic_load_n(&b->roster->entry[i].priority, __ATOMIC_RELAXED) < prio)
+            continue;
+        if (t->nwatch == FAST_WATCH)
+            return 0;
+        t->watch[t->nwatch] = &o->want_ns;
+        t->watch_v[t->nwatch++] = __atomic_load_n(&o->want_ns, __ATOMIC_RELAXED);
+    }
+    return 1;
+}
+
+static inline int fast_quiet(const struct tstate *t)
+{
+    for (int i = 0; i < t->nwatch; i++)
+        if (__atomic_load_n(t->watch[i], __ATOMIC_RELAXED) != t->watch_v[i])
+            return 0;
+    return 1;
+}
+
 /* The full gate: returns once this thread may launch on `stream`. */
 static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
 {
@@ -427,8 +570,9 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
         harvest(t, now);
         if (unlikely(__atomic_load_n(&G.solo, __ATOMIC_ACQUIRE))) {
             solo_refresh();
-        } else if (unlikely(__atomic_load_n(&G.board->magic, __ATOMIC_RELAXED) != FLEXAI_BOARD_MAGIC)) {
-            /* the shared board was written over: leave it for a board of our own */
+        } else if (unlikely(!flexai_roster_valid(G.board->roster))) {
+            /* the roster was written over (only root can in a container): leave it for a
+             * board of our own */
             static pthread_mutex_t solo_lock = PTHREAD_MUTEX_INITIALIZER;
             pthread_mutex_lock(&solo_lock);
             if (!G.solo)
@@ -437,6 +581,8 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
             t->p.slot = G.slot;
             t->p.held_turn = 0;
             continue;
+        } else if (unlikely(__atomic_load_n(&G.board->roster->generation, __ATOMIC_ACQUIRE) != maps.generation)) {
+            board_refresh(G.board); /* slices came or went: map their slots */
         }
         struct flexai_ctl_decision d = flexai_ctl_gate(G.board, &r->compute, G.sh, &t->p, now);
         if (d.action == FLEXAI_CTL_GO) {
@@ -451,12 +597,9 @@ static void gate_slow(struct flexai_region *r, struct tstate *t, void *stream)
             flexai_ctl_launched(G.board, &t->p, 0,
                                 now + flexai_ctl_inflight_ns(&t->p) + t->p.est_launch_ns, now);
             t->cap_ns = d.inflight_cap_ns;
-            t->fast_turn = __atomic_load_n(&G.board->turn, __ATOMIC_RELAXED);
-            t->fast_gen = t->p.last_generation;
-            t->fast = d.inflight_cap_ns == FLEXAI_CTL_NO_CAP &&
-                      (int)(t->fast_turn & 0xff) - 1 == G.slot &&
-                      __atomic_load_n(&G.board->waiting, __ATOMIC_RELAXED) == 0 &&
-                      __atomic_load_n(&G.sh->mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD;
+            t->fast = d.inflight_cap_ns == FLEXAI_CTL_NO_CAP && t->p.held_turn != 0 &&
+                      __atomic_load_n(&G.sh->mode, __ATOMIC_RELAXED) != FLEXAI_MODE_HARD &&
+                      fast_snapshot(t);
             if (open_batch(t, stream) != 0)
                 t->fast = 0;
             return;
@@ -530,8 +673,8 @@ static inline void compute_gate(const struct flexai_device_timer *timer, struct 
     if (likely(t->fast) && t->open_stream == stream && t->open_start && t->open_n + 1 < BATCH_MAX &&
         (uint64_t)(t->open_n + 1) * (t->p.est_launch_ns ? t->p.est_launch_ns : FLEXAI_CTL_INFLIGHT_NS / 8) <
             t->cap_ns / 4 &&
-        __atomic_load_n(&G.board->turn, __ATOMIC_RELAXED) == t->fast_turn &&
-        __atomic_load_n(&G.board->waiting, __ATOMIC_RELAXED) == 0 &&
+        __atomic_load_n(&G.board->own->hold, __ATOMIC_RELAXED) == t->fast_turn &&
+        __atomic_load_n(&G.board->roster->generation, __ATOMIC_RELAXED) == t->fast_rgen && fast_quiet(t) &&
         __atomic_load_n(&G.sh->generation, __ATOMIC_RELAXED) == t->fast_gen &&
         !__atomic_load_n(&G.sh->paused, __ATOMIC_RELAXED) &&
         flexai_ctl_inflight_ns(&t->p) < t->cap_ns)

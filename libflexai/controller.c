@@ -1,6 +1,7 @@
-/* The compute controller: pure functions over the card board, a slice's compute block and
- * one process's private state. See controller.h and docs/compute.md. No clock reads, no I/O,
- * no locks: every shared field is an __atomic access, `turn` changes only by CAS. */
+/* The compute controller: pure functions over one process's view of the card board, a slice's
+ * compute block and one process's private state. See controller.h and docs/compute.md. No
+ * clock reads, no I/O, no locks: every shared field is an __atomic access, and the only board
+ * memory written is the slice's own slot (and, outside containers, its own roster entry). */
 #include "controller.h"
 
 #include <stddef.h>
@@ -11,13 +12,9 @@
 #define ADD(x, v) __atomic_add_fetch(&(x), (v), __ATOMIC_ACQ_REL)
 
 _Static_assert(sizeof(struct flexai_board_slot) == 128, "board slot is 128 bytes");
-_Static_assert(offsetof(struct flexai_board, slot) == 4096, "board header is 4 KiB");
-
-/* turn = seq << 8 | (slot + 1): seq grows with every take, so the word also names the one
- * process (thread) that took it: p->held_turn == turn */
-#define TURN_SLOT(t) ((int)((t) & 0xff) - 1)
-#define TURN_SEQ(t) ((t) >> 8)
-#define TURN_MAKE(seq, slot) (((seq) << 8) | (uint64_t)((slot) + 1))
+_Static_assert(sizeof(struct flexai_roster_entry) == 32, "roster entry is 32 bytes");
+_Static_assert(offsetof(struct flexai_roster, entry) == 64, "roster header is 64 bytes");
+_Static_assert(sizeof(struct flexai_roster) <= 4096, "roster fits a page");
 
 uint64_t flexai_ctl_key(const char *slice_id)
 {
@@ -29,103 +26,177 @@ uint64_t flexai_ctl_key(const char *slice_id)
     return h ? h : 1;
 }
 
-void flexai_board_init(struct flexai_board *b)
-{
-    b->version = FLEXAI_BOARD_VERSION;
-    b->size = (uint32_t)sizeof *b;
-    ST(b->turn, 0);
-    ST(b->waiting, 0);
-    ST(b->magic, FLEXAI_BOARD_MAGIC);
-}
-
 static uint32_t clamp_share(uint32_t s)
 {
     return s < 1 ? 1 : s > 100 ? 100 : s;
 }
 
-int flexai_board_join(struct flexai_board *b, uint64_t key, uint32_t share, uint32_t priority,
-                      uint64_t now)
+/* ---- the roster and the view ------------------------------------------------------------ */
+
+void flexai_roster_init(struct flexai_roster *r)
 {
-    int found = -1;
-    for (int i = 0; i < FLEXAI_BOARD_SLOTS && found < 0; i++)
-        if (LD(b->slot[i].key) == key)
-            found = i;
+    r->version = FLEXAI_BOARD_VERSION;
+    r->size = (uint32_t)sizeof *r;
+    ST(r->magic, FLEXAI_ROSTER_MAGIC);
+}
+
+int flexai_roster_valid(const struct flexai_roster *r)
+{
+    return LD(r->magic) == FLEXAI_ROSTER_MAGIC && LDR(r->version) == FLEXAI_BOARD_VERSION &&
+           LDR(r->size) == sizeof *r;
+}
+
+int flexai_roster_find(const struct flexai_roster *r, uint64_t key)
+{
+    for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++)
+        if (LD(r->entry[i].key) == key)
+            return i;
+    return -1;
+}
+
+const struct flexai_board_slot *flexai_board_slot_of(const struct flexai_board *b, int i)
+{
+    const struct flexai_board_slot *s = b->slot[i];
+    uint64_t k;
+    if (!s || (k = LDR(b->roster->entry[i].key)) == 0 || LDR(s->key) != k)
+        return NULL;
+    return s;
+}
+
+static uint32_t share_at(const struct flexai_board *b, int i)
+{
+    return clamp_share(LDR(b->roster->entry[i].share));
+}
+
+static uint32_t prio_at(const struct flexai_board *b, int i)
+{
+    return LDR(b->roster->entry[i].priority);
+}
+
+static int seen_within(uint64_t at, uint64_t now, uint64_t ns)
+{
+    return at >= now || now - at < ns;
+}
+
+/* The least virtual time among the other live slices of priority `prio` (UINT64_MAX: none):
+ * virtual times mean something only among slices of one priority, so a slice of another one
+ * cannot move this slice's baseline, whatever it writes into its own slot. */
+static uint64_t class_min_vtime(const struct flexai_board *b, uint32_t prio, uint64_t now, int competing)
+{
+    uint64_t minv = UINT64_MAX;
+    for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
+        const struct flexai_board_slot *o = i == b->self ? NULL : flexai_board_slot_of(b, i);
+        if (!o || prio_at(b, i) != prio)
+            continue;
+        if (competing ? !(LD(o->hold) != 0 || (LD(o->want_ns) != 0 &&
+                                               seen_within(LD(o->heartbeat_ns), now, FLEXAI_CTL_WAITER_LIVE_NS)))
+                      : !seen_within(LD(o->heartbeat_ns), now, FLEXAI_CTL_DEAD_NS))
+            continue;
+        uint64_t v = LD(o->vtime);
+        if (v < minv)
+            minv = v;
+    }
+    return minv;
+}
+
+int flexai_roster_claim(struct flexai_board *b, uint64_t key, uint32_t share, uint32_t priority,
+                        uint64_t now)
+{
+    struct flexai_roster *r = b->roster;
+    int found = flexai_roster_find(r, key);
     for (int i = 0; i < FLEXAI_BOARD_SLOTS && found < 0; i++) {
-        struct flexai_board_slot *s = &b->slot[i];
-        uint64_t k = LD(s->key);
-        uint64_t hb = LD(s->heartbeat_ns);
-        if (k != 0 && !(now > hb && now - hb > FLEXAI_CTL_DEAD_NS))
+        uint64_t k = LD(r->entry[i].key);
+        const struct flexai_board_slot *o = b->slot[i];
+        /* free, or its slice left no slot (its slot file is made before the claim) or was
+         * not seen for FLEXAI_CTL_DEAD_NS */
+        if (k != 0 && o && seen_within(LD(o->heartbeat_ns), now, FLEXAI_CTL_DEAD_NS))
             continue;
-        /* free, or left by a slice not seen for FLEXAI_CTL_DEAD_NS */
-        if (!__atomic_compare_exchange_n(&s->key, &k, key, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            continue;
-        ST(s->want_ns, 0);
-        __atomic_and_fetch(&b->waiting, ~(1ULL << i), __ATOMIC_ACQ_REL);
-        ST(s->busy_until_ns, 0);
-        ST(s->turn_cost, 0);
-        /* a newcomer starts level with the others, not with a huge credit */
-        uint64_t minv = UINT64_MAX;
-        for (int j = 0; j < FLEXAI_BOARD_SLOTS; j++) {
-            struct flexai_board_slot *o = &b->slot[j];
-            if (j != i && LD(o->key) != 0 && now - LD(o->heartbeat_ns) < FLEXAI_CTL_DEAD_NS &&
-                LD(o->vtime) < minv)
-                minv = LD(o->vtime);
-        }
-        ST(s->vtime, minv == UINT64_MAX ? 0 : minv);
-        found = i;
+        if (__atomic_compare_exchange_n(&r->entry[i].key, &k, key, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            found = i;
     }
     if (found >= 0) {
-        struct flexai_board_slot *s = &b->slot[found];
-        ST(s->share, clamp_share(share));
-        ST(s->priority, priority);
-        ST(s->heartbeat_ns, now);
+        ST(r->entry[found].share, clamp_share(share));
+        ST(r->entry[found].priority, priority);
+        ADD(r->generation, 2);
     }
     return found;
 }
 
-void flexai_board_leave(struct flexai_board *b, int slot)
+void flexai_board_join(struct flexai_board *b, uint64_t key, uint64_t now)
 {
-    if (slot < 0 || slot >= FLEXAI_BOARD_SLOTS)
+    struct flexai_board_slot *s = b->own;
+    if (!s || b->self < 0)
         return;
-    uint64_t t = LD(b->turn);
-    if (TURN_SLOT(t) == slot)
-        __atomic_compare_exchange_n(&b->turn, &t, TURN_MAKE(TURN_SEQ(t), -1), 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
-    __atomic_and_fetch(&b->waiting, ~(1ULL << slot), __ATOMIC_ACQ_REL);
-    ST(b->slot[slot].want_ns, 0);
-    ST(b->slot[slot].key, 0);
+    if (LD(s->key) != key) {
+        /* a fresh slot (or one left by an earlier slice): no turn, no want, and a virtual
+         * time level with the slices of its priority, not a huge credit */
+        ST(s->hold, 0);
+        ST(s->want_ns, 0);
+        ST(s->intent_ns, 0);
+        ST(s->busy_until_ns, 0);
+        ST(s->turn_cost, 0);
+        uint64_t minv = class_min_vtime(b, prio_at(b, b->self), now, 0);
+        ST(s->vtime, minv == UINT64_MAX ? 0 : minv);
+        ST(s->key, key);
+    }
+    ST(s->heartbeat_ns, now);
 }
 
-static int waiter_live(const struct flexai_board *b, int i, uint64_t now)
+/* ---- reading the others ------------------------------------------------------------------ */
+
+static int waiter_live(const struct flexai_board_slot *s, uint64_t now)
 {
-    const struct flexai_board_slot *s = &b->slot[i];
-    uint64_t hb = LD(s->heartbeat_ns);
-    return LD(s->key) != 0 && LD(s->want_ns) != 0 && (hb >= now || now - hb < FLEXAI_CTL_WAITER_LIVE_NS);
+    return LD(s->want_ns) != 0 && seen_within(LD(s->heartbeat_ns), now, FLEXAI_CTL_WAITER_LIVE_NS);
 }
 
-uint64_t flexai_ctl_key_of(const struct flexai_board_slot *s)
+/* A closed loop (launch, wait for it, launch again) empties its queue between launches; it
+ * is not idle there. When a slice usually comes back within FLEXAI_CTL_RETURN_MAX_NS / 2 of
+ * its work being over, a holder's work counts as going on for twice that, so a synchronising
+ * holder keeps the turn across its own gaps; a slice that comes back later (think time) or
+ * really stops gives the card up at once, and the card is never held idle for longer than
+ * FLEXAI_CTL_RETURN_MAX_NS. */
+static uint64_t return_grace(const struct flexai_board_slot *s)
+{
+    uint64_t r = LD(s->return_ns);
+    return r <= FLEXAI_CTL_RETURN_MAX_NS / 2 ? 2 * r : 0;
+}
+
+/* Holds the turn and shows it: a holder whose beat is older than FLEXAI_CTL_STEAL_NS and
+ * whose booked work (with its return grace) is over went idle (or died), and counts as not
+ * holding. */
+static int holder_live(const struct flexai_board_slot *s, uint64_t now)
+{
+    if (LD(s->hold) == 0)
+        return 0;
+    uint64_t beat = LD(s->beat_ns), until = LD(s->busy_until_ns);
+    if (until)
+        until += return_grace(s);
+    return !(now > beat && now - beat > FLEXAI_CTL_STEAL_NS && now >= until);
+}
+
+uint64_t flexai_ctl_key_of(const struct flexai_board_slot *s, uint32_t share)
 {
     uint64_t cost = LD(s->turn_cost);
     if (cost == 0) /* nothing measured yet: a turn is at least a quantum of device time */
-        cost = FLEXAI_CTL_QUANTUM_NS * 100 / clamp_share(LD(s->share));
+        cost = FLEXAI_CTL_QUANTUM_NS * 100 / clamp_share(share);
     return LD(s->vtime) + cost / 2;
 }
 
-int flexai_ctl_pick(const struct flexai_board *b, uint64_t now)
+/* The best live waiter of priority `min_prio` or above (the own slot included): highest
+ * priority, then least key, then longest waiting, then roster order. */
+static int pick_from(const struct flexai_board *b, uint64_t now, uint32_t min_prio)
 {
-    uint64_t mask = LD(b->waiting);
     int best = -1;
     uint32_t bp = 0;
     uint64_t bv = 0, bw = 0;
-    for (int i = 0; mask && i < FLEXAI_BOARD_SLOTS; i++) {
-        if (!(mask & (1ULL << i)))
+    for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
+        const struct flexai_board_slot *s = flexai_board_slot_of(b, i);
+        if (!s || !waiter_live(s, now))
             continue;
-        mask &= ~(1ULL << i);
-        if (!waiter_live(b, i, now))
+        uint32_t pr = prio_at(b, i);
+        if (pr < min_prio)
             continue;
-        const struct flexai_board_slot *s = &b->slot[i];
-        uint32_t pr = LD(s->priority);
-        uint64_t v = flexai_ctl_key_of(s), w = LD(s->want_ns);
+        uint64_t v = flexai_ctl_key_of(s, share_at(b, i)), w = LD(s->want_ns);
         if (best < 0 || pr > bp || (pr == bp && (v < bv || (v == bv && w < bw)))) {
             best = i;
             bp = pr;
@@ -134,6 +205,48 @@ int flexai_ctl_pick(const struct flexai_board *b, uint64_t now)
         }
     }
     return best;
+}
+
+int flexai_ctl_pick(const struct flexai_board *b, uint64_t now)
+{
+    return pick_from(b, now, 0);
+}
+
+/* What the others of priority `prio` or above are doing, in one pass. */
+struct others {
+    int waiting;         /* another slice waits */
+    int higher_holder;   /* a slice of higher priority holds the turn */
+    int same_holder;     /* another slice of the same priority holds the turn */
+    uint64_t same_hold_ns; /* the latest take among those */
+    int same_index;      /* its roster index */
+};
+
+static struct others look(const struct flexai_board *b, uint32_t prio, uint64_t now)
+{
+    struct others o = {0, 0, 0, 0, -1};
+    for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
+        const struct flexai_board_slot *s = i == b->self ? NULL : flexai_board_slot_of(b, i);
+        if (!s)
+            continue;
+        uint32_t pr = prio_at(b, i);
+        if (pr < prio)
+            continue; /* a lower priority never holds this slice back */
+        if (waiter_live(s, now))
+            o.waiting = 1;
+        if (!holder_live(s, now))
+            continue;
+        if (pr > prio) {
+            o.higher_holder = 1;
+        } else {
+            uint64_t at = LD(s->hold_ns);
+            if (!o.same_holder || at > o.same_hold_ns) {
+                o.same_hold_ns = at;
+                o.same_index = i;
+            }
+            o.same_holder = 1;
+        }
+    }
+    return o;
 }
 
 int flexai_ctl_may_queue(const struct flexai_ctl_proc *p, uint64_t cap_ns)
@@ -184,26 +297,28 @@ uint64_t flexai_ctl_hard_wait(struct flexai_compute *c, const struct flexai_shar
     return (uint64_t)(-avail) * 100 / share + 1;
 }
 
-/* A slice of higher priority than `prio` seen on the board lately: keep one launch queued. */
+/* The in-flight cap: a slice of higher priority than `prio` seen on the board lately, one
+ * launch; one of the same priority, FLEXAI_CTL_INFLIGHT_NS; alone (for a while), none beyond
+ * the driver's own queue. Lower priorities do not count: they run only when this slice does
+ * not, so its queue never delays them, and what they write cannot cap it. */
 static uint64_t inflight_cap(struct flexai_board *b, struct flexai_ctl_proc *p, uint32_t prio,
                              uint64_t now)
 {
     if (p->cap_checked_ns && now >= p->cap_checked_ns && now - p->cap_checked_ns < 1000000)
         return p->cap_ns;
-    /* alone on the card (no other slice seen lately, for a while): no cap beyond the driver's
-     * own queue; a slice that has just started is capped until it knows it is alone, so a
-     * burst queued in its first moments cannot become a debt against slices starting with it */
+    /* a slice that has just started is capped until it knows it is alone, so a burst queued
+     * in its first moments cannot become a debt against slices starting with it */
     uint64_t cap = FLEXAI_CTL_NO_CAP;
     int others = 0;
     for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
-        struct flexai_board_slot *s = &b->slot[i];
-        if (i == p->slot || LD(s->key) == 0)
+        const struct flexai_board_slot *s = i == b->self ? NULL : flexai_board_slot_of(b, i);
+        if (!s || !seen_within(LD(s->heartbeat_ns), now, FLEXAI_CTL_PRIO_LIVE_NS))
             continue;
-        uint64_t hb = LD(s->heartbeat_ns);
-        if (!(hb >= now || now - hb < FLEXAI_CTL_PRIO_LIVE_NS))
+        uint32_t pr = prio_at(b, i);
+        if (pr < prio)
             continue;
         others = 1;
-        if (LD(s->priority) > prio)
+        if (pr > prio)
             cap = 0;
         else if (cap > FLEXAI_CTL_INFLIGHT_NS)
             cap = FLEXAI_CTL_INFLIGHT_NS;
@@ -221,50 +336,30 @@ static uint64_t inflight_cap(struct flexai_board *b, struct flexai_ctl_proc *p, 
 
 /* Marks the slice as waiting for the turn. `from_idle`: it comes back after not competing,
  * so its virtual time catches up (a holder that yields or releases keeps its own). */
-static void want(struct flexai_board *b, struct flexai_ctl_proc *p, uint64_t now, int from_idle)
+static void want(struct flexai_board *b, uint32_t prio, uint64_t now, int from_idle)
 {
-    struct flexai_board_slot *s = &b->slot[p->slot];
+    struct flexai_board_slot *s = b->own;
+    if (LD(s->want_ns) != 0)
+        return;
     /* the slice is idle only when none of its processes holds the turn or has work queued */
-    if (from_idle && (TURN_SLOT(LD(b->turn)) == p->slot || now < LD(s->busy_until_ns) + FLEXAI_CTL_STEAL_NS))
-        from_idle = 0;
-    if (LD(s->want_ns) == 0 && !from_idle) {
-        ST(s->want_ns, now ? now : 1);
-    } else if (LD(s->want_ns) == 0) {
-        /* back from idle: catch up with the virtual time of the slices that compete now */
-        uint64_t minv = UINT64_MAX;
-        uint64_t t = LD(b->turn);
-        for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
-            if (i == p->slot)
-                continue;
-            if (TURN_SLOT(t) == i || waiter_live(b, i, now)) {
-                uint64_t v = LD(b->slot[i].vtime);
-                if (v < minv)
-                    minv = v;
-            }
+    if (from_idle && LD(s->hold) == 0 && now >= LD(s->busy_until_ns) + FLEXAI_CTL_STEAL_NS) {
+        /* back from idle: catch up with the virtual time of the slices of its priority that
+         * compete now; a slice that slept keeps at most one quantum of credit (as CFS does for
+         * sleepers), so a light interactive slice gets the next turn but cannot bank idle time */
+        uint64_t minv = class_min_vtime(b, prio, now, 1);
+        if (minv != UINT64_MAX) {
+            minv = minv > FLEXAI_CTL_QUANTUM_NS ? minv - FLEXAI_CTL_QUANTUM_NS : 0;
+            if (minv > LD(s->vtime))
+                ST(s->vtime, minv);
         }
-        /* a slice that slept keeps at most one quantum of credit (as CFS does for sleepers),
-         * so a light interactive slice gets the next turn but cannot bank idle time */
-        uint64_t v = LD(s->vtime);
-        if (minv != UINT64_MAX && minv > FLEXAI_CTL_QUANTUM_NS)
-            minv -= FLEXAI_CTL_QUANTUM_NS;
-        else
-            minv = minv == UINT64_MAX ? minv : 0;
-        if (minv != UINT64_MAX && minv > v)
-            ST(s->vtime, minv);
-        ST(s->want_ns, now ? now : 1);
     }
-    uint64_t bit = 1ULL << p->slot;
-    if (!(LDR(b->waiting) & bit))
-        __atomic_or_fetch(&b->waiting, bit, __ATOMIC_ACQ_REL);
+    ST(s->want_ns, now ? now : 1);
 }
 
-static void unwant(struct flexai_board *b, struct flexai_ctl_proc *p)
+static void unwant(struct flexai_board *b)
 {
-    uint64_t bit = 1ULL << p->slot;
-    if (LDR(b->waiting) & bit)
-        __atomic_and_fetch(&b->waiting, ~bit, __ATOMIC_ACQ_REL);
-    if (LDR(b->slot[p->slot].want_ns))
-        ST(b->slot[p->slot].want_ns, 0);
+    if (LDR(b->own->want_ns))
+        ST(b->own->want_ns, 0);
 }
 
 static struct flexai_ctl_decision decide(int action, uint64_t wait_ns, uint64_t cap)
@@ -275,44 +370,103 @@ static struct flexai_ctl_decision decide(int action, uint64_t wait_ns, uint64_t 
 
 /* The holder must give the turn up but still has work: it drains, and meanwhile counts as
  * waiting, so its sibling processes do not take the gap for an idle card. */
-static struct flexai_ctl_decision yield(struct flexai_board *b, struct flexai_ctl_proc *p,
-                                        uint64_t now)
+static struct flexai_ctl_decision yield(struct flexai_board *b, uint32_t prio, uint64_t now)
 {
-    want(b, p, now, 0);
+    want(b, prio, now, 0);
     return decide(FLEXAI_CTL_DRAIN, 0, 0);
+}
+
+/* Takes the turn for this process, by the filter over single-writer words (controller.h):
+ * 1 taken, 0 not now. */
+static int take(struct flexai_board *b, struct flexai_ctl_proc *p, uint32_t prio, uint64_t now)
+{
+    struct flexai_board_slot *s = b->own;
+    ST(s->intent_ns, now ? now : 1);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* our intent is visible before we read theirs */
+    int pending = 0;
+    for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
+        const struct flexai_board_slot *o = i == b->self ? NULL : flexai_board_slot_of(b, i);
+        if (!o)
+            continue;
+        uint32_t pr = prio_at(b, i);
+        if (pr < prio)
+            continue;
+        uint64_t in = LD(o->intent_ns);
+        int announcing = in != 0 && seen_within(in, now, FLEXAI_CTL_INTENT_LIVE_NS);
+        if (holder_live(o, now) || (announcing && (pr > prio || i < b->self))) {
+            ST(s->intent_ns, 0);
+            return 0;
+        }
+        if (announcing)
+            pending = 1; /* it will see us and withdraw, or it saw nothing and holds */
+    }
+    if (pending)
+        return 0; /* keep announcing: the next call decides */
+    uint64_t token = (ADD(s->seq, 1) << 8) | (uint64_t)(b->self + 1);
+    uint64_t none = 0;
+    ST(s->hold_ns, now);
+    ST(s->beat_ns, now);
+    if (!__atomic_compare_exchange_n(&s->hold, &none, token, 0, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
+        ST(s->intent_ns, 0); /* another process of the slice took it */
+        return 0;
+    }
+    ST(s->intent_ns, 0);
+    p->held_turn = token;
+    ST(s->turn_busy0, LD(s->busy_ns));
+    ADD(s->handovers, 1);
+    return 1;
 }
 
 struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai_compute *c,
                                            const struct flexai_share *sh,
                                            struct flexai_ctl_proc *p, uint64_t now)
 {
-    if (p->slot < 0)
+    if (p->slot < 0 || !b->own || b->self != p->slot)
         return decide(FLEXAI_CTL_GO, 0, FLEXAI_CTL_INFLIGHT_NS);
-    struct flexai_board_slot *s = &b->slot[p->slot];
+    struct flexai_board_slot *s = b->own;
     uint64_t gen = LD(sh->generation);
-    uint32_t prio = LDR(sh->priority);
     if (gen != p->last_generation) {
-        /* the daemon changed share, mode, priority or pause: publish it to the board */
-        ST(s->share, clamp_share(LDR(sh->limit_percent)));
-        ST(s->priority, prio);
+        /* the daemon changed share, mode, priority or pause; outside containers the library
+         * publishes share and priority itself (in containers flexaid's roster has them) */
+        if (b->keeps_roster) {
+            struct flexai_roster_entry *e = &b->roster->entry[b->self];
+            ST(e->share, clamp_share(LDR(sh->limit_percent)));
+            ST(e->priority, LDR(sh->priority));
+            ADD(b->roster->generation, 2);
+        }
         p->last_generation = gen;
         p->cap_checked_ns = 0;
     }
+    /* others read this slice's priority from the roster: so does it */
+    uint32_t prio = prio_at(b, b->self);
     if (now - p->heartbeat_ns > 100000 || now < p->heartbeat_ns) {
         ST(s->heartbeat_ns, now);
         p->heartbeat_ns = now;
     }
-    uint64_t turn = LD(b->turn);
-    int holder = TURN_SLOT(turn);
-    int mine = holder == p->slot && turn == p->held_turn;  /* this very process holds it */
-    int sibling = holder == p->slot && !mine;              /* another process of the slice */
-    uint64_t mybit = 1ULL << p->slot;
-    uint64_t others = LDR(b->waiting) & ~mybit;            /* other slices waiting */
-    if (mine && (now - LDR(b->beat_ns) > 100000 || now < LDR(b->beat_ns)))
-        ST(b->beat_ns, now);
+    uint64_t until = LD(s->busy_until_ns);
+    if (until && now > until && until != p->return_seen) {
+        /* the slice's work was over and it asks again: learn how soon it comes back (the time
+         * it then waits for the turn is not part of it) */
+        uint64_t gap = now - until, r = LDR(s->return_ns);
+        if (gap > FLEXAI_CTL_DEAD_NS)
+            gap = FLEXAI_CTL_DEAD_NS;
+        ST(s->return_ns, r ? (r * 3 + gap) / 4 : gap);
+        p->return_seen = until;
+    }
+    uint64_t hold = LD(s->hold);
+    int mine = p->held_turn != 0 && hold == p->held_turn; /* this very process holds it */
+    if (!mine)
+        p->held_turn = 0;
+    if (!mine && hold && !holder_live(s, now))
+        /* a process of this slice took the turn and went idle or died holding it */
+        __atomic_compare_exchange_n(&s->hold, &hold, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    int sibling = !mine && hold != 0; /* another process of the slice */
+    if (mine && (now - LDR(s->beat_ns) > 100000 || now < LDR(s->beat_ns)))
+        ST(s->beat_ns, now);
+    struct others o = look(b, prio, now);
 
     if (LDR(sh->paused)) {
-        unwant(b, p);
+        unwant(b);
         if (mine)
             return decide(FLEXAI_CTL_DRAIN, 0, 0);
         return decide(FLEXAI_CTL_WAIT, 1000000, 0);
@@ -321,88 +475,71 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
         uint64_t w = flexai_ctl_hard_wait(c, sh, flexai_ctl_inflight_ns(p), now);
         if (w) {
             uint64_t wait = w < FLEXAI_CTL_PERIOD_NS ? w : FLEXAI_CTL_PERIOD_NS;
-            if (mine && (p->inflight_launches || others))
+            if (mine && (p->inflight_launches || o.waiting))
                 return decide(FLEXAI_CTL_DRAIN, 0, 0);
             if (!mine)
-                unwant(b, p);
+                unwant(b);
             return decide(FLEXAI_CTL_WAIT, wait, 0);
         }
     }
-    if (sibling && others == 0)
+    if (sibling && !o.waiting && !o.higher_holder && !o.same_holder)
         /* no other slice competes: the slice's processes share its turn */
         return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
     if (mine) {
-        if (others == 0 && !(LDR(b->waiting) & mybit))
+        if (o.higher_holder)
+            return yield(b, prio, now); /* a higher priority took the card: drain */
+        if (o.same_holder && (o.same_hold_ns > LD(s->hold_ns) ||
+                              (o.same_hold_ns == LD(s->hold_ns) && o.same_index < b->self)))
+            return yield(b, prio, now); /* taken since this holder last showed itself */
+        if (!o.waiting && LDR(s->want_ns) == 0)
             return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
-        int best = flexai_ctl_pick(b, now);
-        if (best < 0 || best == p->slot) {
-            /* stale bits of waiters that went away */
-            for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++)
-                if ((others & (1ULL << i)) && !waiter_live(b, i, now))
-                    __atomic_and_fetch(&b->waiting, ~(1ULL << i), __ATOMIC_ACQ_REL);
+        int best = pick_from(b, now, prio);
+        if (best < 0 || best == b->self) {
             /* another process of this slice waits: take turns with it, a quantum each */
-            if (best == p->slot && LD(s->busy_ns) - LD(s->turn_busy0) >= FLEXAI_CTL_QUANTUM_NS)
-                return yield(b, p, now);
+            if (best == b->self && LD(s->busy_ns) - LD(s->turn_busy0) >= FLEXAI_CTL_QUANTUM_NS)
+                return yield(b, prio, now);
             return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
         }
-        uint32_t bp = LD(b->slot[best].priority);
-        if (bp > prio)
-            return yield(b, p, now);
-        if (bp == prio) {
-            /* weighted fair queueing: keep the turn until this slice's key (its queued work
-             * included) passes the best waiter's by a quantum */
-            uint32_t share = clamp_share(LDR(sh->limit_percent));
-            uint64_t mine = flexai_ctl_key_of(s) + flexai_ctl_inflight_ns(p) * 100 / share;
-            if (mine > flexai_ctl_key_of(&b->slot[best]) + FLEXAI_CTL_QUANTUM_NS)
-                return yield(b, p, now);
-        }
+        if (prio_at(b, best) > prio)
+            return yield(b, prio, now);
+        /* weighted fair queueing: keep the turn until this slice's key (its queued work
+         * included) passes the best waiter's by a quantum */
+        uint32_t share = clamp_share(LDR(sh->limit_percent));
+        uint64_t k = flexai_ctl_key_of(s, share) + flexai_ctl_inflight_ns(p) * 100 / share;
+        if (k > flexai_ctl_key_of(b->slot[best], share_at(b, best)) + FLEXAI_CTL_QUANTUM_NS)
+            return yield(b, prio, now);
         return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
     }
 
     /* Not the holder: wait for the turn. */
-    p->held_turn = 0;
-    want(b, p, now, 1);
-    int free = holder < 0;
-    if (!free) {
-        struct flexai_board_slot *h = &b->slot[holder];
-        uint64_t beat = LD(b->beat_ns), until = LD(h->busy_until_ns);
-        if (LD(h->key) == 0 || (now > beat && now - beat > FLEXAI_CTL_STEAL_NS && now >= until))
-            free = 1; /* the holder left, died or went idle */
-    }
-    if (free) {
-        int best = flexai_ctl_pick(b, now);
-        if (best < 0 || best == p->slot) {
-            uint64_t next = TURN_MAKE(TURN_SEQ(turn) + 1, p->slot);
-            if (__atomic_compare_exchange_n(&b->turn, &turn, next, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE)) {
-                p->held_turn = next;
-                ST(b->beat_ns, now);
-                unwant(b, p);
-                ST(s->turn_busy0, LD(s->busy_ns));
-                ADD(b->handovers, 1);
-                return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
-            }
-        }
-    }
-    return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS, 0);
+    want(b, prio, now, 1);
+    if (sibling || o.higher_holder || o.same_holder)
+        return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS, 0);
+    int best = pick_from(b, now, prio);
+    if (best >= 0 && best != b->self)
+        return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS, 0);
+    if (!take(b, p, prio, now))
+        return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS / 5, 0);
+    unwant(b);
+    return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
 }
 
 void flexai_ctl_launched(struct flexai_board *b, struct flexai_ctl_proc *p, uint64_t launches,
                          uint64_t until_ns, uint64_t now)
 {
     p->inflight_launches += launches;
-    if (p->slot < 0)
+    if (p->slot < 0 || !b->own)
         return;
-    struct flexai_board_slot *s = &b->slot[p->slot];
+    struct flexai_board_slot *s = b->own;
     if (LDR(s->busy_until_ns) < until_ns)
         ST(s->busy_until_ns, until_ns);
     if (now - p->heartbeat_ns > 100000 || now < p->heartbeat_ns) {
         ST(s->heartbeat_ns, now);
         p->heartbeat_ns = now;
     }
-    if (p->held_turn && LDR(b->turn) == p->held_turn &&
-        (now - LDR(b->beat_ns) > 100000 || now < LDR(b->beat_ns)))
-        ST(b->beat_ns, now);
+    if (p->held_turn && LDR(s->hold) == p->held_turn &&
+        (now - LDR(s->beat_ns) > 100000 || now < LDR(s->beat_ns)))
+        ST(s->beat_ns, now);
     if (launches)
         __atomic_add_fetch(&s->launches, launches, __ATOMIC_RELAXED);
 }
@@ -423,8 +560,8 @@ void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, const s
             p->est_high_ns = per;
     }
     uint32_t share = clamp_share(LDR(sh->limit_percent));
-    if (p->slot >= 0) {
-        struct flexai_board_slot *s = &b->slot[p->slot];
+    if (p->slot >= 0 && b->own) {
+        struct flexai_board_slot *s = b->own;
         ADD(s->vtime, busy_ns * 100 / share);
         ADD(s->busy_ns, busy_ns);
         if (launches) {
@@ -453,15 +590,14 @@ void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, const s
 
 void flexai_ctl_release(struct flexai_board *b, struct flexai_ctl_proc *p, uint64_t now)
 {
-    if (p->slot < 0)
+    if (p->slot < 0 || !b->own)
         return;
     uint64_t t = p->held_turn;
-    if (t && TURN_SLOT(t) == p->slot)
-        __atomic_compare_exchange_n(&b->turn, &t, TURN_MAKE(TURN_SEQ(t), -1), 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    if (t)
+        __atomic_compare_exchange_n(&b->own->hold, &t, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     p->held_turn = 0;
-    ST(b->slot[p->slot].busy_until_ns, now);
-    want(b, p, now, 0); /* it still has work: it competes for the next turn */
+    ST(b->own->busy_until_ns, now);
+    want(b, prio_at(b, b->self), now, 0); /* it still has work: it competes for the next turn */
 }
 
 int flexai_ctl_measured_permille(const struct flexai_compute *c)

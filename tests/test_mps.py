@@ -140,12 +140,21 @@ def test_runtime_config_selects_mps_in_the_spec_edits():
     assert "FLEXAI_COMPUTE_BY" not in dict(flexai_only.env)
 
 
-def test_the_cards_board_is_mounted_read_write_as_a_file_and_limits_read_only():
+def test_the_cards_board_is_read_only_but_the_slices_own_slot_and_limits_read_only():
+    from flexai_hook import board as board_mod
+
     r = res(slice_dir="/run/flexai/slices/abc")
     inj = spec_mod.injection_for(r, (), HOOK, lib="/lib/libflexai.so")
-    board = r.card_uuid.replace("/", "_")
-    # only the slice's own card's board, as a file a tenant cannot unlink or swap
-    assert spec_mod.Mount(f"/run/flexai/boards/{board}", f"/run/flexai/boards/{board}", read_only=False) in inj.mounts
+    card = f"/run/flexai/boards/{r.card_uuid.replace('/', '_')}"
+    slot = f"{card}/{board_mod.slot_name(board_mod.slice_key(r.slice_id))}"
+    # only the slice's own card's board: the directory read-only, then its own slot over it
+    mounts = list(inj.mounts)
+    assert spec_mod.Mount(card, card, read_only=True) in mounts
+    assert spec_mod.Mount(slot, slot, read_only=False) in mounts
+    assert mounts.index(spec_mod.Mount(card, card, read_only=True)) < mounts.index(
+        spec_mod.Mount(slot, slot, read_only=False))
+    assert [m for m in mounts if m.destination.startswith("/run/flexai/boards") and not m.read_only] == [
+        spec_mod.Mount(slot, slot, read_only=False)]
     assert not any(m.destination == "/run/flexai/boards" for m in inj.mounts)
     assert spec_mod.Mount("/run/flexai/slices/abc/limits", "/run/flexai/limits", read_only=True) in inj.mounts
     assert ("FLEXAI_BOARD_DIR", "/run/flexai/boards") in inj.env

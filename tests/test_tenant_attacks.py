@@ -187,19 +187,50 @@ def test_environment_cannot_switch_the_compute_gate_off(compute_tenant):
     assert "not enforced" not in err
 
 
-def test_damaged_card_board_holds_each_slice_to_its_share(compute_tenant):
-    """Attack 10: 8 bytes over the board's magic. The slice then caps itself at its share."""
-    (card,) = compute_tenant.daemon.status()["cards"]
-    board = f"/run/flexai/boards/{card['uuid']}"
-    out = compute_tenant.sh(f"printf 'XXXXXXXX' | dd of={board} bs=1 seek=0 conv=notrunc")
+def test_the_card_board_is_read_only_but_for_the_slices_own_slot(compute_tenant):
+    """Attack 10: writing into the card board. Only the slice's own slot is writable; the
+    roster (shares, priorities) and every other slice's slot are read-only, nothing can be
+    added, and what the tenant writes into its own slot does not lift its cap."""
+    from flexai_hook import board
+
+    t = compute_tenant
+    (card,) = t.daemon.status()["cards"]
+    (mine,) = t.daemon.slices()
+    other = t.daemon.call({"op": "reserve", "container_id": "neighbour", "request": {"fraction": 20}})
+    assert other["ok"], other
+    d = f"/run/flexai/boards/{card['uuid']}"
+    own = board.slot_name(board.slice_key(mine["slice_id"]))
+    theirs = board.slot_name(board.slice_key(other["reservation"]["slice_id"]))
+    # only the card's own board reaches the container; the neighbour's slot shows up live
+    assert t.sh("ls /run/flexai/boards").stdout.split() == [card["uuid"]]
+    assert sorted(t.sh(f"ls {d}").stdout.split()) == sorted(["roster", own, theirs])
+    for target in ("roster", theirs):
+        out = t.sh(f"printf 'XXXXXXXX' | dd of={d}/{target} bs=1 seek=0 conv=notrunc")
+        assert out.returncode != 0 and "Read-only" in out.stderr, (target, out.stderr)
+    out = t.sh(f"touch {d}/mine")
+    assert out.returncode != 0 and "Read-only" in out.stderr, out.stderr
+    # its own slot: every byte forged (virtual time, turn held forever, booked work)
+    out = t.sh(f"dd if=/dev/zero bs=128 count=1 | tr '\\0' '\\377' | dd of={d}/{own} bs=128 count=1 conv=notrunc")
     assert out.returncode == 0, out.stderr
-    share, err = run_compute(compute_tenant)
-    print(f"achieved share with the board damaged: {share:.3f}")
+    assert t.sh(f"od -An -tx1 -N8 {d}/{own}").stdout.split() == ["ff"] * 8
+    share, err = run_compute(t)
+    print(f"achieved share with its own slot forged: {share:.3f}")
+    assert share < 0.2, (share, err)  # the hard 10 % slice; unenforced it runs at ~100 %
+    assert "not enforced" not in err and "hard cap" not in err, err  # the board itself is fine
+
+
+def test_a_damaged_roster_holds_the_slice_to_its_own_share(compute_tenant):
+    """Only root can write the roster; if it is damaged anyway, each slice on the card holds
+    itself to its own share as a hard cap, and says so."""
+    t = compute_tenant
+    (card,) = t.daemon.status()["cards"]
+    roster = t.daemon.slices_dir.parent / "boards" / card["uuid"] / "roster"
+    with open(roster, "r+b") as f:
+        f.write(b"XXXXXXXX")
+    share, err = run_compute(t)
+    print(f"achieved share with the roster damaged: {share:.3f}")
     assert share < 0.2, (share, err)
     assert "not enforced" not in err and "hard cap" in err, err
-    # only the card's own board reaches the container, as a file mount it cannot swap
-    out = compute_tenant.sh("ls /run/flexai/boards")
-    assert out.stdout.split() == [card["uuid"]], out.stdout
 
 
 def test_mps_mode_reaches_the_library_through_the_limits_file(tmp_path):

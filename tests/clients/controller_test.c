@@ -9,11 +9,15 @@
  * flexai_ctl_charge() when it observes the completion, asks flexai_ctl_gate() before every
  * launch, and obeys.
  *
- * usage: controller_test [--duration MS] [--window A:B] [--change MS:SLICE:SHARE]
+ * usage: controller_test [--duration MS] [--window A:B] [--change MS:SLICE:SHARE] [--no-controller]
  *                        [--pause MS:SLICE] [--resume MS:SLICE] SLICE...
  *   SLICE: comma-separated key=value: share=30 prio=low|normal|high mode=wc|hard
  *          k=50+1000 (kernel lengths in us, cycled) start=MS stop=MS
  *          closed=1 (one kernel at a time, latency measured) think=US host=NS (host cost/launch)
+ *          burst=N (closed loop: N kernels, then wait for the last) switch=MS (from then on
+ *          closed loop <-> saturating)
+ *          forge=vtime|hold|hide (a tenant rewriting its own slot before every gate: virtual
+ *          time 0; a turn held forever with fresh beats and booked work; its key cleared)
  * Prints one JSON object: per slice its share of the busy card time and of wall time in the
  * window, launches, latency (closed loop); card utilisation; convergence time.
  */
@@ -42,10 +46,14 @@ struct slice {
     int nk, ki;
     uint64_t start, stop, think, host;
     int closed;
+    int burst, in_burst;        /* closed loop: kernels launched before each wait (1) */
+    uint64_t switch_at;         /* change=MS: from then on closed loop <-> saturating */
+    int forge;                  /* 0, or what the tenant writes into its own slot (FORGE_*) */
     struct flexai_compute c;
     struct flexai_compute *cp;  /* the slice's compute block: own, or another process's */
     int same;                   /* -1, or the process whose slice this one belongs to */
     struct flexai_ctl_proc p;
+    struct flexai_board view;   /* this process's view of the board */
     uint64_t next;
     struct inflight ring[RING];
     uint64_t head, tail;   /* ring[tail..head) in flight */
@@ -58,9 +66,13 @@ struct slice {
     uint64_t bucket[MAXB];
 };
 
+enum { FORGE_NONE, FORGE_VTIME, FORGE_HOLD, FORGE_HIDE };
+
 static struct slice S[MAXS];
+static int NO_CONTROLLER;   /* --no-controller: every launch goes at once (the baseline) */
 static int NS;
-static struct flexai_board board;
+static struct flexai_roster roster;               /* who is on the card */
+static struct flexai_board_slot slots[FLEXAI_BOARD_SLOTS]; /* each slice's own state */
 static uint64_t card_free;
 
 struct change { uint64_t at; int idx; int kind; uint32_t val; int done; };
@@ -84,7 +96,7 @@ static void observe(struct slice *s, uint64_t now)
 {
     while (s->tail < s->head && s->ring[s->tail % RING].end <= now) {
         struct inflight *f = &s->ring[s->tail % RING];
-        flexai_ctl_charge(&board, s->cp, &s->cp->share, &s->p, f->measured, 1, now);
+        flexai_ctl_charge(&s->view, s->cp, &s->cp->share, &s->p, f->measured, 1, now);
         s->tail++;
     }
 }
@@ -101,8 +113,9 @@ static void launch(struct slice *s, uint64_t now)
     s->ring[s->head % RING] = (struct inflight){end, end - ev};
     s->head++;
     s->launches++;
-    flexai_ctl_launched(&board, &s->p, 1, end, now);
-    if (s->closed) {
+    flexai_ctl_launched(&s->view, &s->p, 1, end, now);
+    if (s->closed && ++s->in_burst >= s->burst) {
+        s->in_burst = 0;
         s->cl_waiting = 1;
         s->cl_issue = s->cl_ready ? s->cl_ready : now; /* latency counts the wait for the gate */
         s->cl_end = end;
@@ -112,6 +125,10 @@ static void launch(struct slice *s, uint64_t now)
 static void step(struct slice *s, uint64_t now)
 {
     observe(s, now);
+    if (s->switch_at && now >= s->switch_at && !s->cl_waiting) {
+        s->closed = !s->closed; /* the pattern changes mid-run */
+        s->switch_at = 0;
+    }
     if (now >= s->stop) {
         s->next = UINT64_MAX;
         return;
@@ -131,11 +148,25 @@ static void step(struct slice *s, uint64_t now)
         }
         return;
     }
+    if (s->forge && s->view.own) {
+        /* a tenant's writes into its own slot file, the only board memory it can reach */
+        struct flexai_board_slot *o = s->view.own;
+        if (s->forge == FORGE_VTIME)
+            o->vtime = 0;
+        else if (s->forge == FORGE_HOLD) {
+            o->hold = 1;
+            o->beat_ns = o->heartbeat_ns = o->want_ns = o->hold_ns = now;
+            o->busy_until_ns = now + 1000 * MS;
+        } else if (s->forge == FORGE_HIDE)
+            o->key = 0;
+    }
     struct flexai_ctl_decision d;
-    if (s->draining)  /* told to drain: no new gate until this process's work completed */
+    if (NO_CONTROLLER)  /* the same clients without flexai: only the driver's queue bounds them */
+        d = (struct flexai_ctl_decision){FLEXAI_CTL_GO, 0, FLEXAI_CTL_NO_CAP};
+    else if (s->draining)  /* told to drain: no new gate until this process's work completed */
         d = (struct flexai_ctl_decision){FLEXAI_CTL_DRAIN, 0, 0};
     else
-        d = flexai_ctl_gate(&board, s->cp, &s->cp->share, &s->p, now);
+        d = flexai_ctl_gate(&s->view, s->cp, &s->cp->share, &s->p, now);
     s->draining = d.action == FLEXAI_CTL_DRAIN;
     if (d.action == FLEXAI_CTL_WAIT) {
         s->next = now + (d.wait_ns ? d.wait_ns : 1);
@@ -143,10 +174,10 @@ static void step(struct slice *s, uint64_t now)
         if (s->tail < s->head) {
             /* polls its last event, showing signs of life on the board meanwhile */
             uint64_t last = s->ring[(s->head - 1) % RING].end;
-            flexai_ctl_launched(&board, &s->p, 0, last, now);
+            flexai_ctl_launched(&s->view, &s->p, 0, last, now);
             s->next = last + 20 * US < now + FLEXAI_CTL_POLL_NS ? last + 20 * US : now + FLEXAI_CTL_POLL_NS;
         } else {
-            flexai_ctl_release(&board, &s->p, now);
+            flexai_ctl_release(&s->view, &s->p, now);
             s->draining = 0;
             s->next = now + 1 * US;
         }
@@ -154,7 +185,7 @@ static void step(struct slice *s, uint64_t now)
         if (s->tail < s->head && !flexai_ctl_may_queue(&s->p, d.inflight_cap_ns)) {
             uint64_t oldest = s->ring[s->tail % RING].end;
             uint64_t poll = now + FLEXAI_CTL_POLL_NS;
-            flexai_ctl_launched(&board, &s->p, 0, s->ring[(s->head - 1) % RING].end, now);
+            flexai_ctl_launched(&s->view, &s->p, 0, s->ring[(s->head - 1) % RING].end, now);
             s->next = oldest + 10 * US < poll ? oldest + 10 * US : poll;
         } else if (s->stream_tail > now + QUEUE_AHEAD) {
             /* the driver's own bound: a launch blocks while its stream has work booked more
@@ -215,6 +246,13 @@ static void parse_slice(struct slice *s, char *spec, int idx)
             s->think = (uint64_t)(atof(v) * US);
         else if (!strcmp(kv, "host"))
             s->host = (uint64_t)atoll(v);
+        else if (!strcmp(kv, "burst"))
+            s->burst = atoi(v);
+        else if (!strcmp(kv, "switch"))
+            s->switch_at = (uint64_t)atof(v) * MS;
+        else if (!strcmp(kv, "forge"))
+            s->forge = !strcmp(v, "vtime") ? FORGE_VTIME : !strcmp(v, "hold") ? FORGE_HOLD
+                     : !strcmp(v, "hide") ? FORGE_HIDE : (fprintf(stderr, "bad forge %s\n", v), exit(2), 0);
         else if (!strcmp(kv, "same"))
             s->same = atoi(v);
         else {
@@ -222,6 +260,8 @@ static void parse_slice(struct slice *s, char *spec, int idx)
             exit(2);
         }
     }
+    if (s->burst < 1)
+        s->burst = 1;
     s->c.share.limit_percent = s->share;
     s->c.share.mode = s->mode;
     s->c.share.priority = s->prio;
@@ -240,9 +280,11 @@ static void parse_slice(struct slice *s, char *spec, int idx)
 int main(int argc, char **argv)
 {
     uint64_t duration = 5000 * MS, w0 = 0, w1 = 0;
-    flexai_board_init(&board);
+    flexai_roster_init(&roster);
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--duration") && i + 1 < argc) {
+        if (!strcmp(argv[i], "--no-controller")) {
+            NO_CONTROLLER = 1;
+        } else if (!strcmp(argv[i], "--duration") && i + 1 < argc) {
             duration = (uint64_t)atof(argv[++i]) * MS;
         } else if (!strcmp(argv[i], "--window") && i + 1 < argc) {
             double a, b;
@@ -294,7 +336,17 @@ int main(int argc, char **argv)
         }
         struct slice *s = &S[bi];
         if (s->p.slot < 0) {
-            s->p.slot = flexai_board_join(&board, s->p.key, s->cp->share.limit_percent, s->prio, now);
+            /* as the library does outside containers: claim a roster entry, join its slot */
+            s->view.roster = &roster;
+            s->view.keeps_roster = 1;
+            s->view.self = -1;
+            for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++)
+                s->view.slot[i] = &slots[i];
+            int idx = flexai_roster_claim(&s->view, s->p.key, s->cp->share.limit_percent, s->prio, now);
+            s->view.self = idx;
+            s->view.own = &slots[idx];
+            flexai_board_join(&s->view, s->p.key, now);
+            s->p.slot = idx;
             s->p.last_generation = s->cp->share.generation;
         }
         step(s, now);
@@ -340,10 +392,13 @@ int main(int argc, char **argv)
         if (last_bad < nb)
             conv = (double)(last_bad * BUCKET - t0) / MS;
     }
+    uint64_t handovers = 0;
+    for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++)
+        handovers += slots[i].handovers;
     printf("{\"window_ms\": [%.1f, %.1f], \"utilization\": %.3f, \"converge_ms\": %.1f, "
            "\"handovers\": %llu, \"slices\": [",
            (double)w0 / MS, (double)w1 / MS, 100.0 * total / wall, conv,
-           (unsigned long long)board.handovers);
+           (unsigned long long)handovers);
     for (int i = 0; i < NS; i++) {
         struct slice *s = &S[i];
         printf("%s{\"target\": %u, \"priority\": %u, \"mode\": %u, \"share_busy\": %.3f, "

@@ -59,11 +59,10 @@ int main(void)
     /* the turn order key: virtual time plus half a turn's virtual cost */
     struct flexai_board_slot s;
     memset(&s, 0, sizeof s);
-    s.share = 5;
     s.vtime = 1000 * us;
-    CHECK(flexai_ctl_key_of(&s) == 1000 * us + FLEXAI_CTL_QUANTUM_NS * 100 / 5 / 2); /* nothing measured */
+    CHECK(flexai_ctl_key_of(&s, 5) == 1000 * us + FLEXAI_CTL_QUANTUM_NS * 100 / 5 / 2); /* nothing measured */
     s.turn_cost = 400000 * us; /* a 20 ms kernel at 5 % */
-    CHECK(flexai_ctl_key_of(&s) == 201000 * us);
+    CHECK(flexai_ctl_key_of(&s, 5) == 201000 * us);
     printf("ok\n");
     return 0;
 }
