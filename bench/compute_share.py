@@ -127,9 +127,23 @@ def run_slices(tmp: Path, client: Path, driver: str, name: str, slices: list[dic
                     "--seconds", str(seconds), "--start-at", str(start_at), "--api", s.get("api", "launch")]
             if s.get("closed"):
                 args += ["--closed", "--think-us", str(s.get("think_us", 0))]
+            if s.get("sync_every"):
+                args += ["--sync-every", str(s["sync_every"])]
+            if s.get("switch_at"):
+                args += ["--switch-at", str(s["switch_at"])]
             env = run.env(i, s["share"] if limited else None, s.get("priority", "normal"), s.get("mode", ""))
-            run.start(args, env)
-        return run.results(timeout=seconds + 60)
+            for _ in range(s.get("procs", 1)):  # processes of one slice share its region
+                run.start(args, env)
+        results = run.results(timeout=seconds + 60)
+        # one result per slice: its processes' device time added up
+        out, at = [], 0
+        for s in slices:
+            mine, at = results[at:at + s.get("procs", 1)], at + s.get("procs", 1)
+            merged = dict(mine[0])
+            merged["buckets"] = [sum(b) for b in zip(*(r["buckets"] for r in mine))]
+            merged["launches"] = sum(r["launches"] for r in mine)
+            out.append(merged)
+        return out
     finally:
         run.stop()
 
@@ -170,6 +184,40 @@ def share_scenario(tmp, client, driver, label, shares, kernels, seconds, warmup,
         "error_points": round(max(abs(g - t) for g, t in zip(got, targets)), 2),
         "converge_ms": converge_ms(results, targets), "utilization": round(util, 1),
     }
+
+
+# Client patterns (issue 16): how each slice drives the card. "closed": launch one kernel,
+# synchronise, repeat; "burst16": 16 kernels then synchronise; "saturating": kernels kept
+# queued; "2 procs": two closed-loop processes in one slice; "closed→sat": closed loop for half
+# the run, then saturating.
+PATTERNS = {
+    "closed": ({"closed": True, "kernel": "1000"}, {"closed": True, "kernel": "1000"}),
+    "burst16 100us": ({"sync_every": 16, "kernel": "100"}, {"sync_every": 16, "kernel": "100"}),
+    "closed+sat": ({"closed": True, "kernel": "1000"}, {"kernel": "1000"}),
+    "sat+closed": ({"kernel": "1000"}, {"closed": True, "kernel": "1000"}),
+    "2 procs closed": ({"closed": True, "kernel": "1000", "procs": 2}, {"closed": True, "kernel": "1000", "procs": 2}),
+    "closed→sat": ({"closed": True, "kernel": "1000", "switch_at": "HALF"}, {"closed": True, "kernel": "1000"}),
+}
+
+
+def pattern_scenario(tmp, client, driver, name, shares, seconds, warmup):
+    """One pattern at `shares`, with libflexai and without: share error, convergence, and the
+    card's busy % beside the same clients' without flexai."""
+    slices = []
+    for share, spec in zip(shares, PATTERNS[name]):
+        s = {**spec, "share": share}
+        if s.get("switch_at") == "HALF":
+            s["switch_at"] = seconds / 2
+        slices.append(s)
+    label = f"{name} {'/'.join(map(str, shares))}"
+    results = run_slices(tmp, client, driver, "pattern", slices, seconds)
+    got, util = shares_of(results, warmup)
+    _, util_without = shares_of(run_slices(tmp, client, driver, "pattern", slices, seconds, limited=False), warmup)
+    targets = [100.0 * s / sum(shares) for s in shares]
+    return {"driver": driver, "scenario": label, "targets": targets, "achieved": [round(g, 2) for g in got],
+            "error_points": round(max(abs(g - t) for g, t in zip(got, targets)), 2),
+            "converge_ms": converge_ms(results, targets), "utilization": round(util, 1),
+            "utilization_without": round(util_without, 1)}
 
 
 def lone(tmp, client, driver, mode, seconds, warmup):
@@ -215,6 +263,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--baseline", action="store_true", help="also run each share scenario without libflexai")
     ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--patterns", action="store_true",
+                    help="only the client-pattern scenarios (closed loops, bursts, mixes; issue 16)")
     ap.add_argument("--driver", choices=(*DRIVERS, "both"), default="both",
                     help="the runtime the clients launch through: cuda, acl (Ascend) or both (default)")
     args = ap.parse_args()
@@ -223,11 +273,19 @@ def main() -> int:
     warmup = min(1.0, seconds / 3)
     tmp = Path(tempfile.mkdtemp(prefix="flexai-compute-bench-"))
     report: dict = {"seconds": seconds, "warmup": warmup, "shares": [], "grids": [], "lone": [],
-                    "priority": [], "overhead": {}}
+                    "priority": [], "overhead": {}, "patterns": []}
     try:
         client = build(tmp)
-        kernel_sets = {"1ms": KERNELS["1ms"], "mixed": KERNELS["mixed"]} if args.quick else KERNELS
-        for shares in SHARES:
+        for name in PATTERNS:
+            for shares in ((10, 90), (30, 70)):
+                for driver in drivers:
+                    report["patterns"].append(pattern_scenario(tmp, client, driver, name, shares, seconds, warmup))
+        if args.patterns:
+            kernel_sets, blocks_list, drivers_rest = {}, [], ()
+        else:
+            kernel_sets = {"1ms": KERNELS["1ms"], "mixed": KERNELS["mixed"]} if args.quick else KERNELS
+            blocks_list, drivers_rest = ([1, 8192] if args.quick else GRIDS), drivers
+        for shares in SHARES if kernel_sets else ():
             for kname, kernels in kernel_sets.items():
                 label = "/".join(map(str, shares))
                 for driver in drivers:
@@ -235,12 +293,12 @@ def main() -> int:
                         row = share_scenario(tmp, client, driver, label, shares, kernels, seconds, warmup, limited)
                         row["kernel"] = kname
                         report["shares"].append(row)
-        for blocks in ([1, 8192] if args.quick else GRIDS):
+        for blocks in blocks_list:
             for driver in drivers:
                 row = share_scenario(tmp, client, driver, "30/70", (30, 70), ("1000",), seconds, warmup, True, blocks)
                 row["kernel"] = "1ms"
                 report["grids"].append(row)
-        for driver in drivers:
+        for driver in drivers_rest:
             report["lone"] += [lone(tmp, client, driver, "", seconds, warmup),
                                lone(tmp, client, driver, "hard", seconds, warmup)]
             report["priority"].append(priority(tmp, client, driver, seconds))
@@ -261,6 +319,14 @@ def main() -> int:
               f"{'/'.join(f'{t:.0f}' for t in row['targets']):<18} "
               f"{'/'.join(f'{a:.1f}' for a in row['achieved']):<24} {row['error_points']:>7.2f} "
               f"{conv:>9} {row['utilization']:>6.1f}")
+    if report["patterns"]:
+        print(f"\nclient patterns (issue 16): {'driver':<6} {'scenario':<24} {'achieved':<12} {'err pts':>7} "
+              f"{'converge':>9} {'busy%':>6} {'without':>8}")
+        for row in report["patterns"]:
+            conv = "-" if row["converge_ms"] is None else f"{row['converge_ms']:.0f} ms"
+            print(f"{'':<27}{row['driver']:<6} {row['scenario']:<24} "
+                  f"{'/'.join(f'{a:.1f}' for a in row['achieved']):<12} {row['error_points']:>7.2f} "
+                  f"{conv:>9} {row['utilization']:>6.1f} {row['utilization_without']:>8.1f}")
     for row in report["lone"]:
         print(f"{row['driver']}: {row['scenario']}: {row['card_share']:.1f} % of the card (target {row['target']})")
     for p in report["priority"]:

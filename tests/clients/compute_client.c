@@ -12,10 +12,12 @@
  *                       [--start-at NS] [--bucket-ms B] [--graph-nodes N]
  *                       [--api launch|ptsz|ex|coop|graph       (cuda)
  *                              launch|v2|cfg|hostargs]         (acl)
- *                       [--closed] [--think-us T] [--sm-count N]
+ *                       [--closed] [--sync-every N] [--switch-at S] [--think-us T] [--sm-count N]
  * --start-at: CLOCK_MONOTONIC ns to begin at (so several clients start together).
  * --closed: one kernel at a time, synchronised, completion latency measured (from the moment
  *           the client wants to launch to the end of its synchronisation).
+ * --sync-every N: closed loop in bursts: N kernels, then synchronise (implies --closed).
+ * --switch-at S: S seconds after the start, closed loop <-> saturating (a pattern change).
  * Prints one JSON object: launches, busy_ns (device time of the kernels launched), buckets
  * (busy ns by the time each launch returned, i.e. was enqueued, per bucket), latency figures,
  * wall_ns.
@@ -110,7 +112,8 @@ int main(int argc, char **argv)
     double seconds = 5;
     uint64_t start_at = 0, bucket_ns = 50000000, think_ns = 0;
     const char *api = "launch", *driver = "cuda";
-    int closed = 0, graph_nodes = 8, side_capture = 0;
+    int closed = 0, graph_nodes = 8, side_capture = 0, sync_every = 1;
+    double switch_at = 0;
     unsigned sm = 132;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
@@ -132,6 +135,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--think-us")) think_ns = (uint64_t)(atof(v) * 1000), i++;
         else if (!strcmp(a, "--sm-count")) sm = (unsigned)atoi(v), i++;
         else if (!strcmp(a, "--closed")) closed = 1;
+        else if (!strcmp(a, "--sync-every")) sync_every = atoi(v) > 0 ? atoi(v) : 1, closed = 1, i++;
+        else if (!strcmp(a, "--switch-at")) switch_at = atof(v), i++;
         else if (!strcmp(a, "--side-capture")) side_capture = 1;
         else {
             fprintf(stderr, "compute_client: unknown argument %s\n", a);
@@ -238,13 +243,22 @@ int main(int argc, char **argv)
     size_t nb = (size_t)((end - t0) / bucket_ns + 1);
     uint64_t *bucket = calloc(nb, sizeof *bucket);
     size_t lat_cap = 1 << 20, nlat = 0;
-    uint64_t *lat = closed ? calloc(lat_cap, sizeof *lat) : NULL;
+    uint64_t *lat = calloc(lat_cap, sizeof *lat);
+    uint64_t switch_ns = switch_at > 0 ? t0 + (uint64_t)(switch_at * 1e9) : 0;
+    int in_burst = 0;
     uint64_t launches = 0, busy = 0;
     int ki = 0;
+    uint64_t t = now_ns(); /* a closed loop's latency runs from the first launch of a burst */
     for (;;) {
-        uint64_t t = now_ns();
-        if (t >= end)
+        uint64_t now = now_ns();
+        if (now >= end)
             break;
+        if (switch_ns && now >= switch_ns && in_burst == 0) {
+            closed = !closed; /* the pattern changes mid-run */
+            switch_ns = 0;
+        }
+        if (in_burst == 0)
+            t = now;
         uint64_t v = per[ki % nk], d = dur[ki % nk];
         void *params[] = {&v};
         if (acl) {
@@ -284,7 +298,8 @@ int main(int argc, char **argv)
         size_t b = (size_t)((now_ns() - t0) / bucket_ns);
         if (b < nb)
             bucket[b] += d;
-        if (closed) {
+        if (closed && ++in_burst >= sync_every) {
+            in_burst = 0;
             CK(acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "stream synchronize");
             if (nlat < lat_cap)
                 lat[nlat++] = now_ns() - t;
@@ -310,7 +325,7 @@ int main(int argc, char **argv)
     printf("]");
     if (side)
         printf(", \"side_capture_end\": %d", side_end);
-    if (closed && nlat) {
+    if (nlat) {
         qsort(lat, nlat, sizeof *lat, cmp_u64);
         double sum = 0;
         for (size_t i = 0; i < nlat; i++)

@@ -21,6 +21,8 @@ docs/libflexai.md "Where the limits come from"), it checks:
      issue 15 path 1 is fixed
   f  two processes at 30 / 70 % compute (work-conserving, one card board): achieved share of
      a fixed matmul loop, by throughput
+  f2 the same pair as closed loops (one matmul, wait for it, the next; issue 16): shares and
+     how busy the pair keeps the card against one unlimited process
   g  nvidia-smi, NVML and torch.cuda.mem_get_info inside the slice show the slice
   h  the earlier by-hand check (check_real_driver.sh) folded in: every allocation API of the
      driver and 8 racing processes through tests/clients/flexai_client.c, under a 4 GiB slice
@@ -640,12 +642,20 @@ def child_share_worker(spec: dict) -> dict:
     samples, done, prev = [], 0, None
     while time.time() < end:
         ev = launch()
+        if spec.get("closed"):
+            # a closed loop (issue 16): wait for this batch before launching the next, as an
+            # inference server's step or a training loop calling .item() does
+            wait(ev)
+            done += batch
+            samples.append((time.time() - t0, done))
+            continue
         if prev is not None:
             wait(prev)
             done += batch
             samples.append((time.time() - t0, done))
         prev = ev
-    wait(prev)
+    if prev is not None:
+        wait(prev)
     return {"version": version, "rate": window_rate(samples, warm, warm + window), "done": done}
 
 
@@ -1137,7 +1147,17 @@ def have_module(python: str, name: str) -> bool:
 
 
 def item_f(ctx: Context) -> Outcome:
-    item = "f.share-30-70"
+    return share_item(ctx, "f.share-30-70", closed=False)
+
+
+def item_f2(ctx: Context) -> Outcome:
+    return share_item(ctx, "f2.closed-loop-30-70", closed=True)
+
+
+def share_item(ctx: Context, item: str, closed: bool) -> Outcome:
+    """Two slices at 30 / 70 % running the same matmul loop, queued (f) or closed-loop (f2:
+    one matmul, wait for it, the next), against one unlimited process: shares and how busy
+    the pair keeps the card, by throughput."""
     t0 = time.monotonic()
     if ctx.simulated:
         backend = "sim"
@@ -1149,6 +1169,8 @@ def item_f(ctx: Context) -> Outcome:
         return Outcome(item, "SKIP", "neither PyTorch nor CuPy is installed")
     warm, window = ctx.args.warm, ctx.args.seconds
     spec = {"backend": backend, "warm": warm, "window": window}
+    if closed:
+        spec.update(closed=True, batch=1)
     own = 60 + warm + window
 
     def run_group(label, envs):
@@ -1377,12 +1399,13 @@ ITEMS = [
     ("d.cupy", "d", item_d),
     ("e.ggml-vmm", "e", item_e),
     ("f.share-30-70", "f", item_f),
+    ("f2.closed-loop-30-70", "f2", item_f2),
     ("g.view", "g", item_g),
     ("h.driver-api", "h", item_h),
 ]
 # Items that need a framework: skipped at once when it is missing (no subprocess start).
 NEEDS = {"a": "torch", "c": "jax", "d": "cupy"}
-SIMULATED_ITEMS = {"b", "e", "f", "g", "h"}  # run on the simulator with cuda-bindings and flexai-smi
+SIMULATED_ITEMS = {"b", "e", "f", "f2", "g", "h"}  # run on the simulator with cuda-bindings and flexai-smi
 
 
 # ---- setup: the library, the card -------------------------------------------------------------

@@ -247,7 +247,7 @@ static void ctx_release(struct acl_ctx *c)
 {
     if (!c->active)
         return;
-    sim_sleep_until(acl_ctx_tail(c));
+    sim_wait_device(acl_ctx_tail(c));
     c->active = 0;
     acl_free_ctx_allocs(c);
     for (struct acl_stream *s = c->streams; s; s = s->next)
@@ -329,7 +329,7 @@ aclError aclrtSynchronizeDevice(void)
                 t = y;
         }
     pthread_mutex_unlock(&acl_proc.lock);
-    sim_sleep_until(t);
+    sim_wait_device(t);
     return ACL_SUCCESS;
 }
 

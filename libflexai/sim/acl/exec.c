@@ -88,7 +88,7 @@ static aclError destroy_stream(aclrtStream stream, int force)
     if (rc)
         return rc;
     if (!force)
-        sim_sleep_until(acl_stream_tail(s));
+        sim_wait_device(acl_stream_tail(s));
     s->magic = A_DEAD; /* stays on its context's list (a dead stream books nothing) */
     return ACL_SUCCESS;
 }
@@ -109,7 +109,7 @@ aclError aclrtSynchronizeStream(aclrtStream stream)
     aclError rc = acl_resolve_stream(stream, &s);
     if (rc)
         return rc;
-    sim_sleep_until(acl_stream_tail(s));
+    sim_wait_device(acl_stream_tail(s));
     return ACL_SUCCESS;
 }
 
@@ -124,7 +124,7 @@ aclError aclrtSynchronizeStreamWithTimeout(aclrtStream stream, int32_t timeout)
         sim_sleep_until(now + (uint64_t)timeout * 1000000ULL);
         return acl_err(507046, "aclrtSynchronizeStreamWithTimeout: timed out after %d ms", (int)timeout);
     }
-    sim_sleep_until(tail);
+    sim_wait_device(tail);
     return ACL_SUCCESS;
 }
 
@@ -231,7 +231,7 @@ aclError aclrtSynchronizeEvent(aclrtEvent event)
     struct acl_event *ev = event_of(event);
     if (!ev)
         return acl_err(ACL_ERROR_INVALID_PARAM, "aclrtSynchronizeEvent: not a live event");
-    sim_sleep_until(atomic_load(&ev->t));
+    sim_wait_device(atomic_load(&ev->t));
     return ACL_SUCCESS;
 }
 
@@ -244,7 +244,7 @@ aclError aclrtEventElapsedTime(float *ms, aclrtEvent startEvent, aclrtEvent endE
         return acl_err(ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID, "aclrtEventElapsedTime: event not recorded");
     uint64_t ta = atomic_load(&a->t), tb = atomic_load(&b->t), now = sim_now_ns();
     if (ta > now || tb > now)
-        sim_sleep_until(ta > tb ? ta : tb); /* the times are known only once both completed */
+        sim_wait_device(ta > tb ? ta : tb); /* the times are known only once both completed */
     *ms = (float)((double)((int64_t)(tb - ta)) / 1e6);
     return ACL_SUCCESS;
 }

@@ -483,7 +483,7 @@ aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, a
         return rc;
     struct acl_ctx *c;
     if (acl_current(&c) == ACL_SUCCESS)
-        sim_sleep_until(acl_stream_tail(c->def)); /* synchronous: after the default stream's work */
+        sim_wait_device(acl_stream_tail(c->def)); /* synchronous: after the default stream's work */
     memmove(dst, src, count);
     return ACL_SUCCESS;
 }

@@ -100,6 +100,8 @@ enum sim_status {
 
 uint64_t sim_now_ns(void);
 void sim_sleep_until(uint64_t deadline_ns);
+/* A synchronize's wait: as a real driver's, it returns within microseconds of deadline_ns. */
+void sim_wait_device(uint64_t deadline_ns);
 const char *sim_dir(void);
 int sim_config_load(const char *dir, struct sim_config *cfg, char *err, size_t errlen);
 /* Opens config and state; claims a process slot when want_slot. */

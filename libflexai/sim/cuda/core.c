@@ -407,7 +407,7 @@ static void ctx_deactivate(struct CUctx_st *c)
 {
     if (!c->active)
         return;
-    sim_sleep_until(sim_ctx_tail(c));
+    sim_wait_device(sim_ctx_tail(c));
     c->active = 0;
     sim_alloc_drop_ctx(c);
     pthread_mutex_lock(&c->lock);
@@ -611,7 +611,7 @@ CUresult sim_cuCtxSynchronize(void)
         return rc;
     if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
         return rc; /* unsafe while a capture is open (exec.c) */
-    sim_sleep_until(sim_ctx_tail(c));
+    sim_wait_device(sim_ctx_tail(c));
     sim_pools_release();
     return CUDA_SUCCESS;
 }
@@ -813,7 +813,7 @@ CUresult sim_cuCtxSynchronize_v2(CUcontext ctx)
         return CUDA_ERROR_INVALID_CONTEXT;
     if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
         return rc;
-    sim_sleep_until(sim_ctx_tail(ctx));
+    sim_wait_device(sim_ctx_tail(ctx));
     sim_pools_release();
     return CUDA_SUCCESS;
 }

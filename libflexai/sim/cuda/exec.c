@@ -122,7 +122,7 @@ uint64_t sim_ctx_tail(struct CUctx_st *c)
 
 void sim_sync_for_copy(struct CUstream_st *s)
 {
-    sim_sleep_until(sim_stream_tail(s));
+    sim_wait_device(sim_stream_tail(s));
 }
 
 void sim_stream_book(struct CUstream_st *s, uint64_t dur)
@@ -300,7 +300,7 @@ static CUresult stream_sync(CUstream hs, int ptds)
         return capture_illegal(s);
     if ((rc = sim_capture_unsafe()) != CUDA_SUCCESS)
         return rc;
-    sim_sleep_until(sim_stream_tail(s));
+    sim_wait_device(sim_stream_tail(s));
     sim_pools_release();
     return CUDA_SUCCESS;
 }
@@ -403,7 +403,7 @@ static CUresult add_callback(CUstream hs, CUstreamCallback cb, void *ud, unsigne
     STREAM_OR_RETURN(hs, ptds, s);
     if (!cb || flags)
         return CUDA_ERROR_INVALID_VALUE;
-    sim_sleep_until(sim_stream_tail(s));
+    sim_wait_device(sim_stream_tail(s));
     cb(hs, CUDA_SUCCESS, ud);
     return CUDA_SUCCESS;
 }
@@ -417,7 +417,7 @@ static CUresult host_func(CUstream hs, CUhostFn fn, void *ud, int ptds)
     STREAM_OR_RETURN(hs, ptds, s);
     if (!fn)
         return CUDA_ERROR_INVALID_VALUE;
-    sim_sleep_until(sim_stream_tail(s));
+    sim_wait_device(sim_stream_tail(s));
     fn(ud);
     return CUDA_SUCCESS;
 }
@@ -498,7 +498,7 @@ CUresult sim_cuEventSynchronize(CUevent ev)
     if (ev->captured)
         return CUDA_ERROR_CAPTURED_EVENT;
     if (ev->recorded)
-        sim_sleep_until(atomic_load(&ev->t));
+        sim_wait_device(atomic_load(&ev->t));
     sim_pools_release();
     return CUDA_SUCCESS;
 }
