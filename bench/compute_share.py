@@ -131,6 +131,8 @@ def run_slices(tmp: Path, client: Path, driver: str, name: str, slices: list[dic
                 args += ["--sync-every", str(s["sync_every"])]
             if s.get("switch_at"):
                 args += ["--switch-at", str(s["switch_at"])]
+            if s.get("threads"):
+                args += ["--threads", str(s["threads"])]
             env = run.env(i, s["share"] if limited else None, s.get("priority", "normal"), s.get("mode", ""))
             for _ in range(s.get("procs", 1)):  # processes of one slice share its region
                 run.start(args, env)
@@ -188,14 +190,16 @@ def share_scenario(tmp, client, driver, label, shares, kernels, seconds, warmup,
 
 # Client patterns (issue 16): how each slice drives the card. "closed": launch one kernel,
 # synchronise, repeat; "burst16": 16 kernels then synchronise; "saturating": kernels kept
-# queued; "2 procs": two closed-loop processes in one slice; "closed→sat": closed loop for half
-# the run, then saturating.
+# queued; "2 procs": two closed-loop processes in one slice; "4 threads": four closed-loop
+# threads (a stream each) in one process per slice; "closed→sat": closed loop for half the
+# run, then saturating.
 PATTERNS = {
     "closed": ({"closed": True, "kernel": "1000"}, {"closed": True, "kernel": "1000"}),
     "burst16 100us": ({"sync_every": 16, "kernel": "100"}, {"sync_every": 16, "kernel": "100"}),
     "closed+sat": ({"closed": True, "kernel": "1000"}, {"kernel": "1000"}),
     "sat+closed": ({"kernel": "1000"}, {"closed": True, "kernel": "1000"}),
     "2 procs closed": ({"closed": True, "kernel": "1000", "procs": 2}, {"closed": True, "kernel": "1000", "procs": 2}),
+    "4 threads closed": ({"closed": True, "kernel": "1000", "threads": 4}, {"closed": True, "kernel": "1000", "threads": 4}),
     "closed→sat": ({"closed": True, "kernel": "1000", "switch_at": "HALF"}, {"closed": True, "kernel": "1000"}),
 }
 

@@ -74,6 +74,8 @@ class Slices:
                 args += ["--closed", "--think-us", str(s.get("think_us", 0))]
             if s.get("sync_every"):
                 args += ["--sync-every", str(s["sync_every"])]
+            if s.get("threads"):
+                args += ["--threads", str(s["threads"])]
             if s.get("graph_nodes"):
                 args += ["--graph-nodes", str(s["graph_nodes"])]
             if s.get("side_capture"):
@@ -143,7 +145,8 @@ def test_saturating_slices_get_their_shares_over_5s(slices, shares, kernels):
     ({"closed": True}, {"closed": True}),
     ({"sync_every": 16, "kernel": "100"}, {"sync_every": 16, "kernel": "100"}),
     ({"closed": True}, {}),
-], ids=["closed", "burst16-100us", "closed+saturating"])
+    ({"closed": True, "threads": 3}, {"closed": True, "threads": 3}),
+], ids=["closed", "burst16-100us", "closed+saturating", "3-threads-closed"])
 def test_synchronising_slices_get_their_shares(slices, shares, pattern):
     """Closed loops (issue 16): each client waits for its work before launching again, so its
     queue is empty between launches; that must not cost it the turn at every synchronisation

@@ -13,16 +13,20 @@
  *                       [--api launch|ptsz|ex|coop|graph       (cuda)
  *                              launch|v2|cfg|hostargs]         (acl)
  *                       [--closed] [--sync-every N] [--switch-at S] [--think-us T] [--sm-count N]
+ *                       [--threads N]
  * --start-at: CLOCK_MONOTONIC ns to begin at (so several clients start together).
  * --closed: one kernel at a time, synchronised, completion latency measured (from the moment
  *           the client wants to launch to the end of its synchronisation).
  * --sync-every N: closed loop in bursts: N kernels, then synchronise (implies --closed).
  * --switch-at S: S seconds after the start, closed loop <-> saturating (a pattern change).
+ * --threads N: N - 1 more threads, each with its own stream, run the same loop (plain launches,
+ *           closed or saturating as the main thread starts) into the same buckets.
  * Prints one JSON object: launches, busy_ns (device time of the kernels launched), buckets
  * (busy ns by the time each launch returned, i.e. was enqueued, per bucket), latency figures,
  * wall_ns.
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +102,60 @@ static void die(const char *what, CUresult rc)
             die(what, rc_);                                                                   \
     } while (0)
 
+/* An extra launching thread (--threads): its own stream, plain launches, the main thread's
+ * pattern; it adds its device time to the shared buckets. */
+struct worker {
+    int acl, closed, sync_every, nk;
+    unsigned blocks;
+    CUcontext ctx;
+    CUfunction f;
+    aclrtFuncHandle af;
+    const uint64_t *per, *dur;
+    uint64_t t0, end, bucket_ns, launches, busy;
+    uint64_t *bucket;
+    size_t nb;
+    pthread_t tid;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    CUstream s = NULL;
+    aclrtStream as = NULL;
+    if (w->acl) {
+        CK(a_aclrtSetDevice(0), "aclrtSetDevice (thread)");
+        CK(a_aclrtCreateStream(&as), "aclrtCreateStream (thread)");
+    } else {
+        CK(p_cuCtxSetCurrent(w->ctx), "cuCtxSetCurrent (thread)");
+        CK(p_cuStreamCreate(&s, 0), "cuStreamCreate (thread)");
+    }
+    while (now_ns() < w->t0) {
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+    int ki = 0, in_burst = 0;
+    while (now_ns() < w->end) {
+        uint64_t v = w->per[ki % w->nk], d = w->dur[ki % w->nk];
+        void *params[] = {&v};
+        if (w->acl)
+            CK(a_aclrtLaunchKernel(w->af, w->blocks, &v, sizeof v, as), "aclrtLaunchKernel (thread)");
+        else
+            CK(p_cuLaunchKernel(w->f, w->blocks, 1, 1, 128, 1, 1, 0, s, params, NULL), "cuLaunchKernel (thread)");
+        ki++;
+        w->launches++;
+        w->busy += d;
+        size_t b = (size_t)((now_ns() - w->t0) / w->bucket_ns);
+        if (b < w->nb)
+            __atomic_add_fetch(&w->bucket[b], d, __ATOMIC_RELAXED);
+        if (w->closed && ++in_burst >= w->sync_every) {
+            in_burst = 0;
+            CK(w->acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "stream synchronize (thread)");
+        }
+    }
+    CK(w->acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "final synchronize (thread)");
+    return NULL;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -112,7 +170,7 @@ int main(int argc, char **argv)
     double seconds = 5;
     uint64_t start_at = 0, bucket_ns = 50000000, think_ns = 0;
     const char *api = "launch", *driver = "cuda";
-    int closed = 0, graph_nodes = 8, side_capture = 0, sync_every = 1;
+    int closed = 0, graph_nodes = 8, side_capture = 0, sync_every = 1, threads = 1;
     double switch_at = 0;
     unsigned sm = 132;
     for (int i = 1; i < argc; i++) {
@@ -137,13 +195,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--closed")) closed = 1;
         else if (!strcmp(a, "--sync-every")) sync_every = atoi(v) > 0 ? atoi(v) : 1, closed = 1, i++;
         else if (!strcmp(a, "--switch-at")) switch_at = atof(v), i++;
+        else if (!strcmp(a, "--threads")) threads = atoi(v), i++;
         else if (!strcmp(a, "--side-capture")) side_capture = 1;
         else {
             fprintf(stderr, "compute_client: unknown argument %s\n", a);
             return 2;
         }
     }
-    if (blocks < 1 || nk < 1 || sm < 1)
+    if (blocks < 1 || nk < 1 || sm < 1 || threads < 1 || threads > 64)
         return 2;
     int acl = !strcmp(driver, "acl");
     if (!acl && strcmp(driver, "cuda")) {
@@ -167,6 +226,7 @@ int main(int argc, char **argv)
 #define ALOAD(name) LOAD_AS(a_##name, name)
     CUstream s = NULL;
     CUfunction f = NULL;
+    CUcontext ctx = NULL;
     aclrtStream as = NULL;
     aclrtFuncHandle af = NULL;
     if (acl) {
@@ -188,7 +248,6 @@ int main(int argc, char **argv)
         LOAD(cuStreamSynchronize); LOAD(cuLaunchKernel); LOAD(cuLaunchKernel_ptsz);
         LOAD(cuLaunchKernelEx); LOAD(cuLaunchCooperativeKernel); LOAD(cuStreamBeginCapture_v2);
         LOAD(cuStreamEndCapture); LOAD(cuGraphInstantiateWithFlags); LOAD(cuGraphLaunch);
-        CUcontext ctx;
         CUlibrary lib;
         CUkernel kernel;
         CK(p_cuInit(0), "cuInit");
@@ -245,6 +304,15 @@ int main(int argc, char **argv)
     size_t lat_cap = 1 << 20, nlat = 0;
     uint64_t *lat = calloc(lat_cap, sizeof *lat);
     uint64_t switch_ns = switch_at > 0 ? t0 + (uint64_t)(switch_at * 1e9) : 0;
+    struct worker *workers = calloc((size_t)threads, sizeof *workers);
+    for (int i = 1; i < threads; i++) {
+        workers[i] = (struct worker){acl, closed, sync_every, nk, blocks, ctx, f, af, per, dur,
+                                     t0, end, bucket_ns, 0, 0, bucket, nb, 0};
+        if (pthread_create(&workers[i].tid, NULL, worker_main, &workers[i]) != 0) {
+            fprintf(stderr, "compute_client: cannot start thread %d\n", i);
+            return 3;
+        }
+    }
     int in_burst = 0;
     uint64_t launches = 0, busy = 0;
     int ki = 0;
@@ -297,7 +365,7 @@ int main(int argc, char **argv)
          * holds the launch back must not have the kernel counted from when it was asked for */
         size_t b = (size_t)((now_ns() - t0) / bucket_ns);
         if (b < nb)
-            bucket[b] += d;
+            __atomic_add_fetch(&bucket[b], d, __ATOMIC_RELAXED); /* threads add too */
         if (closed && ++in_burst >= sync_every) {
             in_burst = 0;
             CK(acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "stream synchronize");
@@ -315,6 +383,11 @@ int main(int argc, char **argv)
         side_end = (int)p_cuStreamEndCapture(side, &g2);
     }
     CK(acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "final stream synchronize");
+    for (int i = 1; i < threads; i++) {
+        pthread_join(workers[i].tid, NULL);
+        launches += workers[i].launches;
+        busy += workers[i].busy;
+    }
     uint64_t wall = now_ns() - t0;
     printf("{\"launches\": %llu, \"busy_ns\": %llu, \"wall_ns\": %llu, \"bucket_ns\": %llu, "
            "\"kernel_ns\": %llu, \"buckets\": [",
