@@ -150,27 +150,32 @@ static int waiter_live(const struct flexai_board_slot *s, uint64_t now)
 }
 
 /* A closed loop (launch, wait for it, launch again) empties its queue between launches; it
- * is not idle there. When a slice usually comes back within FLEXAI_CTL_RETURN_MAX_NS / 2 of
- * its work being over, a holder's work counts as going on for twice that, so a synchronising
- * holder keeps the turn across its own gaps; a slice that comes back later (think time) or
- * really stops gives the card up at once, and the card is never held idle for longer than
- * FLEXAI_CTL_RETURN_MAX_NS. */
-static uint64_t return_grace(const struct flexai_board_slot *s)
+ * is not idle there. A slice that usually asks again within FLEXAI_CTL_RETURN_MAX_NS / 2 of
+ * its work being over is a closed loop: its holder is still waited for after its booked work,
+ * for twice its usual return by a slice whose turn it is by now (its key a quantum below the
+ * holder's: the holder would give it the turn at its next launch anyway), and for up to
+ * FLEXAI_CTL_RETURN_MAX_NS by any other, so the jitter of one slow return (a descheduled
+ * thread) does not hand the card out of turn. A slice that comes back later (think time), or
+ * stops, is not waited for at all; the card is never held idle longer than
+ * FLEXAI_CTL_RETURN_MAX_NS for a slice that went away. */
+static uint64_t return_grace(const struct flexai_board_slot *h, int owed)
 {
-    uint64_t r = LD(s->return_ns);
-    return r <= FLEXAI_CTL_RETURN_MAX_NS / 2 ? 2 * r : 0;
+    uint64_t r = LD(h->return_ns);
+    if (r == 0 || r > FLEXAI_CTL_RETURN_MAX_NS / 2)
+        return 0;
+    return owed ? 2 * r : FLEXAI_CTL_RETURN_MAX_NS;
 }
 
 /* Holds the turn and shows it: a holder whose beat is older than FLEXAI_CTL_STEAL_NS and
- * whose booked work (with its return grace) is over went idle (or died), and counts as not
+ * whose booked work (and `grace` after it) is over went idle (or died), and counts as not
  * holding. */
-static int holder_live(const struct flexai_board_slot *s, uint64_t now)
+static int holder_live(const struct flexai_board_slot *s, uint64_t now, uint64_t grace)
 {
     if (LD(s->hold) == 0)
         return 0;
     uint64_t beat = LD(s->beat_ns), until = LD(s->busy_until_ns);
     if (until)
-        until += return_grace(s);
+        until += grace;
     return !(now > beat && now - beat > FLEXAI_CTL_STEAL_NS && now >= until);
 }
 
@@ -212,6 +217,17 @@ int flexai_ctl_pick(const struct flexai_board *b, uint64_t now)
     return pick_from(b, now, 0);
 }
 
+/* How long this slice waits past holder i's booked work (return_grace): the turn is owed to
+ * it when i is of its priority and its key is a quantum below i's. */
+static uint64_t grace_of(const struct flexai_board *b, int i, uint32_t prio)
+{
+    const struct flexai_board_slot *h = b->slot[i];
+    int owed = prio_at(b, i) == prio &&
+               flexai_ctl_key_of(b->own, share_at(b, b->self)) + FLEXAI_CTL_QUANTUM_NS <
+                   flexai_ctl_key_of(h, share_at(b, i));
+    return return_grace(h, owed);
+}
+
 /* What the others of priority `prio` or above are doing, in one pass. */
 struct others {
     int waiting;         /* another slice waits */
@@ -233,7 +249,7 @@ static struct others look(const struct flexai_board *b, uint32_t prio, uint64_t 
             continue; /* a lower priority never holds this slice back */
         if (waiter_live(s, now))
             o.waiting = 1;
-        if (!holder_live(s, now))
+        if (!holder_live(s, now, grace_of(b, i, prio)))
             continue;
         if (pr > prio) {
             o.higher_holder = 1;
@@ -393,7 +409,7 @@ static int take(struct flexai_board *b, struct flexai_ctl_proc *p, uint32_t prio
             continue;
         uint64_t in = LD(o->intent_ns);
         int announcing = in != 0 && seen_within(in, now, FLEXAI_CTL_INTENT_LIVE_NS);
-        if (holder_live(o, now) || (announcing && (pr > prio || i < b->self))) {
+        if (holder_live(o, now, grace_of(b, i, prio)) || (announcing && (pr > prio || i < b->self))) {
             ST(s->intent_ns, 0);
             return 0;
         }
@@ -457,7 +473,7 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
     int mine = p->held_turn != 0 && hold == p->held_turn; /* this very process holds it */
     if (!mine)
         p->held_turn = 0;
-    if (!mine && hold && !holder_live(s, now))
+    if (!mine && hold && !holder_live(s, now, return_grace(s, 1)))
         /* a process of this slice took the turn and went idle or died holding it */
         __atomic_compare_exchange_n(&s->hold, &hold, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     int sibling = !mine && hold != 0; /* another process of the slice */

@@ -15,7 +15,7 @@
  *          k=50+1000 (kernel lengths in us, cycled) start=MS stop=MS
  *          closed=1 (one kernel at a time, latency measured) think=US host=NS (host cost/launch)
  *          burst=N (closed loop: N kernels, then wait for the last) switch=MS (from then on
- *          closed loop <-> saturating)
+ *          closed loop <-> saturating) slow=N:US (every Nth synchronize returns US late)
  *          forge=vtime|hold|hide (a tenant rewriting its own slot before every gate: virtual
  *          time 0; a turn held forever with fresh beats and booked work; its key cleared)
  * Prints one JSON object: per slice its share of the busy card time and of wall time in the
@@ -47,6 +47,8 @@ struct slice {
     uint64_t start, stop, think, host;
     int closed;
     int burst, in_burst;        /* closed loop: kernels launched before each wait (1) */
+    int slow_every;             /* every Nth synchronize returns slow_ns late (a descheduled thread) */
+    uint64_t slow_ns, syncs;
     uint64_t switch_at;         /* change=MS: from then on closed loop <-> saturating */
     int forge;                  /* 0, or what the tenant writes into its own slot (FORGE_*) */
     struct flexai_compute c;
@@ -145,6 +147,8 @@ static void step(struct slice *s, uint64_t now)
             s->cl_ready = s->next;
         } else {
             s->next = s->cl_end + 2 * US; /* synchronize: woken shortly after completion */
+            if (s->slow_every && ++s->syncs % (uint64_t)s->slow_every == 0)
+                s->next += s->slow_ns;
         }
         return;
     }
@@ -246,7 +250,12 @@ static void parse_slice(struct slice *s, char *spec, int idx)
             s->think = (uint64_t)(atof(v) * US);
         else if (!strcmp(kv, "host"))
             s->host = (uint64_t)atoll(v);
-        else if (!strcmp(kv, "burst"))
+        else if (!strcmp(kv, "slow")) {
+            /* slow=N:US */
+            s->slow_every = atoi(v);
+            char *c = strchr(v, ':');
+            s->slow_ns = c ? (uint64_t)(atof(c + 1) * US) : 0;
+        } else if (!strcmp(kv, "burst"))
             s->burst = atoi(v);
         else if (!strcmp(kv, "switch"))
             s->switch_at = (uint64_t)atof(v) * MS;
