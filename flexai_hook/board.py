@@ -183,68 +183,127 @@ class CardBoards:
         self.wanted.get(card, {}).pop(slice_key(reservation.slice_id), None)
         self.dirty.add(card)
 
-    def flush(self) -> None:
-        """Write the cards that changed: new slices get a zeroed slot file, then the roster
-        lists them (a library maps the slot of each slice it finds listed), then gone slices'
-        slot files go. A card holds at most SLOTS listed slices: one past that gets its slot
-        file but no entry, so its library holds it to its own share as a hard cap."""
+    def plan(self) -> list[CardWrite]:
+        """What the cards that changed need on disk, as plain data (`apply_writes` carries it
+        out, in flexaid's writer process with the batch, before the batch's answers go out):
+        new slices' zeroed slot files, then the roster listing them (a library maps the slot
+        of each slice it finds listed), then gone slices' slot files removed. This object's
+        view moves on at once; `failed` puts it back in step with the disk if a write fails.
+        A card holds at most SLOTS listed slices: one past that gets its slot file but no
+        entry, so its library holds it to its own share as a hard cap."""
         dirty, self.dirty = self.dirty, set()
+        writes = []
         for card in sorted(dirty):
             if card not in self.listed:  # not a card of this host
                 continue
-            try:
-                self._flush_card(card)
-            except OSError as exc:
-                # its slices' libraries hold them to their own share (hard cap) meanwhile
-                log.error("cannot write the card board %s: %s; retried with the next change",
-                          self.card_dir(card), exc.strerror or exc)
-                self.dirty.add(card)
+            want = self.wanted.get(card, {})
+            files = self.files[card]
+            new = sorted(want.keys() - files)
+            gone = sorted(files - want.keys())
+            slots = assign(self.listed[card], want)
+            roster = None
+            if slots != self.listed[card]:
+                self.generation[card] += 2
+                roster = roster_image(slots, self.generation[card])
+                self.listed[card] = slots
+            files.update(new)
+            files.difference_update(gone)
+            if new or gone or roster is not None:
+                writes.append((self.card_dir(card), [slot_name(k) for k in new], roster,
+                               [slot_name(k) for k in gone]))
+        return writes
 
-    def _flush_card(self, card: tuple[str, int]) -> None:
-        want = self.wanted.get(card, {})
-        files = self.files[card]
-        for key in want.keys() - files:
-            self._new_slot(card, key)
-            files.add(key)
-        slots = assign(self.listed[card], want)
-        if slots != self.listed[card]:
-            self._write_roster(card, slots)
-            self.listed[card] = slots
-        for key in files - want.keys():
+    def directories(self) -> list[str]:
+        return [self.card_dir(card) for card in sorted(self.listed)]
+
+    def flush(self) -> None:
+        """`plan` and `apply_writes` in this process (at start, and for tests)."""
+        self.failed(apply_writes(self.plan()))
+
+    def failed(self, directories: Iterable[str]) -> None:
+        """Card directories whose writes failed: read back what the disk holds and write the
+        cards again with the next change (their slices' libraries hold them to their own
+        share meanwhile, as a hard cap)."""
+        by_dir = {self.card_dir(card): card for card in self.listed}
+        for directory in directories:
+            card = by_dir.get(directory)
+            if card is None:
+                continue
+            parsed = None
             try:
-                os.unlink(os.path.join(self.card_dir(card), slot_name(key)))
-            except FileNotFoundError:
+                with open(os.path.join(directory, ROSTER_NAME), "rb") as f:
+                    parsed = parse_roster(f.read(ROSTER_SIZE))
+            except OSError:
                 pass
-            files.discard(key)
+            generation, listed = parsed if parsed else (self.generation[card], [None] * SLOTS)
+            self.generation[card] = max(self.generation[card], generation + (generation & 1))
+            self.listed[card] = listed
+            try:
+                names = set(os.listdir(directory))
+            except OSError:
+                names = set()
+            self.files[card] = {k for k in self.files[card] if slot_name(k) in names}
+            self.dirty.add(card)
 
     def slot_path(self, card_uuid: str, card_index: int, slice_id: str) -> str:
         return os.path.join(self.card_dir((card_uuid, card_index)), slot_name(slice_key(slice_id)))
 
-    def _new_slot(self, card: tuple[str, int], key: int) -> None:
-        """A zeroed slot file: written in place if a stale one exists (a running process of a
-        slice with this id may still map it; it starts over as the library does for a fresh slot)."""
-        path = os.path.join(self.card_dir(card), slot_name(key))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-        try:
-            os.fchmod(fd, 0o666)
-            os.pwrite(fd, bytes(FILE_SIZE), 0)
-        finally:
-            os.close(fd)
-
     def _write_roster(self, card: tuple[str, int], slots: Sequence[Entry | None]) -> None:
-        """In place, so libraries that map it see the change: the generation goes odd, the
-        entries are written, the generation goes even (readers retry on a change)."""
-        path = os.path.join(self.card_dir(card), ROSTER_NAME)
-        generation = self.generation.get(card, 0)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        self.generation[card] = self.generation.get(card, 0) + 2
+        write_roster(os.path.join(self.card_dir(card), ROSTER_NAME), roster_image(slots, self.generation[card]))
+
+
+# (card directory, new slot file names, the roster image or None, gone slot file names)
+CardWrite = tuple[str, list[str], "bytes | None", list[str]]
+
+
+def apply_writes(writes: Iterable[CardWrite]) -> list[str]:
+    """Carries out CardBoards.plan's writes; the card directories where one failed (logged)."""
+    failed = []
+    for directory, new, roster, gone in writes:
         try:
+            for name in new:
+                new_slot(os.path.join(directory, name))
+            if roster is not None:
+                write_roster(os.path.join(directory, ROSTER_NAME), roster)
+            for name in gone:
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:
+                    pass
+        except OSError as exc:
+            log.error("cannot write the card board %s: %s; retried with the next change",
+                      directory, exc.strerror or exc)
+            failed.append(directory)
+    return failed
+
+
+def new_slot(path: str) -> None:
+    """A zeroed slot file, 0666: written in place if a stale one exists (a running process of
+    a slice with this id may still map it; it starts over as the library does for a fresh slot)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o666:
+            os.fchmod(fd, 0o666)
+        os.pwrite(fd, bytes(FILE_SIZE), 0)
+    finally:
+        os.close(fd)
+
+
+def write_roster(path: str, image: bytes) -> None:
+    """In place, so libraries that map it see the change: the generation goes odd, the
+    entries are written, then the header with the new (even) generation. A library maps
+    the slots again whenever the generation changes, so it never keeps a torn view."""
+    generation = HEADER.unpack_from(image)[3]
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o777 != 0o644:
             os.fchmod(fd, 0o644)
-            if os.fstat(fd).st_size < FILE_SIZE:
-                os.ftruncate(fd, FILE_SIZE)
-            image = roster_image(slots, generation + 2)
-            os.pwrite(fd, struct.pack("<Q", generation + 1), GENERATION_OFFSET)
-            os.pwrite(fd, image[HEADER.size:], HEADER.size)
-            os.pwrite(fd, image[:HEADER.size], 0)  # magic, version, size, the even generation
-        finally:
-            os.close(fd)
-        self.generation[card] = generation + 2
+        if st.st_size < FILE_SIZE:
+            os.ftruncate(fd, FILE_SIZE)
+        os.pwrite(fd, struct.pack("<Q", generation - 1), GENERATION_OFFSET)
+        os.pwrite(fd, image[HEADER.size:], HEADER.size)
+        os.pwrite(fd, image[:HEADER.size], 0)
+    finally:
+        os.close(fd)

@@ -150,7 +150,7 @@ class Service:
         os.makedirs(config.slices_dir, exist_ok=True)
         os.chmod(config.slices_dir, 0o711)  # slices are reached by their bind mounts, not listed
         self._sync_slice_dirs()
-        self.boards.flush()  # the rosters of the slices held at start (nothing when none)
+        self.boards.flush()  # the rosters of the slices held at start, written here (nothing when none)
         for op in OPS:  # build the validators now, not on the first container start
             validation.validator("protocol.schema.json", f"{op}_message")
             validation.fast_validator("protocol.schema.json", f"{op}_message")
@@ -182,7 +182,7 @@ class Service:
                     simcards.write_sim_dir(conf.parent, self.cards)
         if not self._host_files_written or not os.path.isdir(self.boards.directory):
             self.boards.make()
-            self.boards.rebuild(self.ledger.reservations.values())  # written by finish()
+            self.boards.rebuild(self.ledger.reservations.values())  # written with this batch (plan)
         self._host_files_written = True
 
     def _write_slice_files(self, reservation) -> None:
@@ -222,6 +222,7 @@ class Service:
             journal_lines=[] if checkpoint else journal,
             ledger_lines=self.file.lines(batch.ledger) if checkpoint else None,
             removes=[r.slice_dir for r in batch.removed],
+            boards=self.boards.plan(),
         )
 
     def _plan_entry(self, reservation) -> tuple:
@@ -233,6 +234,8 @@ class Service:
     def persisted(self, batch: Batch, plan: writer.Plan, outcome: writer.Outcome) -> Persisted:
         """What became of `batch`, from the outcome of its plan."""
         self.file.journal_dirty = outcome.dirty
+        if outcome.boards_failed:
+            self.boards.failed(outcome.boards_failed)
         if outcome.error:
             log.error("cannot save ledger %s: %s; the changes not yet on disk are undone", self.file.path,
                       outcome.error)
@@ -262,8 +265,8 @@ class Service:
             self.ledger = self.saved
             self._created, self._removed = [], []
             self._files.clear()
-            self.boards.rebuild(self.ledger.reservations.values())
-            self.boards.flush()
+            self.boards.failed(self.boards.directories())  # nothing of the plan was written
+            self.boards.rebuild(self.ledger.reservations.values())  # written with the next batch
             return
         if self.ledger is batch.ledger:  # nothing applied since
             self.ledger = result.ledger
@@ -273,8 +276,7 @@ class Service:
             if self.ledger.reservations.get(cid) is lost:
                 self.ledger = ledger_mod.release(self.ledger, cid)[0]
             self._removed = [r for r in self._removed if r is not lost]
-            self.boards.drop(lost)
-        self.boards.flush()  # before the batch's answers go out: a started container finds its slot
+            self.boards.drop(lost)  # its slot goes with the next batch
 
     def commit(self) -> Persisted | None:
         """Persist everything applied so far, in this thread. None when nothing changed."""

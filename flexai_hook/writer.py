@@ -21,7 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from . import ledger as ledger_mod, region, simcards
+from . import board, ledger as ledger_mod, region, simcards
 from .atomicfile import write_atomically
 from .reservation import Reservation
 
@@ -32,7 +32,7 @@ _LENGTH = struct.Struct("<I")
 
 @dataclass
 class Plan:
-    """What one batch needs on disk, in this order: slices, ledger, removals.
+    """What one batch needs on disk, in this order: slices, ledger, removals, card boards.
 
     The ledger part is either the batch's journal lines (ledger.LedgerFile.delta) or, for a
     checkpoint, every reservation's line (ledger.render) and an emptied journal."""
@@ -45,6 +45,7 @@ class Plan:
     journal_lines: list[tuple[str, str]] = field(default_factory=list)  # (container id, line)
     ledger_lines: list[tuple[str, str]] | None = None  # a checkpoint: (container id, line)
     removes: list[str] = field(default_factory=list)  # released slices' directories
+    boards: list = field(default_factory=list)  # card boards' writes (board.CardBoards.plan)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Outcome:
     error: str | None = None  # why the ledger could not be written (nothing of the plan holds)
     failed: dict[str, str] = field(default_factory=dict)  # container id -> why its slice failed
     dirty: bool = False  # the journal holds part of a failed batch: the next plan must checkpoint
+    boards_failed: list[str] = field(default_factory=list)  # card board directories not written
 
 
 def region_limits(reservation: Reservation) -> dict:
@@ -139,7 +141,8 @@ def remove_slice_dir(path: str) -> None:
 
 
 def execute(plan: Plan, umask_clear: bool = False) -> Outcome:
-    """Slices, then the ledger (without the slices that failed), then the removals.
+    """Slices, then the ledger (without the slices that failed), then the removals, then the
+    card boards.
 
     A failed ledger write removes the slices this plan wrote, so the disk holds either the
     old state or the new one."""
@@ -175,6 +178,8 @@ def execute(plan: Plan, umask_clear: bool = False) -> Outcome:
         return outcome
     for directory in plan.removes:
         remove_slice_dir(directory)
+    # the new slices' board slots and rosters: before the batch's answers, after its ledger
+    outcome.boards_failed = board.apply_writes(plan.boards)
     return outcome
 
 
@@ -214,7 +219,7 @@ class Writer:
 
     def send(self, plan: Plan) -> None:
         data = marshal.dumps((plan.slices, plan.ledger_path, plan.journal_path, plan.batch, plan.journal_lines,
-                              plan.ledger_lines, plan.removes))
+                              plan.ledger_lines, plan.removes, plan.boards))
         try:
             self.proc.stdin.write(_LENGTH.pack(len(data)) + data)
             self.proc.stdin.flush()
@@ -268,7 +273,7 @@ def main() -> int:
             return 0
         plan = Plan(*marshal.loads(inp.read(_LENGTH.unpack(head)[0])))
         outcome = execute(plan, umask_clear=True)
-        data = marshal.dumps((outcome.error, outcome.failed, outcome.dirty))
+        data = marshal.dumps((outcome.error, outcome.failed, outcome.dirty, outcome.boards_failed))
         out.write(_LENGTH.pack(len(data)) + data)
         out.flush()
 

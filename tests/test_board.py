@@ -193,3 +193,28 @@ def test_flexaid_lists_each_slice_on_its_cards_board(make_daemon):
     assert daemon.call({"op": "release", "container_id": "web-1"})["ok"]
     assert read(card / "roster")[1][0] is None
     assert not (card / board.slot_name(key)).exists()
+
+
+def test_writes_planned_in_the_loop_are_applied_elsewhere_and_a_failure_is_redone(tmp_path):
+    """flexaid plans a batch's board writes in its loop and its writer process applies them
+    (writer.execute); a card whose writes failed is read back from disk and written again
+    with the next batch."""
+    boards = tmp_path / "boards"
+    cb = board.CardBoards(str(boards), [Card("GPU-a", 0)])
+    cb.make()
+    cb.put(R("slice-x"))
+    writes = cb.plan()
+    assert writes and not (boards / "GPU-a" / board.slot_name(board.slice_key("slice-x"))).exists()
+    assert cb.plan() == []  # nothing changed since
+    (boards / "GPU-a").rename(tmp_path / "gone")  # the directory vanished under the writer
+    (boards / "GPU-a").write_bytes(b"")
+    failed = board.apply_writes(writes)
+    assert failed == [str(boards / "GPU-a")]
+    cb.failed(failed)
+    assert cb.files[("GPU-a", 0)] == set() and cb.dirty == {("GPU-a", 0)}
+    (boards / "GPU-a").unlink()
+    (tmp_path / "gone").rename(boards / "GPU-a")
+    assert board.apply_writes(cb.plan()) == []
+    _, slots = read(boards / "GPU-a" / "roster")
+    assert slots[0].key == board.slice_key("slice-x")
+    assert (boards / "GPU-a" / board.slot_name(board.slice_key("slice-x"))).exists()
