@@ -169,6 +169,7 @@ typedef struct {
     X(cuMemGetInfo, CUDA) X(cuMemGetInfo_v2, CUDA)                                           \
     X(cuDevicePrimaryCtxRetain, CUDA)                                                        \
     X(cuCtxCreate, CUDA) X(cuCtxCreate_v2, CUDA) X(cuCtxCreate_v3, CUDA) X(cuCtxCreate_v4, CUDA) \
+    X(cuCtxSetCurrent, CUDA) X(cuCtxPushCurrent_v2, CUDA) X(cuCtxPopCurrent_v2, CUDA)        \
     X(cuMemAlloc, CUDA) X(cuMemAlloc_v2, CUDA)                                               \
     X(cuMemAllocPitch, CUDA) X(cuMemAllocPitch_v2, CUDA)                                     \
     X(cuMemFree, CUDA) X(cuMemFree_v2, CUDA)                                                 \
@@ -231,6 +232,9 @@ CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int n
                         unsigned int flags, CUdevice dev);
 CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags,
                         CUdevice dev);
+CUresult cuCtxSetCurrent(CUcontext ctx);
+CUresult cuCtxPushCurrent_v2(CUcontext ctx);
+CUresult cuCtxPopCurrent_v2(CUcontext *pctx);
 CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize);
 CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize);
 CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch, unsigned int WidthInBytes,
@@ -461,12 +465,25 @@ static inline int64_t flexai_context_bytes(const struct flexai_region *r)
 }
 /* First use of a context (memory.c): a context can appear without the wrapped creators
  * (cudart's private export table), so the first allocation/launch of each thread checks the
- * current context's card and charges the process's context; after that, one TLS branch. */
+ * current context's card and charges the process's context; after that, one TLS branch.
+ * flexai_ctx_ok is cleared by the wrapped creators and switches (cuCtxSetCurrent,
+ * cuCtxPushCurrent, cuCtxPopCurrent), so launches re-check after a switch; allocations also
+ * compare the current context with the one last checked (flexai_ctx_seen), which catches a
+ * switch no wrapper saw (the private table makes its context current itself). */
 extern __thread int flexai_ctx_ok __attribute__((tls_model("initial-exec"), visibility("hidden")));
+extern __thread CUcontext flexai_ctx_seen __attribute__((tls_model("initial-exec"), visibility("hidden")));
 FLEXAI_HIDDEN CUresult flexai_ctx_first_use(void);
+FLEXAI_HIDDEN extern CUresult (*flexai_ctx_get_current)(CUcontext *);
+/* 1 when the current context is not the one this thread last checked. */
+static inline int flexai_ctx_moved(void)
+{
+    CUcontext c = NULL;
+    CUresult (*get)(CUcontext *) = __atomic_load_n(&flexai_ctx_get_current, __ATOMIC_RELAXED);
+    return get != NULL && get(&c) == CUDA_SUCCESS && c != flexai_ctx_seen;
+}
 #define FLEXAI_CTX_FIRST_USE()                                                               \
     do {                                                                                     \
-        if (unlikely(!flexai_ctx_ok)) {                                                      \
+        if (unlikely(!flexai_ctx_ok) || unlikely(flexai_ctx_moved())) {                      \
             CUresult ctx_rc_ = flexai_ctx_first_use();                                       \
             if (ctx_rc_ != CUDA_SUCCESS)                                                     \
                 return ctx_rc_;                                                              \

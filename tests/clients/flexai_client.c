@@ -14,6 +14,10 @@
  *                              counter: granted bytes are added after each successful
  *                              allocation and removed before its free, its maximum kept
  *     otherdev                 ok | refused CODE   (cuDeviceGet(1) must be refused)
+ *     privctx N                ok | err CODE   the primary context of raw device N made through
+ *                              the driver's private export table (cudart's way), made current
+ *     setctx N                 ok | err CODE   cuCtxSetCurrent(the context of raw device N)
+ *     pushctx N / popctx       ok | err CODE   cuCtxPushCurrent / cuCtxPopCurrent
  * With no driver loadable it prints "nodriver" and exits 3.
  */
 #include <dlfcn.h>
@@ -70,6 +74,8 @@ FN(cuMipmappedArrayDestroy);
 FN(cuLaunchKernel);
 static CUresult (*p_cuInit)(unsigned);
 static CUresult (*p_cuCtxSetCurrent)(CUcontext);
+static CUresult (*p_cuCtxPushCurrent)(CUcontext);
+static CUresult (*p_cuCtxPopCurrent)(CUcontext *);
 static CUresult (*p_cuDeviceGetUuid)(CUuuid *, CUdevice);
 static CUresult (*p_cuDeviceGetDefaultMemPool)(CUmemoryPool *, CUdevice);
 static CUresult (*p_cuModuleLoadData)(void **, const void *);
@@ -85,6 +91,7 @@ static struct alloc allocs[4096];
 static int nallocs;
 static CUdevice dev;
 static int have_ctx;
+static CUcontext ctxs[16]; /* the context made for each raw device (ctx, privctx) */
 
 static void load(void)
 {
@@ -105,6 +112,8 @@ static void load(void)
     p_cuMemGetInfo_v2 = get("cuMemGetInfo");
     p_cuDevicePrimaryCtxRetain = get("cuDevicePrimaryCtxRetain");
     p_cuCtxSetCurrent = get("cuCtxSetCurrent");
+    p_cuCtxPushCurrent = get("cuCtxPushCurrent");
+    p_cuCtxPopCurrent = get("cuCtxPopCurrent");
     p_cuDeviceGetUuid = get("cuDeviceGetUuid");
     p_cuMemAlloc_v2 = get("cuMemAlloc");
     p_cuMemAllocPitch_v2 = get("cuMemAllocPitch");
@@ -145,6 +154,8 @@ static CUresult ensure_ctx(void)
         return rc;
     rc = p_cuCtxSetCurrent(ctx);
     have_ctx = rc == 0;
+    if (have_ctx && dev >= 0 && dev < 16)
+        ctxs[dev] = ctx;
     return rc;
 }
 
@@ -330,8 +341,22 @@ int main(int argc, char **argv)
             if (!rc) {
                 dev = raw;
                 have_ctx = 1;
+                if (raw >= 0 && raw < 16)
+                    ctxs[raw] = ctx;
             }
             report(rc, "ok");
+        } else if ((!strcmp(cmd, "setctx") || !strcmp(cmd, "pushctx")) && i + 1 < argc) {
+            /* switch to a context made before (cudaSetDevice: cuCtxSetCurrent) */
+            int raw = atoi(argv[++i]);
+            CUcontext c = raw >= 0 && raw < 16 ? ctxs[raw] : NULL;
+            CUresult rc = !c ? CUDA_ERROR_INVALID_VALUE
+                          : !strcmp(cmd, "setctx") ? p_cuCtxSetCurrent(c) : p_cuCtxPushCurrent(c);
+            if (!rc)
+                dev = raw;
+            report(rc, "ok");
+        } else if (!strcmp(cmd, "popctx")) {
+            CUcontext c = NULL;
+            report(p_cuCtxPopCurrent(&c), "ok");
         } else if (!strcmp(cmd, "alloc") && i + 2 < argc) {
             const char *api = argv[++i];
             uint64_t bytes = strtoull(argv[++i], NULL, 0);
