@@ -73,6 +73,7 @@ const char *sim_dir(void)
 static void set_defaults(struct sim_config *cfg)
 {
     cfg->context_bytes = 300ULL << 20;
+    cfg->module_bytes = 2ULL << 20;
     cfg->sm_count = 132;
     cfg->cc_major = 9;
     cfg->cc_minor = 0;
@@ -107,6 +108,8 @@ static int set_tunable(struct sim_config *cfg, const char *key, const char *val)
     if (parse_u64(val, &v))
         return -1;
     if (!strcmp(key, "context_bytes")) cfg->context_bytes = v;
+    else if (!strcmp(key, "module_bytes")) cfg->module_bytes = v;
+    else if (!strcmp(key, "nvml_pid_offset") && v < 0x40000000) cfg->nvml_pid_offset = v;
     else if (!strcmp(key, "sm_count") && v >= 1 && v <= 100000) cfg->sm_count = (int)v;
     else if (!strcmp(key, "cc_major") && v <= 100) cfg->cc_major = (int)v;
     else if (!strcmp(key, "cc_minor") && v <= 9) cfg->cc_minor = (int)v;

@@ -562,8 +562,22 @@ static void module_free(struct CUmod_st *m)
         free(f);
         f = n;
     }
+    if (m->bytes)
+        sim_mem_release(&sim_proc.h, m->device, m->bytes);
     m->magic = M_DEAD;
     free(m);
+}
+
+/* A loaded module's code and data live in device memory of the current context's card:
+ * module_bytes each, until unloaded (or the process ends). */
+static CUresult module_charge(struct CUmod_st *m, int device)
+{
+    uint64_t b = sim_proc.h.cfg.module_bytes;
+    if (b && sim_mem_reserve(&sim_proc.h, device, b) != 0)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    m->device = device;
+    m->bytes = b;
+    return CUDA_SUCCESS;
 }
 
 static CUresult module_function(struct CUmod_st *m, const char *name, struct CUfunc_st **out)
@@ -600,8 +614,15 @@ static CUresult module_load(CUmodule *module, const void *image)
         return rc;
     if (!module || !image)
         return CUDA_ERROR_INVALID_VALUE;
-    *module = module_new(0);
-    return *module ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+    struct CUmod_st *m = module_new(0);
+    if (!m)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if ((rc = module_charge(m, c->device)) != CUDA_SUCCESS) {
+        module_free(m);
+        return rc;
+    }
+    *module = m;
+    return CUDA_SUCCESS;
 }
 
 CUresult sim_cuModuleLoad(CUmodule *module, const char *fname)
@@ -666,6 +687,14 @@ static CUresult library_load(CUlibrary *library, const void *code, unsigned numJ
     if (!l->module) {
         free(l);
         return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    /* A library is context-independent; the real driver loads it into each context that
+     * uses it. Modelled: charged on the card of the context current at load, if any. */
+    struct CUctx_st *c;
+    if (sim_current_ctx(&c) == CUDA_SUCCESS && (rc = module_charge(l->module, c->device)) != CUDA_SUCCESS) {
+        module_free(l->module);
+        free(l);
+        return rc;
     }
     l->magic = M_LIB;
     *library = l;
