@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "flexai_region.h"
 
@@ -170,6 +171,10 @@ typedef struct {
     X(cuDevicePrimaryCtxRetain, CUDA)                                                        \
     X(cuCtxCreate, CUDA) X(cuCtxCreate_v2, CUDA) X(cuCtxCreate_v3, CUDA) X(cuCtxCreate_v4, CUDA) \
     X(cuCtxSetCurrent, CUDA) X(cuCtxPushCurrent_v2, CUDA) X(cuCtxPopCurrent_v2, CUDA)        \
+    X(cuCtxSetLimit, CUDA) X(cuGreenCtxCreate, CUDA)                                         \
+    X(cuModuleLoad, CUDA) X(cuModuleLoadData, CUDA) X(cuModuleLoadDataEx, CUDA)              \
+    X(cuModuleLoadFatBinary, CUDA) X(cuModuleUnload, CUDA)                                   \
+    X(cuLibraryLoadData, CUDA) X(cuLibraryLoadFromFile, CUDA) X(cuLibraryUnload, CUDA)       \
     X(cuMemAlloc, CUDA) X(cuMemAlloc_v2, CUDA)                                               \
     X(cuMemAllocPitch, CUDA) X(cuMemAllocPitch_v2, CUDA)                                     \
     X(cuMemFree, CUDA) X(cuMemFree_v2, CUDA)                                                 \
@@ -235,6 +240,29 @@ CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int
 CUresult cuCtxSetCurrent(CUcontext ctx);
 CUresult cuCtxPushCurrent_v2(CUcontext ctx);
 CUresult cuCtxPopCurrent_v2(CUcontext *pctx);
+CUresult cuCtxSetLimit(int limit, size_t value); /* CUlimit */
+typedef struct CUgreenCtx_st *CUgreenCtx;
+typedef struct CUdevResourceDesc_st *CUdevResourceDesc;
+CUresult cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev,
+                          unsigned int flags);
+typedef struct CUmod_st *CUmodule;
+typedef struct CUlib_st *CUlibrary;
+/* CUjit_option and CUlibraryOption are enums: int */
+CUresult cuModuleLoad(CUmodule *module, const char *fname);
+CUresult cuModuleLoadData(CUmodule *module, const void *image);
+CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
+                            int *options, void **optionValues);
+CUresult cuModuleLoadFatBinary(CUmodule *module, const void *fatCubin);
+CUresult cuModuleUnload(CUmodule hmod);
+CUresult cuLibraryLoadData(CUlibrary *library, const void *code, int *jitOptions,
+                           void **jitOptionsValues, unsigned int numJitOptions,
+                           int *libraryOptions, void **libraryOptionValues,
+                           unsigned int numLibraryOptions);
+CUresult cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, int *jitOptions,
+                               void **jitOptionsValues, unsigned int numJitOptions,
+                               int *libraryOptions, void **libraryOptionValues,
+                               unsigned int numLibraryOptions);
+CUresult cuLibraryUnload(CUlibrary library);
 CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize);
 CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize);
 CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch, unsigned int WidthInBytes,
@@ -508,6 +536,21 @@ FLEXAI_HIDDEN void flexai_reclaim_dead(struct flexai_region *r, int fd, int self
 /* Reserve `bytes` for this process: 1 charged, 0 nothing charged (pass through), -1 full. */
 FLEXAI_HIDDEN int flexai_reserve(int64_t bytes);
 FLEXAI_HIDDEN void flexai_unreserve(int64_t bytes);
+FLEXAI_HIDDEN void flexai_charge_held(int64_t bytes);
+
+/* ---- overhead.c: driver-held memory beyond what was tracked (NVML per process) ---------- */
+/* Settles this process's overhead charge now (force) or unless another thread is at it. */
+FLEXAI_HIDDEN void flexai_overhead_refresh(int force);
+FLEXAI_HIDDEN extern uint64_t flexai_overhead_next_ns;
+/* On the allocation path: a refresh at most every period; in between, one coarse clock read. */
+static inline void flexai_overhead_tick(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    if (unlikely(now >= __atomic_load_n(&flexai_overhead_next_ns, __ATOMIC_RELAXED)))
+        flexai_overhead_refresh(0);
+}
 FLEXAI_HIDDEN int64_t flexai_memory_used(void);
 FLEXAI_HIDDEN int64_t flexai_memory_limit(void);
 

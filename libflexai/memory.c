@@ -269,6 +269,8 @@ static void uncharge_context(void)
         if (rc != CUDA_SUCCESS && charged > 0)                                               \
             uncharge_context();                                                              \
         flexai_ctx_ok = 0; /* this thread may make another context current: check again */  \
+        if (rc == CUDA_SUCCESS)                                                              \
+            flexai_overhead_refresh(1); /* what the context really costs (overhead.c) */     \
         return rc;                                                                           \
     }
 
@@ -299,8 +301,11 @@ CUresult flexai_ctx_first_use(void)
         return CUDA_SUCCESS; /* no context: the driver refuses the call itself */
     if (foreign_device(d))
         return CUDA_ERROR_INVALID_DEVICE; /* flags stay clear: the next call asks again */
-    if (charge_context() < 0)
+    int charged = charge_context();
+    if (charged < 0)
         return CUDA_ERROR_OUT_OF_MEMORY;
+    if (charged > 0)
+        flexai_overhead_refresh(1); /* a context first seen: what it really costs */
     flexai_ctx_seen = ctx;
     flexai_ctx_ok = 1;
     return CUDA_SUCCESS;
@@ -352,6 +357,13 @@ CUresult fx_cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned 
                            CUdevice dev)
 CONTEXT_WRAPPER(cuCtxCreate_v4, real(pctx, params, flags, dev))
 FLEXAI_ALIAS(cuCtxCreate_v4);
+
+/* A green context (CUDA 12.4) is a context over part of the card's SMs: the same card check,
+ * the same per-process charge, and its real cost read back through NVML (overhead.c). */
+CUresult fx_cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev,
+                             unsigned int flags)
+CONTEXT_WRAPPER(cuGreenCtxCreate, real(phCtx, desc, dev, flags))
+FLEXAI_ALIAS(cuGreenCtxCreate);
 
 /* ---- allocations ---------------------------------------------------------------------- */
 

@@ -470,6 +470,72 @@ CUresult sim_cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams,
     return ctx_create(pctx, flags, dev);
 }
 
+/* Green contexts (CUDA 12.4): a context over a partition of the card's SMs. The simulator
+ * does not partition; what matters for accounting is that one costs a context's memory on
+ * its card from cuGreenCtxCreate to cuGreenCtxDestroy. Any descriptor is accepted (the
+ * cuDevResource* calls that make one are not modelled); flags must be
+ * CU_GREEN_CTX_DEFAULT_STREAM, as the real driver requires. */
+#define SIM_GREEN_CTX_DEFAULT_STREAM 0x1
+#define M_GREEN 0x4e455247
+struct CUgreenCtx_st {
+    uint32_t magic;
+    struct CUctx_st *ctx;
+};
+
+CUresult sim_cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev,
+                              unsigned int flags)
+{
+    CUresult rc = sim_check_device(dev);
+    if (rc)
+        return rc;
+    if (!phCtx || !desc || flags != SIM_GREEN_CTX_DEFAULT_STREAM)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUgreenCtx_st *g = calloc(1, sizeof *g);
+    struct CUctx_st *c = calloc(1, sizeof *c);
+    if (!g || !c) {
+        free(g);
+        free(c);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    rc = ctx_activate(c, dev, 0, 0);
+    if (rc) {
+        free(g);
+        free(c);
+        return rc;
+    }
+    g->magic = M_GREEN;
+    g->ctx = c;
+    *phCtx = g;
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_cuCtxFromGreenCtx(CUcontext *pContext, CUgreenCtx hCtx)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!pContext || !hCtx || hCtx->magic != M_GREEN)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pContext = hCtx->ctx;
+    return CUDA_SUCCESS;
+}
+
+static void ctx_forget_on_this_thread(struct CUctx_st *c);
+
+CUresult sim_cuGreenCtxDestroy(CUgreenCtx hCtx)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!hCtx || hCtx->magic != M_GREEN)
+        return CUDA_ERROR_INVALID_VALUE;
+    ctx_deactivate(hCtx->ctx);
+    ctx_forget_on_this_thread(hCtx->ctx);
+    hCtx->magic = M_DEAD; /* both structs stay allocated: stale handles answer an error */
+    return CUDA_SUCCESS;
+}
+
 static void ctx_forget_on_this_thread(struct CUctx_st *c)
 {
     int j = 0;
