@@ -138,3 +138,35 @@ def test_simulated_green_context_costs_a_context(libs, client, sim):
     out = lines([client, "greenctx", "0", "info"], sim.env(libs, preload=False))
     assert out[0] == "ok"
     assert info(out[1])["free"] == 16 * GIB - 2 * CTX  # the green and the primary context
+
+
+def _unshare_pid(own_proc: bool) -> list[str]:
+    """A command prefix running in a new pid namespace (with its own /proc: a container)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("unshare")
+    cmd = [exe, "--pid", "--fork"] + (["--mount-proc"] if own_proc else []) if exe else []
+    if not exe or subprocess.run(cmd + ["true"], capture_output=True).returncode != 0:
+        import pytest
+
+        pytest.skip("cannot make a pid namespace here (unshare --pid needs root or user namespaces)")
+    return cmd
+
+
+def test_context_is_charged_in_a_pid_namespace_with_its_own_proc(libs, client, sim):
+    # as in a container: neither the process nor the simulated driver can name the host pid;
+    # NVML reports one the process does not know, and the probe finds it
+    sim.configure({"context_bytes": CTX, "module_bytes": 0})
+    env = sim.env(libs, memory="1GiB")
+    out = lines(_unshare_pid(True) + [client, "ctx", "alloc", "mem", str(800 * MIB), "alloc",
+                                      "mem", str(700 * MIB)], env)
+    assert out == ["ok", "oom", "ok 0"]
+
+
+def test_context_is_charged_in_a_pid_namespace_seen_from_the_host_proc(libs, client, sim):
+    sim.configure({"context_bytes": CTX, "module_bytes": 0})
+    env = sim.env(libs, memory="1GiB")
+    out = lines(_unshare_pid(False) + [client, "ctx", "alloc", "mem", str(800 * MIB), "alloc",
+                                       "mem", str(700 * MIB)], env)
+    assert out == ["ok", "oom", "ok 0"]
