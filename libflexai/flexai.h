@@ -200,7 +200,8 @@ typedef struct {
     X(cuGraphAddMemAllocNode, CUDA) X(cuGraphUpload, CUDA) X(cuGraphUpload_ptsz, CUDA)       \
     X(cuGraphExecDestroy, CUDA) X(cuDeviceGraphMemTrim, CUDA) X(cuGraphDestroy, CUDA)        \
     X(cuGraphInstantiateWithFlags, CUDA) X(cuGraphInstantiateWithParams, CUDA)               \
-    X(cuGraphInstantiateWithParams_ptsz, CUDA)                                               \
+    X(cuGraphInstantiateWithParams_ptsz, CUDA) X(cuGraphInstantiate_v2, CUDA)                \
+    X(cuGraphAddNode, CUDA) X(cuGraphAddNode_v2, CUDA)                                       \
     X(cuMemPoolTrimTo, CUDA) X(cuMemPoolSetAttribute, CUDA) X(cuMemPoolDestroy, CUDA)        \
     X(nvmlDeviceGetCount, NVML) X(nvmlDeviceGetCount_v2, NVML)                               \
     X(nvmlDeviceGetHandleByIndex, NVML) X(nvmlDeviceGetHandleByIndex_v2, NVML)               \
@@ -350,6 +351,14 @@ CUresult cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
 CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGraph,
                                            CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams);
 CUresult cuGraphDestroy(CUgraph hGraph);
+CUresult cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                               char *logBuffer, size_t bufferSize);
+typedef struct CUgraphNodeParams_st CUgraphNodeParams;
+CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                        size_t numDependencies, CUgraphNodeParams *nodeParams);
+CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
+                           const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData,
+                           size_t numDependencies, CUgraphNodeParams *nodeParams);
 /* compute.c: captures begun and not ended in this process (stream capture) */
 FLEXAI_HIDDEN int flexai_capture_open(void);
 /* graphmem.c: CUDA-graph memory (docs/libflexai.md) */

@@ -1139,6 +1139,40 @@ CUresult sim_cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph g, const C
     return rc;
 }
 
+/* The generic form: kernel, empty, allocation and free nodes (others: not supported). */
+CUresult sim_cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
+                            size_t ndeps, CUgraphNodeParams *p)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!p || !phGraphNode || !g || g->magic != M_GRAPH || (ndeps && !deps))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sim_knode *k;
+    switch ((int)p->type) {
+    case CU_GRAPH_NODE_TYPE_KERNEL:
+        return sim_cuGraphAddKernelNode_v2(phGraphNode, g, deps, ndeps, &p->kernel);
+    case CU_GRAPH_NODE_TYPE_MEM_ALLOC:
+        return sim_cuGraphAddMemAllocNode(phGraphNode, g, deps, ndeps, &p->alloc);
+    case CU_GRAPH_NODE_TYPE_MEM_FREE:
+        return sim_cuGraphAddMemFreeNode(phGraphNode, g, deps, ndeps, p->free.dptr);
+    case CU_GRAPH_NODE_TYPE_EMPTY:
+        rc = graph_append(g, NULL, 0, 0, &k);
+        if (!rc)
+            *phGraphNode = (CUgraphNode)k;
+        return rc;
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+CUresult sim_cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
+                               const CUgraphEdgeData *edges, size_t ndeps, CUgraphNodeParams *p)
+{
+    (void)edges; /* edge data (ports, programmatic dependencies) is not modelled */
+    return sim_cuGraphAddNode(phGraphNode, g, deps, ndeps, p);
+}
+
 CUresult sim_cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
                                    size_t ndeps, CUdeviceptr dptr)
 {
@@ -1317,12 +1351,22 @@ CUresult sim_cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph g, un
     return CUDA_SUCCESS;
 }
 
+static CUresult graph_upload(CUgraphExec e, CUstream hs, int ptds);
+
+/* CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD uploads the exec at instantiation (on hUploadStream):
+ * its allocation nodes take their memory then; an upload that fails fails the call. */
 static CUresult instantiate_params(CUgraphExec *ph, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p, int ptds)
 {
-    (void)ptds;
     if (!p)
         return CUDA_ERROR_INVALID_VALUE;
     CUresult rc = sim_cuGraphInstantiateWithFlags(ph, g, p->flags);
+    if (rc == CUDA_SUCCESS && (p->flags & CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD) && (*ph)->mem_bytes) {
+        rc = graph_upload(*ph, p->hUploadStream, ptds);
+        if (rc != CUDA_SUCCESS) {
+            sim_cuGraphExecDestroy(*ph);
+            *ph = NULL;
+        }
+    }
     p->hErrNode_out = NULL;
     p->result_out = rc ? CUDA_GRAPH_INSTANTIATE_ERROR : CUDA_GRAPH_INSTANTIATE_SUCCESS;
     return rc;
@@ -1332,6 +1376,18 @@ CUresult sim_cuGraphInstantiateWithParams(CUgraphExec *ph, CUgraph g, CUDA_GRAPH
 { return instantiate_params(ph, g, p, 0); }
 CUresult sim_cuGraphInstantiateWithParams_ptsz(CUgraphExec *ph, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p)
 { return instantiate_params(ph, g, p, 1); }
+
+/* The CUDA 11.0 form (cudaVersion < 12000): flags 0, an error node and a log buffer. */
+CUresult sim_cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                                   char *logBuffer, size_t bufferSize)
+{
+    CUresult rc = sim_cuGraphInstantiateWithFlags(phGraphExec, hGraph, 0);
+    if (phErrorNode)
+        *phErrorNode = NULL;
+    if (logBuffer && bufferSize)
+        logBuffer[0] = 0;
+    return rc;
+}
 
 CUresult sim_cuGraphExecDestroy(CUgraphExec e)
 {
