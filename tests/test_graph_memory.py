@@ -121,7 +121,14 @@ OTHER_ROADS = PRELUDE + textwrap.dedent("""
         a.poolProps.location.type = d.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
         a.poolProps.location.id = 0
         a.bytesize = size
-        if generic:
+        if generic == "v1":  # the CUDA 12.2 form, without edge data
+            p.type = d.CUgraphNodeType.CU_GRAPH_NODE_TYPE_MEM_ALLOC
+            pfn = ok(d.cuGetProcAddress(b"cuGraphAddNode", 12020, 0))[0]
+            add_v1 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_size_t, ctypes.c_void_p)(int(pfn))
+            node = ctypes.c_void_p()
+            assert add_v1(ctypes.byref(node), int(g), None, 0, p.getPtr()) == 0
+        elif generic:
             p.type = d.CUgraphNodeType.CU_GRAPH_NODE_TYPE_MEM_ALLOC
             ok(d.cuGraphAddNode(g, None, None, 0, p))
         else:
@@ -135,6 +142,9 @@ OTHER_ROADS = PRELUDE + textwrap.dedent("""
     out = {}
     e = ok(d.cuGraphInstantiate(alloc_graph(True, size), 0))
     out["addnode_upload"] = [int(d.cuGraphUpload(e, s)[0]), reserved()]
+    done(e)
+    e = ok(d.cuGraphInstantiate(alloc_graph("v1", size), 0))
+    out["addnode_v1_upload"] = [int(d.cuGraphUpload(e, s)[0]), reserved()]
     done(e)
     pfn = ok(d.cuGetProcAddress(b"cuGraphInstantiate", 11000, 0))[0]
     inst_v2 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -164,18 +174,19 @@ def run_other_roads(sim, libs, preload, size_mib):  # noqa: F811
 
 def test_sim_graph_memory_by_the_other_roads(libs, tmp_path):  # noqa: F811
     out = run_other_roads(Sim(tmp_path / "sim"), libs, False, 1536)
-    assert out == {"addnode_upload": [0, 1536 * MiB], "v2_launch": [0, 0, 1536 * MiB],
-                   "upload_flag": [0, 1536 * MiB]}
+    assert out == {"addnode_upload": [0, 1536 * MiB], "addnode_v1_upload": [0, 1536 * MiB],
+                   "v2_launch": [0, 0, 1536 * MiB], "upload_flag": [0, 1536 * MiB]}
 
 
 def test_graph_memory_by_the_other_roads_is_refused_before_it_is_mapped(libs, tmp_path):  # noqa: F811
     out = run_other_roads(Sim(tmp_path / "sim"), libs, True, 1536)
     assert out["addnode_upload"] == [2, 0], "cuGraphAddNode's allocation node was mapped past the slice"
+    assert out["addnode_v1_upload"] == [2, 0], "cuGraphAddNode (12.2)'s node was mapped past the slice"
     assert out["v2_launch"] == [0, 2, 0], "an exec of cuGraphInstantiate_v2 was mapped past the slice"
     assert out["upload_flag"] == [2, 0], "CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD mapped memory past the slice"
 
 
 def test_graph_memory_by_the_other_roads_within_the_slice(libs, tmp_path):  # noqa: F811
     out = run_other_roads(Sim(tmp_path / "sim"), libs, True, 512)
-    assert out == {"addnode_upload": [0, 512 * MiB], "v2_launch": [0, 0, 512 * MiB],
-                   "upload_flag": [0, 512 * MiB]}
+    assert out == {"addnode_upload": [0, 512 * MiB], "addnode_v1_upload": [0, 512 * MiB],
+                   "v2_launch": [0, 0, 512 * MiB], "upload_flag": [0, 512 * MiB]}
