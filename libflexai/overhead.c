@@ -232,8 +232,12 @@ static void refresh_locked(void)
 
 void flexai_overhead_refresh(int force)
 {
-    if (!flexai_enforcing() || flexai_region() == NULL || O.state < 0)
+    if (!flexai_enforcing() || flexai_region() == NULL)
         return;
+    if (O.state < 0) { /* no CUDA or no NVML here: the allocation path stops asking */
+        __atomic_store_n(&flexai_overhead_next_ns, UINT64_MAX, __ATOMIC_RELAXED);
+        return;
+    }
     if (force)
         pthread_mutex_lock(&O.lock);
     else if (pthread_mutex_trylock(&O.lock) != 0)
