@@ -358,6 +358,7 @@ class ProcessView:
     launches: int
     busy_ns: int
     alive: bool
+    overhead_bytes: int = 0  # driver-held memory beyond the tracked (libflexai/overhead.c)
 
 
 @dataclass
@@ -452,7 +453,7 @@ def read_region(path: str | os.PathLike) -> RegionView:
             procs.append(ProcessView(
                 slot=i, pid=s.pid, memory_used=s.memory_used, context_bytes=s.context_bytes,
                 launches=s.launches, busy_ns=s.busy_ns,
-                alive=_flock_getlk(fd, c.FLEXAI_SLOT_LOCK_BASE + i),
+                alive=_flock_getlk(fd, c.FLEXAI_SLOT_LOCK_BASE + i), overhead_bytes=s.overhead_bytes,
             ))
         view = RegionView(
             path=str(path),

@@ -31,6 +31,8 @@ MAX_CARDS = 16
 # Tunables the libraries accept, with their built-in defaults.
 TUNABLES: Mapping[str, int | str] = {
     "context_bytes": 300 << 20,   # device memory one context costs
+    "module_bytes": 2 << 20,      # device memory one loaded module / library costs
+    "nvml_pid_offset": 0,         # NVML reports pid + this (pids of another pid namespace)
     "sm_count": 132,              # multiprocessors per card
     "cc_major": 9,                # compute capability
     "cc_minor": 0,

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "flexai_region.h"
 
@@ -169,6 +170,11 @@ typedef struct {
     X(cuMemGetInfo, CUDA) X(cuMemGetInfo_v2, CUDA)                                           \
     X(cuDevicePrimaryCtxRetain, CUDA)                                                        \
     X(cuCtxCreate, CUDA) X(cuCtxCreate_v2, CUDA) X(cuCtxCreate_v3, CUDA) X(cuCtxCreate_v4, CUDA) \
+    X(cuCtxSetCurrent, CUDA) X(cuCtxPushCurrent_v2, CUDA) X(cuCtxPopCurrent_v2, CUDA)        \
+    X(cuCtxSetLimit, CUDA) X(cuGreenCtxCreate, CUDA)                                         \
+    X(cuModuleLoad, CUDA) X(cuModuleLoadData, CUDA) X(cuModuleLoadDataEx, CUDA)              \
+    X(cuModuleLoadFatBinary, CUDA) X(cuModuleUnload, CUDA)                                   \
+    X(cuLibraryLoadData, CUDA) X(cuLibraryLoadFromFile, CUDA) X(cuLibraryUnload, CUDA)       \
     X(cuMemAlloc, CUDA) X(cuMemAlloc_v2, CUDA)                                               \
     X(cuMemAllocPitch, CUDA) X(cuMemAllocPitch_v2, CUDA)                                     \
     X(cuMemFree, CUDA) X(cuMemFree_v2, CUDA)                                                 \
@@ -194,7 +200,8 @@ typedef struct {
     X(cuGraphAddMemAllocNode, CUDA) X(cuGraphUpload, CUDA) X(cuGraphUpload_ptsz, CUDA)       \
     X(cuGraphExecDestroy, CUDA) X(cuDeviceGraphMemTrim, CUDA) X(cuGraphDestroy, CUDA)        \
     X(cuGraphInstantiateWithFlags, CUDA) X(cuGraphInstantiateWithParams, CUDA)               \
-    X(cuGraphInstantiateWithParams_ptsz, CUDA)                                               \
+    X(cuGraphInstantiateWithParams_ptsz, CUDA) X(cuGraphInstantiate_v2, CUDA)                \
+    X(cuGraphAddNode, CUDA) X(cuGraphAddNode_v2, CUDA)                                       \
     X(cuMemPoolTrimTo, CUDA) X(cuMemPoolSetAttribute, CUDA) X(cuMemPoolDestroy, CUDA)        \
     X(nvmlDeviceGetCount, NVML) X(nvmlDeviceGetCount_v2, NVML)                               \
     X(nvmlDeviceGetHandleByIndex, NVML) X(nvmlDeviceGetHandleByIndex_v2, NVML)               \
@@ -231,6 +238,32 @@ CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int n
                         unsigned int flags, CUdevice dev);
 CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags,
                         CUdevice dev);
+CUresult cuCtxSetCurrent(CUcontext ctx);
+CUresult cuCtxPushCurrent_v2(CUcontext ctx);
+CUresult cuCtxPopCurrent_v2(CUcontext *pctx);
+CUresult cuCtxSetLimit(int limit, size_t value); /* CUlimit */
+typedef struct CUgreenCtx_st *CUgreenCtx;
+typedef struct CUdevResourceDesc_st *CUdevResourceDesc;
+CUresult cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev,
+                          unsigned int flags);
+typedef struct CUmod_st *CUmodule;
+typedef struct CUlib_st *CUlibrary;
+/* CUjit_option and CUlibraryOption are enums: int */
+CUresult cuModuleLoad(CUmodule *module, const char *fname);
+CUresult cuModuleLoadData(CUmodule *module, const void *image);
+CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
+                            int *options, void **optionValues);
+CUresult cuModuleLoadFatBinary(CUmodule *module, const void *fatCubin);
+CUresult cuModuleUnload(CUmodule hmod);
+CUresult cuLibraryLoadData(CUlibrary *library, const void *code, int *jitOptions,
+                           void **jitOptionsValues, unsigned int numJitOptions,
+                           int *libraryOptions, void **libraryOptionValues,
+                           unsigned int numLibraryOptions);
+CUresult cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, int *jitOptions,
+                               void **jitOptionsValues, unsigned int numJitOptions,
+                               int *libraryOptions, void **libraryOptionValues,
+                               unsigned int numLibraryOptions);
+CUresult cuLibraryUnload(CUlibrary library);
 CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize);
 CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize);
 CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch, unsigned int WidthInBytes,
@@ -318,6 +351,14 @@ CUresult cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
 CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGraph,
                                            CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams);
 CUresult cuGraphDestroy(CUgraph hGraph);
+CUresult cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                               char *logBuffer, size_t bufferSize);
+typedef struct CUgraphNodeParams_st CUgraphNodeParams;
+CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                        size_t numDependencies, CUgraphNodeParams *nodeParams);
+CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
+                           const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData,
+                           size_t numDependencies, CUgraphNodeParams *nodeParams);
 /* compute.c: captures begun and not ended in this process (stream capture) */
 FLEXAI_HIDDEN int flexai_capture_open(void);
 /* graphmem.c: CUDA-graph memory (docs/libflexai.md) */
@@ -461,12 +502,25 @@ static inline int64_t flexai_context_bytes(const struct flexai_region *r)
 }
 /* First use of a context (memory.c): a context can appear without the wrapped creators
  * (cudart's private export table), so the first allocation/launch of each thread checks the
- * current context's card and charges the process's context; after that, one TLS branch. */
+ * current context's card and charges the process's context; after that, one TLS branch.
+ * flexai_ctx_ok is cleared by the wrapped creators and switches (cuCtxSetCurrent,
+ * cuCtxPushCurrent, cuCtxPopCurrent), so launches re-check after a switch; allocations also
+ * compare the current context with the one last checked (flexai_ctx_seen), which catches a
+ * switch no wrapper saw (the private table makes its context current itself). */
 extern __thread int flexai_ctx_ok __attribute__((tls_model("initial-exec"), visibility("hidden")));
+extern __thread CUcontext flexai_ctx_seen __attribute__((tls_model("initial-exec"), visibility("hidden")));
 FLEXAI_HIDDEN CUresult flexai_ctx_first_use(void);
+FLEXAI_HIDDEN extern CUresult (*flexai_ctx_get_current)(CUcontext *);
+/* 1 when the current context is not the one this thread last checked. */
+static inline int flexai_ctx_moved(void)
+{
+    CUcontext c = NULL;
+    CUresult (*get)(CUcontext *) = __atomic_load_n(&flexai_ctx_get_current, __ATOMIC_RELAXED);
+    return get != NULL && get(&c) == CUDA_SUCCESS && c != flexai_ctx_seen;
+}
 #define FLEXAI_CTX_FIRST_USE()                                                               \
     do {                                                                                     \
-        if (unlikely(!flexai_ctx_ok)) {                                                      \
+        if (unlikely(!flexai_ctx_ok) || unlikely(flexai_ctx_moved())) {                      \
             CUresult ctx_rc_ = flexai_ctx_first_use();                                       \
             if (ctx_rc_ != CUDA_SUCCESS)                                                     \
                 return ctx_rc_;                                                              \
@@ -491,6 +545,21 @@ FLEXAI_HIDDEN void flexai_reclaim_dead(struct flexai_region *r, int fd, int self
 /* Reserve `bytes` for this process: 1 charged, 0 nothing charged (pass through), -1 full. */
 FLEXAI_HIDDEN int flexai_reserve(int64_t bytes);
 FLEXAI_HIDDEN void flexai_unreserve(int64_t bytes);
+FLEXAI_HIDDEN void flexai_charge_held(int64_t bytes);
+
+/* ---- overhead.c: driver-held memory beyond what was tracked (NVML per process) ---------- */
+/* Settles this process's overhead charge now (force) or unless another thread is at it. */
+FLEXAI_HIDDEN void flexai_overhead_refresh(int force);
+FLEXAI_HIDDEN extern uint64_t flexai_overhead_next_ns;
+/* On the allocation path: a refresh at most every period; in between, one coarse clock read. */
+static inline void flexai_overhead_tick(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    if (unlikely(now >= __atomic_load_n(&flexai_overhead_next_ns, __ATOMIC_RELAXED)))
+        flexai_overhead_refresh(0);
+}
 FLEXAI_HIDDEN int64_t flexai_memory_used(void);
 FLEXAI_HIDDEN int64_t flexai_memory_limit(void);
 

@@ -101,7 +101,10 @@ struct flexai_proc {
     int64_t memory_used;      /* bytes this process holds, its context included */
     int64_t context_bytes;    /* part of memory_used charged for its context */
     uint64_t attached_ns;     /* CLOCK_REALTIME at attach */
-    uint64_t reserved0[3];
+    int64_t overhead_bytes;   /* part of memory_used the driver holds beyond what was tracked
+                                 (NVML per-process used minus tracked: contexts, modules,
+                                 stacks, heap); libflexai/overhead.c */
+    uint64_t reserved0[2];
     uint64_t launches;        /* kernel and graph launches of this process */
     uint64_t busy_ns;         /* device time measured for this process (compute controller) */
     uint64_t reserved1[6];

@@ -122,6 +122,8 @@ int flexai_graphmem_captured(CUstream stream, int ptsz, size_t bytes)
     return 1;
 }
 
+static int precharge_bytes(int64_t fp);
+
 /* Before an exec's memory is mapped: reserve what its allocation nodes may add to the pool.
  * 0, or -1 when that does not fit in the slice. */
 static int precharge(CUgraphExec e)
@@ -130,6 +132,22 @@ static int precharge(CUgraphExec e)
     struct tracked *x = find(GM.execs, e, 0);
     int64_t fp = x && !x->settled ? x->bytes : 0;
     pthread_mutex_unlock(&GM.lock);
+    return precharge_bytes(fp);
+}
+
+/* The same for a graph about to be instantiated and uploaded in one call. */
+static int precharge_graph(CUgraph g)
+{
+    pthread_mutex_lock(&GM.lock);
+    struct tracked *t = find(GM.graphs, g, 0);
+    int64_t fp = t ? t->bytes : 0;
+    pthread_mutex_unlock(&GM.lock);
+    return precharge_bytes(fp);
+}
+
+/* Reserves what allocation nodes of fp bytes may add to the pool (used + fp - reserved). */
+static int precharge_bytes(int64_t fp)
+{
     CUresult (*get_attr)(CUdevice, int, void *) = get_attr_fn();
     CUdevice dev;
     cuuint64_t used = 0, reserved = 0;
@@ -208,6 +226,36 @@ SETTLING_WRAPPER(cuGraphAddMemAllocNode, 1,
                  })
 FLEXAI_ALIAS(cuGraphAddMemAllocNode);
 
+/* cuGraphAddNode's CUgraphNodeParams: type, 12 reserved bytes, then the union; for
+ * CU_GRAPH_NODE_TYPE_MEM_ALLOC it holds CUDA_MEM_ALLOC_NODE_PARAMS_v2 (bytesize as above). */
+#define FX_NODE_TYPE_MEM_ALLOC 10
+#define FX_NODE_ALLOC_BYTESIZE (16 + FX_ALLOC_NODE_BYTESIZE)
+static void node_added(CUresult rc, CUgraph g, const CUgraphNodeParams *p)
+{
+    if (rc != CUDA_SUCCESS || p == NULL || *(const int *)p != FX_NODE_TYPE_MEM_ALLOC)
+        return;
+    __atomic_store_n(&flexai_graphmem_seen, 1, __ATOMIC_RELEASE);
+    graph_adds(g, (int64_t)*(const size_t *)((const char *)p + FX_NODE_ALLOC_BYTESIZE));
+}
+
+CUresult fx_cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph,
+                           const CUgraphNode *dependencies, size_t numDependencies,
+                           CUgraphNodeParams *nodeParams)
+SETTLING_WRAPPER(cuGraphAddNode, 1,
+                 real(phGraphNode, hGraph, dependencies, numDependencies, nodeParams),
+                 node_added(rc, hGraph, nodeParams))
+FLEXAI_ALIAS(cuGraphAddNode);
+
+CUresult fx_cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
+                              const CUgraphNode *dependencies,
+                              const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                              CUgraphNodeParams *nodeParams)
+SETTLING_WRAPPER(cuGraphAddNode_v2, 1,
+                 real(phGraphNode, hGraph, dependencies, dependencyData, numDependencies,
+                      nodeParams),
+                 node_added(rc, hGraph, nodeParams))
+FLEXAI_ALIAS(cuGraphAddNode_v2);
+
 #define PRECHARGED(exec, call)                                                               \
     (__atomic_load_n(&flexai_graphmem_seen, __ATOMIC_ACQUIRE) && flexai_enforcing() &&       \
              precharge(exec) != 0                                                            \
@@ -252,16 +300,63 @@ SETTLING_WRAPPER(cuGraphInstantiateWithFlags, 0, real(phGraphExec, hGraph, flags
                  if (rc == CUDA_SUCCESS) instantiated(*phGraphExec, hGraph))
 FLEXAI_ALIAS(cuGraphInstantiateWithFlags);
 
+/* The CUDA 11.0 form, handed out for cudaVersion < 12000. */
+CUresult fx_cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph,
+                                  CUgraphNode *phErrorNode, char *logBuffer, size_t bufferSize)
+SETTLING_WRAPPER(cuGraphInstantiate_v2, 0,
+                 real(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize),
+                 if (rc == CUDA_SUCCESS) instantiated(*phGraphExec, hGraph))
+FLEXAI_ALIAS(cuGraphInstantiate_v2);
+
+/* CUDA_GRAPH_INSTANTIATE_PARAMS: flags first; CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD uploads the
+ * exec in the same call, so its memory is reserved before and settled (strictly) after, as
+ * for cuGraphUpload; the exec then counts as uploaded. */
+#define FX_INSTANTIATE_FLAG_UPLOAD 2ULL
+static int uploads(const CUDA_GRAPH_INSTANTIATE_PARAMS *p)
+{
+    return p != NULL && (*(const cuuint64_t *)p & FX_INSTANTIATE_FLAG_UPLOAD) &&
+           __atomic_load_n(&flexai_graphmem_seen, __ATOMIC_ACQUIRE) && flexai_enforcing();
+}
+
+static void uploaded(CUgraphExec e)
+{
+    pthread_mutex_lock(&GM.lock);
+    struct tracked *x = find(GM.execs, e, 0);
+    if (x)
+        x->settled = 1;
+    pthread_mutex_unlock(&GM.lock);
+}
+
+#define INSTANTIATE_PARAMS_WRAPPER(name)                                                     \
+    {                                                                                        \
+        __typeof__(&name) real = REAL(name);                                                 \
+        if (!real)                                                                           \
+            return CUDA_ERROR_NOT_INITIALIZED;                                               \
+        int up = uploads(params);                                                            \
+        if (up && precharge_graph(hGraph) != 0)                                              \
+            return CUDA_ERROR_OUT_OF_MEMORY;                                                 \
+        CUresult rc = real(phGraphExec, hGraph, params);                                     \
+        if (rc == CUDA_SUCCESS)                                                              \
+            instantiated(*phGraphExec, hGraph);                                              \
+        if (!flexai_enforcing() || !__atomic_load_n(&flexai_graphmem_seen, __ATOMIC_ACQUIRE)) \
+            return rc;                                                                       \
+        int over = settle() != 0;                                                            \
+        if (rc == CUDA_SUCCESS && up) {                                                      \
+            uploaded(*phGraphExec);                                                          \
+            if (over)                                                                        \
+                return CUDA_ERROR_OUT_OF_MEMORY;                                             \
+        }                                                                                    \
+        return rc;                                                                           \
+    }
+
 CUresult fx_cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
                                          CUDA_GRAPH_INSTANTIATE_PARAMS *params)
-SETTLING_WRAPPER(cuGraphInstantiateWithParams, 0, real(phGraphExec, hGraph, params),
-                 if (rc == CUDA_SUCCESS) instantiated(*phGraphExec, hGraph))
+INSTANTIATE_PARAMS_WRAPPER(cuGraphInstantiateWithParams)
 FLEXAI_ALIAS(cuGraphInstantiateWithParams);
 
 CUresult fx_cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGraph,
                                               CUDA_GRAPH_INSTANTIATE_PARAMS *params)
-SETTLING_WRAPPER(cuGraphInstantiateWithParams_ptsz, 0, real(phGraphExec, hGraph, params),
-                 if (rc == CUDA_SUCCESS) instantiated(*phGraphExec, hGraph))
+INSTANTIATE_PARAMS_WRAPPER(cuGraphInstantiateWithParams_ptsz)
 FLEXAI_ALIAS(cuGraphInstantiateWithParams_ptsz);
 
 CUresult fx_cuGraphDestroy(CUgraph hGraph)

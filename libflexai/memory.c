@@ -269,6 +269,8 @@ static void uncharge_context(void)
         if (rc != CUDA_SUCCESS && charged > 0)                                               \
             uncharge_context();                                                              \
         flexai_ctx_ok = 0; /* this thread may make another context current: check again */  \
+        if (rc == CUDA_SUCCESS)                                                              \
+            flexai_overhead_refresh(1); /* what the context really costs (overhead.c) */     \
         return rc;                                                                           \
     }
 
@@ -277,15 +279,19 @@ static void uncharge_context(void)
  * driver for the current context's card, refuses another card, and charges the process's
  * context once; then the thread's flag is set and the check is one predictable branch. */
 __thread int flexai_ctx_ok __attribute__((tls_model("initial-exec"), visibility("hidden")));
+__thread CUcontext flexai_ctx_seen __attribute__((tls_model("initial-exec"), visibility("hidden")));
+CUresult (*flexai_ctx_get_current)(CUcontext *);
 
 CUresult flexai_ctx_first_use(void)
 {
-    static CUresult (*get_current)(CUcontext *);
     static CUresult (*get_device)(CUdevice *);
     if (!flexai_enforcing())
         return CUDA_SUCCESS;
-    if (!get_current)
+    CUresult (*get_current)(CUcontext *) = __atomic_load_n(&flexai_ctx_get_current, __ATOMIC_RELAXED);
+    if (!get_current) {
         get_current = (CUresult(*)(CUcontext *))flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetCurrent");
+        __atomic_store_n(&flexai_ctx_get_current, get_current, __ATOMIC_RELAXED);
+    }
     if (!get_device)
         get_device = (CUresult(*)(CUdevice *))flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetDevice");
     CUcontext ctx = NULL;
@@ -294,12 +300,41 @@ CUresult flexai_ctx_first_use(void)
         get_device(&d) != CUDA_SUCCESS)
         return CUDA_SUCCESS; /* no context: the driver refuses the call itself */
     if (foreign_device(d))
-        return CUDA_ERROR_INVALID_DEVICE;
-    if (charge_context() < 0)
+        return CUDA_ERROR_INVALID_DEVICE; /* flags stay clear: the next call asks again */
+    int charged = charge_context();
+    if (charged < 0)
         return CUDA_ERROR_OUT_OF_MEMORY;
+    if (charged > 0)
+        flexai_overhead_refresh(1); /* a context first seen: what it really costs */
+    flexai_ctx_seen = ctx;
     flexai_ctx_ok = 1;
     return CUDA_SUCCESS;
 }
+
+/* Context switches: the thread's next allocation or launch checks the new current context
+ * (another card's context made through the private path must not be used). The wrappers
+ * cost one TLS store; the check itself runs at the next use. */
+#define SWITCH_WRAPPER(name, call)                                                           \
+    {                                                                                        \
+        __typeof__(&name) real = REAL(name);                                                 \
+        if (!real)                                                                           \
+            return CUDA_ERROR_NOT_INITIALIZED;                                               \
+        CUresult rc = call;                                                                  \
+        flexai_ctx_ok = 0;                                                                   \
+        return rc;                                                                           \
+    }
+
+CUresult fx_cuCtxSetCurrent(CUcontext ctx)
+SWITCH_WRAPPER(cuCtxSetCurrent, real(ctx))
+FLEXAI_ALIAS(cuCtxSetCurrent);
+
+CUresult fx_cuCtxPushCurrent_v2(CUcontext ctx)
+SWITCH_WRAPPER(cuCtxPushCurrent_v2, real(ctx))
+FLEXAI_ALIAS(cuCtxPushCurrent_v2);
+
+CUresult fx_cuCtxPopCurrent_v2(CUcontext *pctx)
+SWITCH_WRAPPER(cuCtxPopCurrent_v2, real(pctx))
+FLEXAI_ALIAS(cuCtxPopCurrent_v2);
 
 CUresult fx_cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
 CONTEXT_WRAPPER(cuDevicePrimaryCtxRetain, real(pctx, dev))
@@ -322,6 +357,13 @@ CUresult fx_cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned 
                            CUdevice dev)
 CONTEXT_WRAPPER(cuCtxCreate_v4, real(pctx, params, flags, dev))
 FLEXAI_ALIAS(cuCtxCreate_v4);
+
+/* A green context (CUDA 12.4) is a context over part of the card's SMs: the same card check,
+ * the same per-process charge, and its real cost read back through NVML (overhead.c). */
+CUresult fx_cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev,
+                             unsigned int flags)
+CONTEXT_WRAPPER(cuGreenCtxCreate, real(phCtx, desc, dev, flags))
+FLEXAI_ALIAS(cuGreenCtxCreate);
 
 /* ---- allocations ---------------------------------------------------------------------- */
 

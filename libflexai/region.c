@@ -178,6 +178,7 @@ int flexai_reserve(int64_t bytes)
         return -1;
     if (bytes <= 0)
         return 0;
+    flexai_overhead_tick(); /* what the driver holds beyond the tracked, at most every period */
     int64_t limit = flexai_limit_bytes(r);
     /* What this process holds is known without the region, which the tenant can write: a
      * forged total never lets one process past the limit. */
@@ -220,6 +221,27 @@ int flexai_reserve(int64_t bytes)
         STORE(r->memory_peak, used);
     flexai_region_unlock(r);
     return 1;
+}
+
+/* Charges bytes the driver already holds for this process (context, module and stack
+ * memory: it cannot be refused after the fact). Added even past the limit, so that the next
+ * allocation of the slice is refused instead; the leases are grown as far as they go. */
+void flexai_charge_held(int64_t bytes)
+{
+    struct flexai_region *r = flexai_region();
+    struct flexai_proc *me = flexai_P.me;
+    if (r == NULL || me == NULL || bytes <= 0 || flexai_region_lock(r) != 0)
+        return;
+    int64_t used = LOAD(r->memory_used) + bytes;
+    STORE(r->memory_used, used);
+    STORE(me->memory_used, LOAD(me->memory_used) + bytes);
+    int64_t held = __atomic_add_fetch(&flexai_P.held, bytes, __ATOMIC_RELAXED);
+    if (used > LOAD(r->memory_peak))
+        STORE(r->memory_peak, used);
+    int64_t limit = flexai_limit_bytes(r);
+    if (limit > 0)
+        (void)flexai_lease_cover(&flexai_P.lease, flexai_P.region_fd, limit, held);
+    flexai_region_unlock(r);
 }
 
 void flexai_unreserve(int64_t bytes)

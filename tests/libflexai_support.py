@@ -47,16 +47,29 @@ def client(libs, tmp_path_factory) -> str:
     return str(out)
 
 
+# Contexts and modules cost nothing on these cards unless a test says so: libflexai charges
+# what the driver holds beyond its allocations (NVML per process, overhead.c), so a test of
+# another path would otherwise see the simulator's 300 MiB context in every figure.
+FREE_CONTEXTS = {"context_bytes": 0, "module_bytes": 0}
+
+
 class Sim:
     """A simulator directory with two 16 GiB cards."""
 
-    def __init__(self, path: Path, memories=(16 * GIB, 16 * GIB)):
+    def __init__(self, path: Path, memories=(16 * GIB, 16 * GIB), tunables=None):
         from flexai_hook import simcards
 
         self.path = path
         self.uuids = [f"GPU-{secrets.token_hex(4)}-0000-4000-8000-{secrets.token_hex(6)}" for _ in memories]
-        simcards.write_sim_dir(path, [simcards.SimCard(i, u, m, f"sim-{i}")
-                                      for i, (u, m) in enumerate(zip(self.uuids, memories))])
+        self.cards = [simcards.SimCard(i, u, m, f"sim-{i}")
+                      for i, (u, m) in enumerate(zip(self.uuids, memories))]
+        self.configure(FREE_CONTEXTS if tunables is None else tunables)
+
+    def configure(self, tunables) -> None:
+        """Rewrite cards.conf with these simulator settings (before any process starts)."""
+        from flexai_hook import simcards
+
+        simcards.write_sim_dir(self.path, self.cards, tunables)
 
     def env(self, libs, preload: bool = True, **flexai) -> dict:
         """A clean environment loading the simulated driver (and libflexai when preload)."""

@@ -536,3 +536,57 @@ def test_two_saturating_processes_each_get_half_the_card(clients):
     alone = ok_json(clients.run_python(SATURATE.replace("primary(0)", "primary(1)"),
                                        time.monotonic(), 0.5, 5_000_000))
     assert alone["share"] >= 0.95
+
+
+MODULE_BYTES = 2 * MiB  # the module_bytes default
+STACK_PER_BYTE = 132 * 2048  # a stack byte for every thread that can be resident (132 SMs)
+
+
+def test_modules_limits_and_contexts_show_in_nvml_per_process(clients, sim_dir):
+    """What a real driver holds beyond the allocations (issue 15, path 4): contexts, loaded
+    modules and libraries, stack and heap limits; NVML's per-process used memory shows it."""
+    body = """
+        import json
+        import pynvml as n
+        n.nvmlInit()
+        h = n.nvmlDeviceGetHandleByIndex(0)
+        def mine():
+            procs = n.nvmlDeviceGetComputeRunningProcesses(h)
+            return [(p.pid, p.usedGpuMemory) for p in procs]
+        c = primary(0)
+        free0 = ok(d.cuMemGetInfo())[0]
+        out = {"pid": os.getpid(), "ctx": mine()}
+        mods = [ok(d.cuModuleLoadData(b"image\\0")) for _ in range(3)]
+        lib = ok(d.cuLibraryLoadData(b"image\\0", None, None, 0, None, None, 0))
+        out["modules"] = free0 - ok(d.cuMemGetInfo())[0]
+        for m in mods:
+            ok(d.cuModuleUnload(m))
+        ok(d.cuLibraryUnload(lib))
+        out["unloaded"] = free0 - ok(d.cuMemGetInfo())[0]
+        L = d.CUlimit
+        out["stack0"] = ok(d.cuCtxGetLimit(L.CU_LIMIT_STACK_SIZE))
+        ok(d.cuCtxSetLimit(L.CU_LIMIT_STACK_SIZE, 4096))
+        ok(d.cuCtxSetLimit(L.CU_LIMIT_MALLOC_HEAP_SIZE, 64 << 20))
+        out["limits"] = [ok(d.cuCtxGetLimit(L.CU_LIMIT_STACK_SIZE)), ok(d.cuCtxGetLimit(L.CU_LIMIT_MALLOC_HEAP_SIZE))]
+        out["grown"] = free0 - ok(d.cuMemGetInfo())[0]
+        out["grown_nvml"] = mine()
+        out["too_big"] = int(d.cuCtxSetLimit(L.CU_LIMIT_MALLOC_HEAP_SIZE, 64 << 30)[0])
+        ok(d.cuCtxSetLimit(L.CU_LIMIT_STACK_SIZE, 1024))
+        ok(d.cuCtxSetLimit(L.CU_LIMIT_MALLOC_HEAP_SIZE, 8 << 20))
+        out["shrunk"] = free0 - ok(d.cuMemGetInfo())[0]
+        print(json.dumps(out))
+    """
+    data = ok_json(clients.run_python(body))
+    pid = data["pid"]
+    assert data["ctx"] == [[pid, CONTEXT_BYTES]]
+    assert data["modules"] == 4 * MODULE_BYTES and data["unloaded"] == 0
+    assert data["stack0"] == 1024 and data["limits"] == [4096, 64 * MiB]
+    grown = 3072 * STACK_PER_BYTE + 56 * MiB
+    assert data["grown"] == grown
+    assert data["grown_nvml"] == [[pid, CONTEXT_BYTES + grown]]
+    assert data["too_big"] == 2  # CUDA_ERROR_OUT_OF_MEMORY
+    assert data["shrunk"] == 0
+    # NVML's pids of another pid namespace (what a container sees of the host's)
+    write_sim_dir(sim_dir, CARDS, {"nvml_pid_offset": 1000000})
+    data = ok_json(clients.run_python(body))
+    assert data["ctx"] == [[data["pid"] + 1000000, CONTEXT_BYTES]]

@@ -14,6 +14,19 @@
  *                              counter: granted bytes are added after each successful
  *                              allocation and removed before its free, its maximum kept
  *     otherdev                 ok | refused CODE   (cuDeviceGet(1) must be refused)
+ *     privctx N                ok | err CODE   the primary context of raw device N made through
+ *                              the driver's private export table (cudart's way), made current
+ *     setctx N                 ok | err CODE   cuCtxSetCurrent(the context of raw device N)
+ *     pushctx N / popctx       ok | err CODE   cuCtxPushCurrent / cuCtxPopCurrent
+ *     module N                 ok | oom | err CODE   N cuModuleLoadData (kept loaded)
+ *     library N                ok | oom | err CODE   N cuLibraryLoadData (kept loaded)
+ *     privmodule N             ok | err CODE   N modules loaded through the driver's private
+ *                              table (cudart's lazy loading: no entry point sees it)
+ *     unload                   ok | err CODE   unload every module and library loaded so far
+ *     setlimit stack|fifo|heap V   ok | oom | err CODE   cuCtxSetLimit
+ *     getlimit stack|fifo|heap     the value
+ *     sleep MS                 ok
+ *     greenctx N               ok | oom | err CODE   cuGreenCtxCreate on raw device N
  * With no driver loadable it prints "nodriver" and exits 3.
  */
 #include <dlfcn.h>
@@ -70,11 +83,46 @@ FN(cuMipmappedArrayDestroy);
 FN(cuLaunchKernel);
 static CUresult (*p_cuInit)(unsigned);
 static CUresult (*p_cuCtxSetCurrent)(CUcontext);
+static CUresult (*p_cuCtxPushCurrent)(CUcontext);
+static CUresult (*p_cuCtxPopCurrent)(CUcontext *);
 static CUresult (*p_cuDeviceGetUuid)(CUuuid *, CUdevice);
 static CUresult (*p_cuDeviceGetDefaultMemPool)(CUmemoryPool *, CUdevice);
 static CUresult (*p_cuModuleLoadData)(void **, const void *);
 static CUresult (*p_cuModuleGetFunction)(CUfunction *, void *, const char *);
 static CUresult (*p_cuCtxSynchronize)(void);
+static CUresult (*p_cuModuleUnload)(void *);
+static CUresult (*p_cuLibraryLoadData)(void **, const void *, void *, void **, unsigned, void *,
+                                       void **, unsigned);
+static CUresult (*p_cuLibraryUnload)(void *);
+static CUresult (*p_cuCtxSetLimit)(int, size_t);
+static CUresult (*p_cuCtxGetLimit)(size_t *, int);
+static CUresult (*p_cuGreenCtxCreate)(void **, void *, CUdevice, unsigned int);
+static void *modules[1024], *libraries[1024];
+static int nmodules, nlibraries;
+
+static int limit_id(const char *name)
+{
+    return !strcmp(name, "stack") ? 0 : !strcmp(name, "fifo") ? 1 : !strcmp(name, "heap") ? 2 : -1;
+}
+
+/* The driver's private table (sim: cuGetExportTable, any id): what cudart reaches directly. */
+struct private_table {
+    size_t size;
+    CUresult (*primary_ctx)(CUcontext *, CUdevice);
+    CUresult (*module_load)(void **, const void *);
+};
+
+static const struct private_table *private_table(void)
+{
+    CUresult (*export_table)(const void **, const CUuuid *) =
+        (CUresult (*)(const void **, const CUuuid *))get("cuGetExportTable");
+    const struct private_table *tbl = NULL;
+    CUuuid id;
+    memset(&id, 0x5a, sizeof id);
+    if (!export_table || export_table((const void **)&tbl, &id) != 0)
+        return NULL;
+    return tbl;
+}
 
 struct alloc {
     char api[16];
@@ -85,6 +133,7 @@ static struct alloc allocs[4096];
 static int nallocs;
 static CUdevice dev;
 static int have_ctx;
+static CUcontext ctxs[16]; /* the context made for each raw device (ctx, privctx) */
 
 static void load(void)
 {
@@ -105,6 +154,8 @@ static void load(void)
     p_cuMemGetInfo_v2 = get("cuMemGetInfo");
     p_cuDevicePrimaryCtxRetain = get("cuDevicePrimaryCtxRetain");
     p_cuCtxSetCurrent = get("cuCtxSetCurrent");
+    p_cuCtxPushCurrent = get("cuCtxPushCurrent");
+    p_cuCtxPopCurrent = get("cuCtxPopCurrent");
     p_cuDeviceGetUuid = get("cuDeviceGetUuid");
     p_cuMemAlloc_v2 = get("cuMemAlloc");
     p_cuMemAllocPitch_v2 = get("cuMemAllocPitch");
@@ -125,6 +176,12 @@ static void load(void)
     p_cuModuleLoadData = get("cuModuleLoadData");
     p_cuModuleGetFunction = get("cuModuleGetFunction");
     p_cuCtxSynchronize = get_version("cuCtxSynchronize", 12000); /* 13000: the _v2 (ctx) */
+    p_cuModuleUnload = get("cuModuleUnload");
+    p_cuLibraryLoadData = get("cuLibraryLoadData");
+    p_cuLibraryUnload = get("cuLibraryUnload");
+    p_cuCtxSetLimit = get("cuCtxSetLimit");
+    p_cuCtxGetLimit = get("cuCtxGetLimit");
+    p_cuGreenCtxCreate = get("cuGreenCtxCreate");
     CUresult rc = p_cuInit(0);
     if (rc) {
         printf("err init %d\n", rc);
@@ -145,6 +202,8 @@ static CUresult ensure_ctx(void)
         return rc;
     rc = p_cuCtxSetCurrent(ctx);
     have_ctx = rc == 0;
+    if (have_ctx && dev >= 0 && dev < 16)
+        ctxs[dev] = ctx;
     return rc;
 }
 
@@ -318,20 +377,90 @@ int main(int argc, char **argv)
             /* cudart's way: the primary context of raw device N through the driver's private
              * export table (never cuDevicePrimaryCtxRetain/cuCtxCreate), made current */
             CUdevice raw = (CUdevice)atoi(argv[++i]);
-            CUresult (*export_table)(const void **, const CUuuid *) =
-                (CUresult (*)(const void **, const CUuuid *))get("cuGetExportTable");
-            const struct { size_t size; CUresult (*primary_ctx)(CUcontext *, CUdevice); } *tbl = NULL;
-            CUuuid id;
-            memset(&id, 0x5a, sizeof id);
-            CUresult rc = export_table ? export_table((const void **)&tbl, &id) : CUDA_ERROR_NOT_FOUND;
+            const struct private_table *tbl = private_table();
+            CUresult rc = tbl ? 0 : CUDA_ERROR_NOT_FOUND;
             CUcontext ctx = NULL;
             if (!rc)
                 rc = tbl->primary_ctx(&ctx, raw);
             if (!rc) {
                 dev = raw;
                 have_ctx = 1;
+                if (raw >= 0 && raw < 16)
+                    ctxs[raw] = ctx;
             }
             report(rc, "ok");
+        } else if ((!strcmp(cmd, "setctx") || !strcmp(cmd, "pushctx")) && i + 1 < argc) {
+            /* switch to a context made before (cudaSetDevice: cuCtxSetCurrent) */
+            int raw = atoi(argv[++i]);
+            CUcontext c = raw >= 0 && raw < 16 ? ctxs[raw] : NULL;
+            CUresult rc = !c ? CUDA_ERROR_INVALID_VALUE
+                          : !strcmp(cmd, "setctx") ? p_cuCtxSetCurrent(c) : p_cuCtxPushCurrent(c);
+            if (!rc)
+                dev = raw;
+            report(rc, "ok");
+        } else if ((!strcmp(cmd, "module") || !strcmp(cmd, "library") ||
+                    !strcmp(cmd, "privmodule")) && i + 1 < argc) {
+            int n = atoi(argv[++i]);
+            static const char image[] = "flexai test module";
+            const struct private_table *tbl = !strcmp(cmd, "privmodule") ? private_table() : NULL;
+            CUresult rc = ensure_ctx();
+            if (!rc && !strcmp(cmd, "privmodule") &&
+                (!tbl || tbl->size < sizeof *tbl || !tbl->module_load))
+                rc = CUDA_ERROR_NOT_FOUND;
+            for (int k = 0; !rc && k < n && nmodules < 1024 && nlibraries < 1024; k++) {
+                void *h = NULL;
+                if (!strcmp(cmd, "library")) {
+                    rc = p_cuLibraryLoadData(&h, image, NULL, NULL, 0, NULL, NULL, 0);
+                    if (!rc)
+                        libraries[nlibraries++] = h;
+                } else {
+                    rc = tbl ? tbl->module_load(&h, image) : p_cuModuleLoadData(&h, image);
+                    if (!rc)
+                        modules[nmodules++] = h;
+                }
+            }
+            report(rc, "ok");
+        } else if (!strcmp(cmd, "unload")) {
+            CUresult rc = 0;
+            while (!rc && nmodules > 0)
+                rc = p_cuModuleUnload(modules[--nmodules]);
+            while (!rc && nlibraries > 0)
+                rc = p_cuLibraryUnload(libraries[--nlibraries]);
+            report(rc, "ok");
+        } else if (!strcmp(cmd, "setlimit") && i + 2 < argc) {
+            int which = limit_id(argv[i + 1]);
+            size_t value = strtoull(argv[i + 2], NULL, 0);
+            i += 2;
+            CUresult rc = ensure_ctx();
+            if (!rc)
+                rc = p_cuCtxSetLimit(which, value);
+            report(rc, "ok");
+        } else if (!strcmp(cmd, "getlimit") && i + 1 < argc) {
+            size_t value = 0;
+            CUresult rc = ensure_ctx();
+            if (!rc)
+                rc = p_cuCtxGetLimit(&value, limit_id(argv[++i]));
+            if (rc)
+                printf("err %d\n", rc);
+            else
+                printf("%zu\n", value);
+        } else if (!strcmp(cmd, "sleep") && i + 1 < argc) {
+            struct timespec ts = {0, 0};
+            long ms = atol(argv[++i]);
+            ts.tv_sec = ms / 1000;
+            ts.tv_nsec = (ms % 1000) * 1000000L;
+            nanosleep(&ts, NULL);
+            printf("ok\n");
+        } else if (!strcmp(cmd, "greenctx") && i + 1 < argc) {
+            /* a descriptor from cuDevResourceGenerateDesc in a real program; the simulator
+             * takes any */
+            static char desc[64];
+            void *g = NULL;
+            report(p_cuGreenCtxCreate(&g, desc, (CUdevice)atoi(argv[++i]), 0x1 /* DEFAULT_STREAM */),
+                   "ok");
+        } else if (!strcmp(cmd, "popctx")) {
+            CUcontext c = NULL;
+            report(p_cuCtxPopCurrent(&c), "ok");
         } else if (!strcmp(cmd, "alloc") && i + 2 < argc) {
             const char *api = argv[++i];
             uint64_t bytes = strtoull(argv[++i], NULL, 0);

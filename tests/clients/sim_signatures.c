@@ -8,6 +8,7 @@
 #include <cuda.h>
 
 #undef cuGetProcAddress /* the plain header maps it to cuGetProcAddress_v2 */
+#undef cuGraphAddNode   /* and cuGraphAddNode to cuGraphAddNode_v2 (the 12.2 form is exported too) */
 
 #define SIM_API(exp, base, ver, pt, params, args) CUresult CUDAAPI exp params;
 #define SIM_API_ALIAS(exp, base, ver, pt)

@@ -64,6 +64,39 @@ void sim_wait_device(uint64_t deadline_ns)
         sched_yield();
 }
 
+/* The pid a real driver (and so NVML) knows this process by: its pid in the host's pid
+ * namespace. In the initial namespace that is getpid(); when /proc shows several NSpid levels
+ * (it belongs to an ancestor namespace), the first. A container with its own /proc cannot
+ * know it, and neither can the simulator: it then uses 2^22 + slot, above any pid Linux
+ * hands out (pid_max <= 2^22), so the pid is unique on the host and unknown to the process,
+ * as a host pid is to a containerised one. */
+static uint32_t host_pid(int slot)
+{
+    char link[64];
+    ssize_t k = readlink("/proc/self/ns/pid", link, sizeof link - 1);
+    if (k > 0) {
+        link[k] = 0;
+        if (strcmp(link, "pid:[4026531836]") == 0) /* PROC_PID_INIT_INO */
+            return (uint32_t)getpid();
+    }
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    unsigned long first = 0;
+    int levels = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "NSpid:", 6) != 0)
+            continue;
+        char *s = line + 6, *end;
+        for (unsigned long v; (v = strtoul(s, &end, 10)), end != s; s = end)
+            if (levels++ == 0)
+                first = v;
+        break;
+    }
+    if (f)
+        fclose(f);
+    return levels >= 2 ? (uint32_t)first : (1u << 22) + (uint32_t)slot;
+}
+
 const char *sim_dir(void)
 {
     const char *dir = getenv("FLEXAI_SIM_DIR");
@@ -73,6 +106,7 @@ const char *sim_dir(void)
 static void set_defaults(struct sim_config *cfg)
 {
     cfg->context_bytes = 300ULL << 20;
+    cfg->module_bytes = 2ULL << 20;
     cfg->sm_count = 132;
     cfg->cc_major = 9;
     cfg->cc_minor = 0;
@@ -107,6 +141,8 @@ static int set_tunable(struct sim_config *cfg, const char *key, const char *val)
     if (parse_u64(val, &v))
         return -1;
     if (!strcmp(key, "context_bytes")) cfg->context_bytes = v;
+    else if (!strcmp(key, "module_bytes")) cfg->module_bytes = v;
+    else if (!strcmp(key, "nvml_pid_offset") && v < 0x40000000) cfg->nvml_pid_offset = v;
     else if (!strcmp(key, "sm_count") && v >= 1 && v <= 100000) cfg->sm_count = (int)v;
     else if (!strcmp(key, "cc_major") && v <= 100) cfg->cc_major = (int)v;
     else if (!strcmp(key, "cc_minor") && v <= 9) cfg->cc_minor = (int)v;
@@ -321,7 +357,7 @@ enum sim_status sim_open(struct sim_handle *h, int want_slot)
                 struct sim_slot *s = &sh->slot[i];
                 slot_clear(s); /* whatever a dead owner left behind */
                 atomic_store(&s->claimed_ns, realtime_ns());
-                atomic_store(&s->pid, (uint32_t)getpid());
+                atomic_store(&s->pid, host_pid(i));
                 h->slot = i;
                 break;
             }

@@ -47,6 +47,9 @@ struct sim_config {
     struct sim_card_cfg card[SIM_MAX_CARDS];
     /* tunables ("set key value" lines) */
     uint64_t context_bytes;      /* device memory a context costs (default 300 MiB) */
+    uint64_t module_bytes;       /* device memory a loaded module / library costs (default 2 MiB) */
+    uint64_t nvml_pid_offset;    /* NVML reports pid + this: the pids of another pid namespace,
+                                    as a container sees NVML's host pids (default 0) */
     int sm_count;                /* multiprocessors per card (default 132) */
     int cc_major, cc_minor;      /* compute capability (default 9.0) */
     uint64_t launch_ns;          /* minimum duration of a kernel (default 4000 ns) */

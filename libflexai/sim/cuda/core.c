@@ -389,6 +389,8 @@ static CUresult ctx_activate(struct CUctx_st *c, int dev, unsigned flags, int pr
     c->flags = flags;
     c->primary = primary;
     c->footprint = fp;
+    static const size_t limit_defaults[7] = {1024, 1048576, 8388608, 2, 2048, 0x100, 0};
+    memcpy(c->limit, limit_defaults, sizeof c->limit);
     c->id = atomic_fetch_add(&sim_proc.next_id, 1) + 1;
     c->streams = NULL;
     c->legacy = sim_stream_new(c, 0, 0, 1);
@@ -466,6 +468,72 @@ CUresult sim_cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams,
         ctxCreateParams->cigParams)
         return CUDA_ERROR_INVALID_VALUE; /* the two are mutually exclusive */
     return ctx_create(pctx, flags, dev);
+}
+
+/* Green contexts (CUDA 12.4): a context over a partition of the card's SMs. The simulator
+ * does not partition; what matters for accounting is that one costs a context's memory on
+ * its card from cuGreenCtxCreate to cuGreenCtxDestroy. Any descriptor is accepted (the
+ * cuDevResource* calls that make one are not modelled); flags must be
+ * CU_GREEN_CTX_DEFAULT_STREAM, as the real driver requires. */
+#define SIM_GREEN_CTX_DEFAULT_STREAM 0x1
+#define M_GREEN 0x4e455247
+struct CUgreenCtx_st {
+    uint32_t magic;
+    struct CUctx_st *ctx;
+};
+
+CUresult sim_cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev,
+                              unsigned int flags)
+{
+    CUresult rc = sim_check_device(dev);
+    if (rc)
+        return rc;
+    if (!phCtx || !desc || flags != SIM_GREEN_CTX_DEFAULT_STREAM)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUgreenCtx_st *g = calloc(1, sizeof *g);
+    struct CUctx_st *c = calloc(1, sizeof *c);
+    if (!g || !c) {
+        free(g);
+        free(c);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    rc = ctx_activate(c, dev, 0, 0);
+    if (rc) {
+        free(g);
+        free(c);
+        return rc;
+    }
+    g->magic = M_GREEN;
+    g->ctx = c;
+    *phCtx = g;
+    return CUDA_SUCCESS;
+}
+
+CUresult sim_cuCtxFromGreenCtx(CUcontext *pContext, CUgreenCtx hCtx)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!pContext || !hCtx || hCtx->magic != M_GREEN)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pContext = hCtx->ctx;
+    return CUDA_SUCCESS;
+}
+
+static void ctx_forget_on_this_thread(struct CUctx_st *c);
+
+CUresult sim_cuGreenCtxDestroy(CUgreenCtx hCtx)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!hCtx || hCtx->magic != M_GREEN)
+        return CUDA_ERROR_INVALID_VALUE;
+    ctx_deactivate(hCtx->ctx);
+    ctx_forget_on_this_thread(hCtx->ctx);
+    hCtx->magic = M_DEAD; /* both structs stay allocated: stale handles answer an error */
+    return CUDA_SUCCESS;
 }
 
 static void ctx_forget_on_this_thread(struct CUctx_st *c)
@@ -639,20 +707,46 @@ CUresult sim_cuCtxGetLimit(size_t *pvalue, CUlimit limit)
         return rc;
     if (!pvalue || (int)limit < 0 || (int)limit > 6)
         return CUDA_ERROR_INVALID_VALUE;
-    static const size_t defaults[] = {1024, 1048576, 8388608, 2, 2048, 0x100, 0};
-    *pvalue = defaults[limit];
+    *pvalue = c->limit[limit];
     return CUDA_SUCCESS;
 }
 
+/* Device bytes a limit's value costs the context, as the real driver backs it: the stack of
+ * every thread that can be resident (2048 per SM on compute capability 9.0), the device
+ * malloc heap and the printf FIFO themselves. The other limits cost nothing here. */
+static uint64_t limit_cost(CUlimit limit, size_t value)
+{
+    switch ((int)limit) {
+    case 0: /* CU_LIMIT_STACK_SIZE */
+        return (uint64_t)value * (uint64_t)sim_proc.h.cfg.sm_count * 2048u;
+    case 1: /* CU_LIMIT_PRINTF_FIFO_SIZE */
+    case 2: /* CU_LIMIT_MALLOC_HEAP_SIZE */
+        return value;
+    default:
+        return 0;
+    }
+}
+
+/* Growing the stack, heap or printf FIFO grows the context's memory (charged to the card,
+ * CUDA_ERROR_OUT_OF_MEMORY when it does not fit); shrinking gives the difference back. */
 CUresult sim_cuCtxSetLimit(CUlimit limit, size_t value)
 {
     struct CUctx_st *c;
     CUresult rc = sim_current_ctx(&c);
-    (void)value;
     if (rc)
         return rc;
     if ((int)limit < 0 || (int)limit > 6)
         return CUDA_ERROR_INVALID_VALUE;
+    uint64_t was = limit_cost(limit, c->limit[limit]), now = limit_cost(limit, value);
+    if (now > was) {
+        if (sim_mem_reserve(&sim_proc.h, c->device, now - was) != 0)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        c->footprint += now - was;
+    } else if (was > now) {
+        sim_mem_release(&sim_proc.h, c->device, was - now);
+        c->footprint -= was - now;
+    }
+    c->limit[limit] = value;
     return CUDA_SUCCESS;
 }
 

@@ -562,8 +562,22 @@ static void module_free(struct CUmod_st *m)
         free(f);
         f = n;
     }
+    if (m->bytes)
+        sim_mem_release(&sim_proc.h, m->device, m->bytes);
     m->magic = M_DEAD;
     free(m);
+}
+
+/* A loaded module's code and data live in device memory of the current context's card:
+ * module_bytes each, until unloaded (or the process ends). */
+static CUresult module_charge(struct CUmod_st *m, int device)
+{
+    uint64_t b = sim_proc.h.cfg.module_bytes;
+    if (b && sim_mem_reserve(&sim_proc.h, device, b) != 0)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    m->device = device;
+    m->bytes = b;
+    return CUDA_SUCCESS;
 }
 
 static CUresult module_function(struct CUmod_st *m, const char *name, struct CUfunc_st **out)
@@ -600,8 +614,15 @@ static CUresult module_load(CUmodule *module, const void *image)
         return rc;
     if (!module || !image)
         return CUDA_ERROR_INVALID_VALUE;
-    *module = module_new(0);
-    return *module ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+    struct CUmod_st *m = module_new(0);
+    if (!m)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if ((rc = module_charge(m, c->device)) != CUDA_SUCCESS) {
+        module_free(m);
+        return rc;
+    }
+    *module = m;
+    return CUDA_SUCCESS;
 }
 
 CUresult sim_cuModuleLoad(CUmodule *module, const char *fname)
@@ -666,6 +687,14 @@ static CUresult library_load(CUlibrary *library, const void *code, unsigned numJ
     if (!l->module) {
         free(l);
         return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    /* A library is context-independent; the real driver loads it into each context that
+     * uses it. Modelled: charged on the card of the context current at load, if any. */
+    struct CUctx_st *c;
+    if (sim_current_ctx(&c) == CUDA_SUCCESS && (rc = module_charge(l->module, c->device)) != CUDA_SUCCESS) {
+        module_free(l->module);
+        free(l);
+        return rc;
     }
     l->magic = M_LIB;
     *library = l;
@@ -1110,6 +1139,40 @@ CUresult sim_cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph g, const C
     return rc;
 }
 
+/* The generic form: kernel, empty, allocation and free nodes (others: not supported). */
+CUresult sim_cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
+                            size_t ndeps, CUgraphNodeParams *p)
+{
+    CUresult rc = sim_check_init();
+    if (rc)
+        return rc;
+    if (!p || !phGraphNode || !g || g->magic != M_GRAPH || (ndeps && !deps))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sim_knode *k;
+    switch ((int)p->type) {
+    case CU_GRAPH_NODE_TYPE_KERNEL:
+        return sim_cuGraphAddKernelNode_v2(phGraphNode, g, deps, ndeps, &p->kernel);
+    case CU_GRAPH_NODE_TYPE_MEM_ALLOC:
+        return sim_cuGraphAddMemAllocNode(phGraphNode, g, deps, ndeps, &p->alloc);
+    case CU_GRAPH_NODE_TYPE_MEM_FREE:
+        return sim_cuGraphAddMemFreeNode(phGraphNode, g, deps, ndeps, p->free.dptr);
+    case CU_GRAPH_NODE_TYPE_EMPTY:
+        rc = graph_append(g, NULL, 0, 0, &k);
+        if (!rc)
+            *phGraphNode = (CUgraphNode)k;
+        return rc;
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+CUresult sim_cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
+                               const CUgraphEdgeData *edges, size_t ndeps, CUgraphNodeParams *p)
+{
+    (void)edges; /* edge data (ports, programmatic dependencies) is not modelled */
+    return sim_cuGraphAddNode(phGraphNode, g, deps, ndeps, p);
+}
+
 CUresult sim_cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph g, const CUgraphNode *deps,
                                    size_t ndeps, CUdeviceptr dptr)
 {
@@ -1288,12 +1351,22 @@ CUresult sim_cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph g, un
     return CUDA_SUCCESS;
 }
 
+static CUresult graph_upload(CUgraphExec e, CUstream hs, int ptds);
+
+/* CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD uploads the exec at instantiation (on hUploadStream):
+ * its allocation nodes take their memory then; an upload that fails fails the call. */
 static CUresult instantiate_params(CUgraphExec *ph, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p, int ptds)
 {
-    (void)ptds;
     if (!p)
         return CUDA_ERROR_INVALID_VALUE;
     CUresult rc = sim_cuGraphInstantiateWithFlags(ph, g, p->flags);
+    if (rc == CUDA_SUCCESS && (p->flags & CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD) && (*ph)->mem_bytes) {
+        rc = graph_upload(*ph, p->hUploadStream, ptds);
+        if (rc != CUDA_SUCCESS) {
+            sim_cuGraphExecDestroy(*ph);
+            *ph = NULL;
+        }
+    }
     p->hErrNode_out = NULL;
     p->result_out = rc ? CUDA_GRAPH_INSTANTIATE_ERROR : CUDA_GRAPH_INSTANTIATE_SUCCESS;
     return rc;
@@ -1303,6 +1376,18 @@ CUresult sim_cuGraphInstantiateWithParams(CUgraphExec *ph, CUgraph g, CUDA_GRAPH
 { return instantiate_params(ph, g, p, 0); }
 CUresult sim_cuGraphInstantiateWithParams_ptsz(CUgraphExec *ph, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p)
 { return instantiate_params(ph, g, p, 1); }
+
+/* The CUDA 11.0 form (cudaVersion < 12000): flags 0, an error node and a log buffer. */
+CUresult sim_cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                                   char *logBuffer, size_t bufferSize)
+{
+    CUresult rc = sim_cuGraphInstantiateWithFlags(phGraphExec, hGraph, 0);
+    if (phErrorNode)
+        *phErrorNode = NULL;
+    if (logBuffer && bufferSize)
+        logBuffer[0] = 0;
+    return rc;
+}
 
 CUresult sim_cuGraphExecDestroy(CUgraphExec e)
 {

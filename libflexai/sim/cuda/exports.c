@@ -120,10 +120,19 @@ static CUresult private_primary_ctx(CUcontext *pctx, CUdevice dev)
     return rc;
 }
 
+/* cudart also loads its kernels' modules lazily, on first launch, through private paths:
+ * the table's second function loads a module into the current context (costing module_bytes
+ * like cuModuleLoadData) without any exported entry point seeing it. */
+static CUresult private_module_load(CUmodule *module, const void *image)
+{
+    return sim_cuModuleLoadData(module, image);
+}
+
 static const struct {
     size_t size;
     CUresult (*primary_ctx)(CUcontext *, CUdevice);
-} private_table = {sizeof private_table, private_primary_ctx};
+    CUresult (*module_load)(CUmodule *, const void *);
+} private_table = {sizeof private_table, private_primary_ctx, private_module_load};
 
 CUresult sim_cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId)
 {

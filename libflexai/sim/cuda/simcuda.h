@@ -32,7 +32,8 @@ struct CUctx_st {
     unsigned flags;
     int primary;
     int active;                      /* 0 once destroyed (primary: released/reset) */
-    uint64_t footprint;              /* device bytes the context itself costs */
+    uint64_t footprint;              /* device bytes the context itself costs (limits included) */
+    size_t limit[7];                 /* cuCtxSetLimit values (CUlimit order) */
     unsigned long long id;
     pthread_mutex_t lock;            /* protects the stream list */
     struct CUstream_st *streams;     /* every stream of this context, default ones included */
@@ -79,6 +80,8 @@ struct CUfunc_st {
 struct CUmod_st {
     uint32_t magic;
     int from_library;
+    int device;                      /* the card its code was loaded on */
+    uint64_t bytes;                  /* device bytes it costs there (module_bytes; 0: none) */
     pthread_mutex_t lock;
     struct CUfunc_st *funcs;
 };

@@ -448,11 +448,11 @@ static nvmlReturn_t processes(nvmlDevice_t device, unsigned int *count, void *in
         if (n < cap) {
             if (version == 1) {
                 nvmlProcessInfo_v1_t *p = (nvmlProcessInfo_v1_t *)infos + n;
-                p->pid = pid;
+                p->pid = pid + (uint32_t)nv.h.cfg.nvml_pid_offset;
                 p->usedGpuMemory = mem;
             } else {
                 nvmlProcessInfo_t *p = (nvmlProcessInfo_t *)infos + n;
-                p->pid = pid;
+                p->pid = pid + (uint32_t)nv.h.cfg.nvml_pid_offset;
                 p->usedGpuMemory = mem;
                 p->gpuInstanceId = 0xFFFFFFFFu;
                 p->computeInstanceId = 0xFFFFFFFFu;
