@@ -74,6 +74,14 @@ def board_dir_for(slices_dir: str) -> str:
     return os.path.join(os.path.dirname(os.path.normpath(slices_dir)), "boards")
 
 
+def _earlier_board_slot(mount: dict, targets: set[str]) -> bool:
+    """A mount of another slice's board slot (or card directory) in a spec this module edited
+    before, while `targets` mounts this slice's board."""
+    dest = str(mount.get("destination") or "")
+    return dest.startswith(BOARD_DIR_IN_CONTAINER + "/") and any(
+        t.startswith(BOARD_DIR_IN_CONTAINER + "/") for t in targets)
+
+
 def board_name(card_uuid: str, card_index: int) -> str:
     """A card's board directory name, as libflexai/compute.c board_open derives it."""
     return card_dir_name(card_uuid, card_index)
@@ -172,7 +180,10 @@ def apply(spec: dict, injection: Injection) -> dict:
         resources["devices"] = rules
 
     targets = {m.destination for m in injection.mounts}
-    mounts = [m for m in spec.get("mounts") or [] if m.get("destination") not in targets]
+    # a board slot's destination names its slice: one left by an earlier slice of this bundle
+    # (a bundle run again) is flexai's too, and its file is gone
+    mounts = [m for m in spec.get("mounts") or []
+              if m.get("destination") not in targets and not _earlier_board_slot(m, targets)]
     mounts += [
         {
             "destination": m.destination,

@@ -66,6 +66,21 @@ def test_applying_twice_equals_applying_once():
     assert edited(once) == once
 
 
+def test_a_bundle_run_again_for_another_slice_keeps_no_board_mount_of_the_first():
+    """Each slice's board slot is mounted at a path that names it: a bundle run again (a new
+    container, a new slice) must not keep the first slice's slot, whose file is gone."""
+    from flexai_hook.record import replace
+
+    first = edited()
+    other = replace(RES, container_id="c2", slice_id="fedcba987654")
+    again = spec_mod.apply(first, spec_mod.injection_for(other, (NODE,), HOOK))
+    fresh = spec_mod.apply(minimal_spec(["sh"], env=["FLEXAI_FRACTION=0.25"]),
+                           spec_mod.injection_for(other, (NODE,), HOOK))
+    boards = lambda s: sorted(m["destination"] for m in s["mounts"] if m["destination"].startswith("/run/flexai/boards/"))
+    assert boards(again) == boards(fresh) and len(boards(again)) == 2
+    assert boards(again) != boards(first)
+
+
 def test_unknown_fields_survive_and_input_is_not_modified():
     spec = minimal_spec(["sh"])
     spec["x-vendor"] = {"keep": [1, 2.5, None]}
