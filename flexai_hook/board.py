@@ -120,6 +120,16 @@ def parse_roster(data: bytes) -> tuple[int, list[Entry | None]] | None:
     return generation, slots
 
 
+def read_roster(card_dir: str) -> tuple[int, list[Entry | None]] | None:
+    """(generation, entries) of the roster in `card_dir`, or None when there is none or it is
+    not one."""
+    try:
+        with open(os.path.join(card_dir, ROSTER_NAME), "rb") as f:
+            return parse_roster(f.read(ROSTER_SIZE))
+    except OSError:
+        return None
+
+
 class CardBoards:
     """The boards directory of one flexaid: keeps each card's roster and slot files in step
     with the ledger. flexaid tells it each change (`put`, `drop`; `rebuild` after a rollback)
@@ -149,13 +159,7 @@ class CardBoards:
                 os.unlink(path)  # a board file of an older flexai
             os.makedirs(path, exist_ok=True)
             os.chmod(path, CARD_DIR_MODE)
-            parsed = None
-            try:
-                with open(os.path.join(path, ROSTER_NAME), "rb") as f:
-                    parsed = parse_roster(f.read(ROSTER_SIZE))
-            except FileNotFoundError:
-                pass
-            generation, listed = parsed if parsed else (0, [None] * SLOTS)
+            generation, listed = read_roster(path) or (0, [None] * SLOTS)
             self.generation[card] = generation + (generation & 1)  # a write cut short: even again
             self.listed[card] = listed
             self.files[card] = {e.key for e in listed if e}
@@ -229,13 +233,7 @@ class CardBoards:
             card = by_dir.get(directory)
             if card is None:
                 continue
-            parsed = None
-            try:
-                with open(os.path.join(directory, ROSTER_NAME), "rb") as f:
-                    parsed = parse_roster(f.read(ROSTER_SIZE))
-            except OSError:
-                pass
-            generation, listed = parsed if parsed else (self.generation[card], [None] * SLOTS)
+            generation, listed = read_roster(directory) or (self.generation[card], [None] * SLOTS)
             self.generation[card] = max(self.generation[card], generation + (generation & 1))
             self.listed[card] = listed
             try:
