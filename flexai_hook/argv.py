@@ -32,6 +32,7 @@ class Invocation:
     log_path: str | None = None
     log_format: str = "text"
     root: str | None = None
+    debug: bool = False  # runc's global --debug: the runtime may log at debug level too
 
     @property
     def edits_spec(self) -> bool:
@@ -56,8 +57,11 @@ def parse(argv: list[str] | tuple[str, ...]) -> Invocation:
             i += 1
         if value is not None:
             globals_[name.lstrip("-")] = value
+        elif name == "--debug":
+            globals_["debug"] = "true"
         i += 1
     common = dict(
+        debug=globals_.get("debug", "false").lower() not in ("false", "0"),
         log_path=globals_.get("log"),
         log_format=globals_.get("log-format", "text"),
         root=globals_.get("root"),

@@ -305,7 +305,8 @@ class Service:
             return {"ok": False, "error": f"invalid request: {problem}"}
         if op == "reserve":
             return self._reserve(
-                message["container_id"], Request.from_json(message["request"]), message.get("runtime", {}), uid
+                message["container_id"], Request.from_json(message["request"]), message.get("runtime", {}), uid,
+                pod=message.get("pod"),
             )
         if op == "release":
             # From a poststop hook the id comes inside the OCI state it forwards.
@@ -342,8 +343,10 @@ class Service:
         except RequestError as exc:
             return {"ok": False, "error": str(exc)}
         if request is None:
+            log.debug("no slice for %s: %s", container_id, prepare.no_request_reason(spec),
+                      extra=supervisor.fields(container_id))
             return {"ok": True, "spec": None}
-        reply = self._reserve(container_id, request, message["runtime"], uid)
+        reply = self._reserve(container_id, request, message["runtime"], uid, pod=prepare.pod_of(spec))
         if not reply["ok"]:
             return reply
         try:
@@ -385,7 +388,8 @@ class Service:
                  extra=supervisor.fields(container_id, updated.slice_id, updated.card_uuid))
         return {"ok": True, "reservation": updated.to_json()}
 
-    def _reserve(self, container_id: str, request: Request, runtime: dict, uid: int = access.ROOT_UID) -> dict:
+    def _reserve(self, container_id: str, request: Request, runtime: dict, uid: int = access.ROOT_UID,
+                 pod: dict | None = None) -> dict:
         why = access.runtime_refused(runtime, self.runtimes)
         if why is not None:
             log.warning("refused %s: %s", container_id, why, extra=supervisor.fields(container_id))
@@ -405,6 +409,7 @@ class Service:
                 runtime=runtime,
                 workload=self.workload,
                 owner_uid=uid,
+                pod=pod,
             )
         except ledger_mod.PlacementError as exc:
             log.warning("cannot place %s: %s", container_id, exc, extra=supervisor.fields(container_id))
@@ -417,8 +422,12 @@ class Service:
             self.file.line(reservation)  # its journal line, cached for the batch's delta
             self.ledger = new
             if log.isEnabledFor(logging.INFO):  # skip building the journal fields when nobody logs them
-                log.info("reserved slice %s for %s on card %d (%s): %d bytes, %d%% compute",
-                         reservation.slice_id, container_id, reservation.card_index, reservation.card_uuid,
+                from .kube import describe
+
+                pod = describe(reservation.pod)
+                log.info("reserved slice %s for %s%s on card %d (%s): %d bytes, %d%% compute",
+                         reservation.slice_id, container_id, f" (pod {pod})" if pod else "",
+                         reservation.card_index, reservation.card_uuid,
                          reservation.memory_bytes, reservation.compute,
                          extra=supervisor.fields(container_id, reservation.slice_id, reservation.card_uuid))
         return {"ok": True, "reservation": reservation.to_json()}

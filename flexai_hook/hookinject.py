@@ -168,11 +168,15 @@ def create_container(state_raw: bytes) -> int:
     except RequestError as exc:
         raise HookFailure(str(exc)) from None
     if request is None:
-        return 0
+        return 0  # no request, or a Kubernetes pod sandbox (CRI-O runs hooks.d for those too)
     socket = client.socket_path()
+    message = {"op": "reserve", "container_id": container_id, "request": request.to_json(),
+               "runtime": runtime_of(state)}
+    pod = prepare.pod_of({"annotations": annotations})
+    if pod:
+        message["pod"] = pod
     try:
-        reply = client.call({"op": "reserve", "container_id": container_id, "request": request.to_json(),
-                             "runtime": runtime_of(state)}, socket)
+        reply = client.call(message, socket)
     except client.DaemonUnavailable as exc:
         raise HookFailure(str(exc)) from None
     except client.DaemonRefused as exc:

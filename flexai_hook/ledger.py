@@ -166,12 +166,14 @@ def reserve(
     new_id: Callable[[], str] = lambda: secrets.token_hex(6),
     workload: placement.Workload | None = None,
     owner_uid: int = 0,
+    pod: Mapping | None = None,
 ) -> tuple[Ledger, Reservation]:
     """Place `request` for `container_id`. Idempotent: a known container gets its reservation.
 
     `workload` is the request mix fgd and flexai plan for (the caller learns it, see
     `observe`); None means placement's default mix. `owner_uid` is recorded as the slice's
-    owner (who besides root may change it: flexai_hook/access.py)."""
+    owner (who besides root may change it: flexai_hook/access.py); `pod` the Kubernetes pod's
+    name and namespace (kube.pod_of), shown in status and metrics."""
     existing = ledger.reservations.get(container_id)
     if existing is not None:
         held, asked = (existing.runtime or {}).get("root"), (runtime or {}).get("root")
@@ -215,6 +217,7 @@ def reserve(
         backend=card.backend,
         compute_mode=request.compute_mode,
         owner_uid=owner_uid,
+        pod=dict(pod or {}),
     )
     return _with(ledger, {**ledger.reservations, container_id: reservation}, reservation, 1), reservation
 

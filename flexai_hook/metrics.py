@@ -1,7 +1,9 @@
 """Prometheus text exposition of flexaid's status: a pure function from status to text.
 
 Labels follow NVIDIA dcgm-exporter where they apply (`gpu` = card index, `UUID`, `modelName`)
-so dashboards can join the two; flexai adds `container` and `slice` for per-slice series.
+so dashboards can join the two; flexai adds `container` and `slice` for per-slice series, and
+`pod` and `namespace` (as dcgm-exporter and cAdvisor name them) when the slice's container
+belongs to a Kubernetes pod.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def render(status: dict) -> str:
         add("flexai_card_slices", base, len(card["slices"]))
         used_total = None
         for s in card["slices"]:
-            labels = {**base, "container": s["container_id"], "slice": s["slice_id"]}
+            labels = {**base, "container": s["container_id"], "slice": s["slice_id"], **_pod_labels(s)}
             add("flexai_slice_memory_limit_bytes", labels, s["memory_bytes"])
             add("flexai_slice_compute_limit_percent", labels, s["compute"])
             usage = s.get("usage")
@@ -61,6 +63,11 @@ def render(status: dict) -> str:
         if used_total is not None:
             add("flexai_card_memory_used_bytes", base, used_total)
     return "".join(_block(name, lines) for name, lines in samples.items() if lines)
+
+
+def _pod_labels(slice_: dict) -> dict:
+    pod = slice_.get("pod") or {}
+    return {label: pod[key] for label, key in (("pod", "name"), ("namespace", "namespace")) if pod.get(key)}
 
 
 def _block(name: str, lines: Iterable[str]) -> str:

@@ -14,6 +14,7 @@ import stat
 import struct
 from typing import Mapping
 
+from . import kube
 from . import spec as spec_mod
 from .request import Request, from_container
 from .reservation import Reservation
@@ -30,8 +31,25 @@ def request_of(spec: object) -> Request | None:
         return None
     process = spec.get("process") if isinstance(spec.get("process"), dict) else {}
     env = [e for e in process.get("env") or [] if isinstance(e, str)]
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
-    return from_container(env, {k: str(v) for k, v in annotations.items()})
+    return from_container(env, annotations_of(spec))
+
+
+def annotations_of(spec: object) -> dict[str, str]:
+    """The spec's annotations as strings ({} when it has none or is not an object)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("annotations"), dict):
+        return {}
+    return {k: str(v) for k, v in spec["annotations"].items()}
+
+
+def no_request_reason(spec: object) -> str:
+    """Why a spec that mentions flexai gets no slice, for a debug line."""
+    return kube.sandbox_reason(annotations_of(spec)) or "no FLEXAI_* env or flexai.io/* annotation asks for a slice"
+
+
+def pod_of(spec: object) -> dict[str, str]:
+    """The Kubernetes pod the container belongs to (kube.pod_of), {} outside Kubernetes."""
+    annotations = spec.get("annotations") if isinstance(spec, dict) else None
+    return kube.pod_of(annotations) if isinstance(annotations, dict) else {}
 
 
 def sliced_spec(spec: dict, reservation: Reservation, hook_path: str, socket: str | None,

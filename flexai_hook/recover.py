@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 
 from .devices import Card
+from .kube import pod_of
 from .request import RequestError, from_container
 from .reservation import Reservation
 
@@ -64,6 +65,7 @@ def reservation_from_spec(
         request=request.to_json() if request else {},
         runtime=runtime,
         backend=card.backend,
+        pod=pod_of(spec.get("annotations") or {}),
     )
 
 

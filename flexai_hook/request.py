@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+from .kube import sandbox_reason
 from .record import fields, record
 
 ENV_PREFIX = "FLEXAI_"
@@ -235,7 +236,11 @@ def from_container(env: Iterable[str], annotations: Mapping[str, str]) -> Reques
     Annotations win over env. An unknown flexai.io/* annotation is an error (a typo such as
     flexai.io/fractoin must not silently start an unlimited container); unknown FLEXAI_* env
     names are left alone because the runtime itself writes FLEXAI_* variables for the library.
+    A Kubernetes pod sandbox has no request whatever it carries (kube.sandbox_reason): the CRI
+    copies the pod's flexai.io/* annotations onto it too, and its slice would be held twice.
     """
+    if sandbox_reason(annotations) is not None:
+        return None
     fields: dict[str, str] = {}
     sources: dict[str, str] = {}
     seen_env: set[str] = set()

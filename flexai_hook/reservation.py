@@ -26,12 +26,17 @@ class Reservation:
     backend: str = ""  # the card's device backend ("simulated", "nvml"); "" when not recorded
     compute_mode: str = "work-conserving"  # or "hard": capped at the share even on an idle card
     owner_uid: int = 0  # who reserved it (SO_PEERCRED): root or this uid may change it; old ledgers: root
+    pod: Mapping = {}  # {"name", "namespace"} of its Kubernetes pod (kube.pod_of); {}: none or old ledgers
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["device_paths"] = list(self.device_paths)
         data["request"] = dict(self.request)
         data["runtime"] = dict(self.runtime)
+        if self.pod:
+            data["pod"] = dict(self.pod)
+        else:
+            del data["pod"]  # outside Kubernetes the record stays as it always was
         return data
 
     @classmethod
@@ -40,6 +45,7 @@ class Reservation:
         values["device_paths"] = tuple(values.get("device_paths", ()))
         values["request"] = dict(values.get("request", {}))
         values["runtime"] = dict(values.get("runtime", {}))
+        values["pod"] = dict(values.get("pod") or {})
         return cls(**values)
 
     def slice_conf(self) -> str:

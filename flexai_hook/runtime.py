@@ -72,21 +72,27 @@ def resolve_binary(name: str) -> str:
     )
 
 
-def report(invocation: argv_mod.Invocation, message: str) -> None:
-    """Tell the user why the container did not start: on stderr and in the engine's --log file."""
+def report(invocation: argv_mod.Invocation, message: str, level: str = "error") -> None:
+    """Tell the user why the container did not start: on stderr and in the engine's --log file.
+    At level "debug" (why a container passes through) only in the log, and only when the engine
+    ran the runtime with --debug."""
     import json
     import time
 
     line = f"flexai: {message}"
-    sys.stderr.write(line + "\n")
+    if level == "debug":
+        if not invocation.debug:
+            return
+    else:
+        sys.stderr.write(line + "\n")
     if not invocation.log_path:
         return
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     stamp = stamp[:-2] + ":" + stamp[-2:]  # RFC 3339 offset, as runc's logrus writes it
     if invocation.log_format == "json":
-        entry = json.dumps({"level": "error", "msg": line, "time": stamp})
+        entry = json.dumps({"level": level, "msg": line, "time": stamp})
     else:
-        entry = f"time={json.dumps(stamp)} level=error msg={json.dumps(line)}"
+        entry = f"time={json.dumps(stamp)} level={level} msg={json.dumps(line)}"
     try:
         with open(invocation.log_path, "a") as f:
             f.write(entry + "\n")
@@ -158,6 +164,7 @@ def slice_container(
     except RequestError as exc:
         raise Failure(str(exc)) from None
     if request is None:
+        report(invocation, f"no slice for {invocation.container_id}: {prepare.no_request_reason(spec)}", "debug")
         return False
 
     socket = settings.get("socket")
@@ -165,11 +172,12 @@ def slice_container(
         runtime = {"binary": os.path.abspath(binary)}
         if invocation.root:
             runtime["root"] = os.path.abspath(invocation.root)
-        reply = client.call(
-            {"op": "reserve", "container_id": invocation.container_id, "request": request.to_json(),
-             "runtime": runtime},
-            socket,
-        )
+        message = {"op": "reserve", "container_id": invocation.container_id, "request": request.to_json(),
+                   "runtime": runtime}
+        pod = prepare.pod_of(spec)
+        if pod:
+            message["pod"] = pod
+        reply = client.call(message, socket)
     except client.DaemonUnavailable as exc:
         raise Failure(str(exc)) from None
     except client.DaemonRefused as exc:

@@ -6,6 +6,8 @@ import pwd
 import time
 from typing import Callable
 
+from .kube import describe
+
 GIB = 1 << 30
 
 
@@ -54,6 +56,7 @@ def render(status: dict, socket: str, now: float | None = None,
                 f"{_gib(s['memory_bytes']):>10} {str(s['compute']) + '%':>5} compute  "
                 f"{s['priority']:<6}  {_age(now - s.get('created', now)):>4}  "
                 f"owner {owner(s.get('owner_uid', 0), name_of)}"  # who besides root may change it
+                + (f"  pod {pod}" if (pod := describe(s.get("pod") or {})) else "")
             )
             usage = s.get("usage")
             if usage:

@@ -43,5 +43,5 @@ CASES = [
 def test_parse(argv, sub, cid, bundle, log, fmt, root):
     inv = parse(argv)
     assert inv == Invocation(subcommand=sub, container_id=cid, bundle=bundle, log_path=log,
-                             log_format=fmt, root=root)
+                             log_format=fmt, root=root, debug="--debug" in argv)
     assert inv.edits_spec == (sub in ("create", "run") and cid is not None)
