@@ -196,6 +196,17 @@ def _journal(plan: Plan, failed: dict[str, str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def child_argv() -> list[str]:
+    """The writer child's command line: the parent's interpreter in isolated mode (-I: no
+    PYTHON* variables, and neither the working directory nor a script's folder on sys.path),
+    importing this very package from the folder the parent imported it from. `python -m
+    flexai_hook.writer` would put the daemon's working directory first on sys.path, so a
+    flexaid started from a checkout ran the checkout's (unbuilt) writer instead of its own."""
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {parent!r}); from flexai_hook.writer import main; sys.exit(main())"
+    return [sys.executable, "-I", "-c", code]
+
+
 class WriterGone(RuntimeError):
     pass
 
@@ -209,9 +220,7 @@ class Writer:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flexai_hook.writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            close_fds=True)
+        self.proc = subprocess.Popen(child_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
 
     def fileno(self) -> int:
         """Readable when the outcome of the plan sent last has arrived."""

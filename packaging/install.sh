@@ -10,12 +10,16 @@ usage: bash packaging/install.sh [--demo] [--test] [--deps-only] [--no-start]
 
   --demo       after installing, run `flexai demo`: a busybox container with
                FLEXAI_FRACTION=0.3 through flexai-runtime and runc
-  --test       also install the test dependencies (pytest, hypothesis) and link the
-               package in editable mode, so tests run against this checkout
+  --test       a test environment, not an install: the package in editable mode (tests
+               run against this checkout) with its test dependencies, in its own prefix
+               (default /opt/flexai-test); it never touches /opt/flexai, the commands in
+               /usr/local/bin, /etc/flexai or a running flexaid, and starts nothing
   --deps-only  install packages and the Python package, start nothing
   --no-start   do not start flexaid
 
-Environment: FLEXAI_PREFIX (default /opt/flexai) holds the virtual environment.
+Environment: FLEXAI_PREFIX (default /opt/flexai, with --test /opt/flexai-test) holds the
+virtual environment; FLEXAI_PYTHON (default /usr/bin/python3, the system python, which
+every user can run) creates it.
 USAGE
 }
 
@@ -23,7 +27,7 @@ demo=0 test=0 start=1
 for arg in "$@"; do
   case "$arg" in
     --demo) demo=1 ;;
-    --test) test=1 ;;
+    --test) test=1 start=0 ;;
     --deps-only|--no-start) start=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $arg" >&2; usage >&2; exit 2 ;;
@@ -32,7 +36,11 @@ done
 
 [ "$(id -u)" = 0 ] || { echo "install.sh: run as root (it installs packages and a system daemon)" >&2; exit 1; }
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-prefix=${FLEXAI_PREFIX:-/opt/flexai}
+if [ "$test" = 1 ]; then prefix=${FLEXAI_PREFIX:-/opt/flexai-test}; else prefix=${FLEXAI_PREFIX:-/opt/flexai}; fi
+prefix=$(realpath -m "$prefix")
+# Nothing below may import this checkout by accident: `python -m` puts the working directory
+# first on sys.path, so run from / (and the installed python with -I, which leaves it out).
+cd /
 step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages: runc runs the containers; busybox-static builds demo and test images;
@@ -50,11 +58,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-python=${FLEXAI_PYTHON:-$(command -v python3)}
+# The system python, not the first python3 on PATH: that may be a pyenv build under /root, and a
+# venv made from it fails for every other user with "Permission denied".
+python=${FLEXAI_PYTHON:-/usr/bin/python3}
+venv_base() { realpath -e "$("$prefix/venv/bin/python" -I -c 'import sys; print(sys._base_executable)' 2>/dev/null)" 2>/dev/null || true; }
 if [ ! -x "$prefix/venv/bin/python" ]; then
-  step "creating the virtual environment $prefix/venv"
+  step "creating the virtual environment $prefix/venv with $python"
   mkdir -p "$prefix"
-  "$python" -m venv "$prefix/venv"
+  "$python" -m venv --clear "$prefix/venv"
+elif [ "$(venv_base)" != "$(realpath "$python")" ]; then
+  # e.g. one made from a pyenv python under /root by an earlier install.sh
+  step "re-creating the virtual environment $prefix/venv with $python (it was made with another python)"
+  "$python" -m venv --clear "$prefix/venv"
 fi
 pip=("$prefix/venv/bin/python" -m pip --disable-pip-version-check -q)
 if [ "$test" = 1 ]; then
@@ -67,15 +82,19 @@ fi
 if [ "$test" = 1 ]; then
   # An editable install runs from the checkout: (re)build its C parts there (by mtime).
   step "building libflexai/ in place"
-  "$prefix/venv/bin/python" -m flexai_hook.cbuild >/dev/null
+  "$prefix/venv/bin/python" -I -m flexai_hook.cbuild >/dev/null
 fi
 # flexai-runtime and flexai-hook run on every container start: C front doors + -I -S launchers.
-"$prefix/venv/bin/python" -m flexai_hook.launchers "$prefix/venv/bin" >/dev/null
+"$prefix/venv/bin/python" -I -m flexai_hook.launchers "$prefix/venv/bin" >/dev/null
+getent group flexai >/dev/null || groupadd --system flexai  # flexaid's socket group
+if [ "$test" = 1 ]; then
+  echo "test environment ready: $prefix/venv (the installed commands, /etc/flexai and flexaid are untouched)"
+  exit 0
+fi
 for cmd in flexai flexai-runtime flexai-hook flexaid flexai-smi; do
   if [ -e "$prefix/venv/bin/$cmd" ]; then ln -sf "$prefix/venv/bin/$cmd" "/usr/local/bin/$cmd"; fi
 done
 
-getent group flexai >/dev/null || groupadd --system flexai
 install -d -m 0755 /etc/flexai
 if [ ! -e /etc/flexai/flexaid.json ]; then
   step "writing /etc/flexai/flexaid.json (NVIDIA cards if NVML finds any, else one simulated 16 GiB card)"
