@@ -4,7 +4,10 @@ parse; and the files in runtime-config/ are exactly what install writes."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -279,3 +282,119 @@ def test_runtime_config_files_are_what_install_writes():
         assert (rc / "hooks.d" / name).read_text() == text
     runtimeclass = (rc / "kubernetes-runtimeclass.yaml").read_text()
     assert "kind: RuntimeClass" in runtimeclass and "handler: flexai" in runtimeclass
+
+
+# --- podman: where this Podman reads hooks (issue 17) ----------------------------------------
+
+BUILTIN = "/usr/share/containers/oci/hooks.d"
+
+
+@pytest.mark.parametrize("texts, dirs, source", [
+    ([], [BUILTIN], None),
+    ([("/u", None), ("/e", None)], [BUILTIN], None),
+    ([("/u", '[engine]\n#hooks_dir = ["/usr/share/containers/oci/hooks.d"]\n')], [BUILTIN], None),
+    ([("/u", "[engine]\nevents_logger = \"file\"\n[engine.runtimes]\nrunc = [\"/r\"]\n")], [BUILTIN], None),
+    ([("/u", '[engine]\nhooks_dir = ["/a", "/b"]\n'), ("/e", "[engine]\nruntime = \"crun\"\n")], ["/a", "/b"], "/u"),
+    ([("/u", '[engine]\nhooks_dir = ["/a"]\n'), ("/e", '[engine]\nhooks_dir = ["/c"]\n')], ["/c"], "/e"),
+    ([("/e", '[engine]\nhooks_dir = []\n')], [], "/e"),
+])
+def test_podman_hooks_dirs_follow_the_last_containers_conf_that_sets_them(texts, dirs, source):
+    assert podman.hooks_dirs(texts) == (dirs, source)
+
+
+def test_podman_hooks_dirs_of_a_bad_value_is_a_config_error():
+    with pytest.raises(ConfigError, match="hooks_dir is not a list"):
+        podman.hooks_dirs([("/e", '[engine]\nhooks_dir = "/a"\n')])
+
+
+def test_podman_builtin_hooks_dir_is_the_installed_podmans():
+    """The installed Podman's own default (`podman --help`, with no containers.conf setting it),
+    and its shipped containers.conf leaves it so."""
+    binary = shutil.which("podman")
+    if binary is None:
+        pytest.skip("podman is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as empty:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60,
+                             env={**env, "CONTAINERS_CONF": empty.name})
+    (line,) = [line for line in out.stdout.splitlines() if line.strip().startswith("--hooks-dir")]
+    assert line.rstrip().endswith(f"(default [{' '.join(podman.BUILTIN_HOOKS_DIRS)}])"), line
+    shipped = Path("/usr/share/containers/containers.conf")
+    if shipped.exists():
+        assert podman.hooks_dirs([(str(shipped), shipped.read_text())]) == (list(podman.BUILTIN_HOOKS_DIRS), None)
+
+
+def _old_layout(root, hook="/usr/local/bin/flexai-hook"):
+    """What `flexai install podman` wrote before issue 17: hooks in /etc/containers/oci/hooks.d."""
+    legacy = root / "etc/containers/oci/hooks.d"
+    legacy.mkdir(parents=True)
+    for name, text in podman.hook_texts(hook).items():
+        (legacy / name).write_text(text)
+    (legacy / "other-vendor.json").write_text("{}")
+    return legacy
+
+
+def test_podman_install_without_hooks_dir_writes_where_podman_reads(tmp_path):
+    legacy = _old_layout(tmp_path)
+    plan = podman.plan_install(str(tmp_path / "etc/containers/containers.conf"), runtime_path=RT, root=str(tmp_path))
+    apply(plan)
+    builtin = tmp_path / BUILTIN.lstrip("/")
+    assert sorted(p.name for p in builtin.iterdir()) == ["flexai-release.json", "flexai.json"]
+    assert [p.name for p in legacy.iterdir()] == ["other-vendor.json"]  # flexai's old copies moved, others kept
+    assert not [n for n in plan.notes if "hooks" in n]
+    assert podman.plan_install(str(tmp_path / "etc/containers/containers.conf"), runtime_path=RT,
+                               root=str(tmp_path)).effective == []
+    apply(podman.plan_uninstall(str(tmp_path / "etc/containers/containers.conf"), root=str(tmp_path)))
+    assert list(builtin.iterdir()) == [] and not (tmp_path / "etc/containers/containers.conf").exists()
+
+
+def test_podman_install_follows_a_dropin_hooks_dir(tmp_path):
+    (tmp_path / "usr/share/containers").mkdir(parents=True)
+    (tmp_path / "usr/share/containers/containers.conf").write_text('[engine]\nhooks_dir = ["/x/hooks.d"]\n')
+    dropins = tmp_path / "etc/containers/containers.conf.d"
+    dropins.mkdir(parents=True)
+    (dropins / "50-hooks.conf").write_text('[engine]\nhooks_dir = ["/usr/share/containers/oci/hooks.d", '
+                                           '"/etc/containers/oci/hooks.d"]\n')
+    assert podman.effective_hooks_dirs(str(tmp_path), env={}) == (
+        [str(tmp_path / "usr/share/containers/oci/hooks.d"), str(tmp_path / "etc/containers/oci/hooks.d")],
+        str(dropins / "50-hooks.conf"))
+    apply(podman.plan_install(str(tmp_path / "etc/containers/containers.conf"), runtime_path=RT, root=str(tmp_path)))
+    assert (tmp_path / "etc/containers/oci/hooks.d/flexai.json").exists()  # the last folder wins a name clash
+    assert not (tmp_path / "usr/share/containers/oci/hooks.d").exists()
+
+
+def test_podman_install_into_an_unread_hooks_dir_says_so(tmp_path):
+    plan = podman.plan_install(str(tmp_path / "etc/containers/containers.conf"), str(tmp_path / "mine"),
+                               runtime_path=RT, root=str(tmp_path))
+    (note,) = [n for n in plan.notes if "hooks" in n]
+    assert f"Podman reads hooks only from {tmp_path / BUILTIN.lstrip('/')} (its built-in default" in note
+
+
+def _doctor(root, *args):
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
+    out = subprocess.run([tool("flexai"), "doctor", "--engine", "podman", "--podman-root", str(root), *args,
+                          "--socket", str(root / "none.sock")], capture_output=True, text=True, timeout=60, env=env)
+    return [line for line in out.stdout.splitlines() if "podman:" in line or "fix:" in line], out
+
+
+def test_doctor_fails_hooks_podman_does_not_read_and_passes_after_install(tmp_path):
+    hook = tool("flexai-hook")
+    _old_layout(tmp_path, hook)
+    conf = tmp_path / "etc/containers/containers.conf"
+    conf.write_text(podman.install_conf(None, tool("flexai-runtime")))
+    lines, out = _doctor(tmp_path)
+    assert out.returncode == 1
+    text = "\n".join(lines)
+    assert (f"FAIL  podman: flexai's hooks are in {tmp_path}/etc/containers/oci/hooks.d, which this Podman does "
+            f"not read: it reads {tmp_path}{BUILTIN} (its built-in default; no containers.conf sets hooks_dir)") in text
+    assert "fix: flexai install podman (moves them)" in text
+    assert "ok    podman: hooks in" not in text
+    install = subprocess.run([tool("flexai"), "install", "podman", "--root", tmp_path, "--hook-path", hook,
+                              "--runtime-path", tool("flexai-runtime")], capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"})
+    assert install.returncode == 0, install.stderr
+    assert f"created {tmp_path}{BUILTIN}/flexai.json" in install.stdout
+    assert f"removed {tmp_path}/etc/containers/oci/hooks.d/flexai.json" in install.stdout
+    lines, out = _doctor(tmp_path)
+    assert not [line for line in lines if line.startswith("FAIL  podman")], lines
+    assert f"ok    podman: hooks in {tmp_path}{BUILTIN} (read by Podman: its built-in default)" in "\n".join(lines)

@@ -4,12 +4,16 @@ edited: `--runtime flexai` (the spec is edited) and `--annotation flexai.io/...`
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 import engines_support as es
 from conftest import GIB, tool
+from flexai_hook.engines import podman as podman_engine
 
 VIEW = ("busybox awk '{print $5, $6}' /proc/self/mountinfo | sort; ls -la /dev /run | busybox awk '{print $1, $NF}'; "
         "env | grep -v ^HOSTNAME= | sort; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; id")
@@ -131,3 +135,72 @@ def test_install_uninstall_round_trip_keeps_the_file(engine, tmp_path):
     out = flexai("uninstall", "podman", *args)
     assert out.returncode == 0, out.stderr
     assert conf.read_text() == original and list(hooks.iterdir()) == []
+
+
+def test_install_without_hooks_dir_slices_where_podman_reads_hooks(engine, tmp_path):
+    """Issue 17: no containers.conf sets hooks_dir, so Podman 4.3 reads only its built-in
+    /usr/share/containers/oci/hooks.d, not /etc/containers/oci/hooks.d. `flexai install podman`
+    into a private root; Podman runs in a private mount namespace where that root's
+    /etc/containers and /usr/share/containers stand in for the host's (which stay untouched)."""
+    _, daemon = engine
+    es.need("unshare", "util-linux")
+    root = tmp_path / "root"
+    for host in (Path("/etc/containers"), Path("/usr/share/containers")):
+        if not host.is_dir():
+            pytest.skip(f"{host} is missing: nothing to stand in for")
+        shutil.copytree(host, root / str(host).lstrip("/"), symlinks=True)
+    conf = root / "etc/containers/containers.conf"
+    conf.write_text("".join(line for line in es.BASE_CONTAINERS_CONF.splitlines(True) if "hooks_dir" not in line)
+                    .format(root=tmp_path, runc=es.need("runc", "runc")))
+    assert "hooks_dir = " not in (root / "usr/share/containers/containers.conf").read_text().replace("#hooks_dir", "")
+    storage = tmp_path / "storage.conf"
+    storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path}/graph"\nrunroot = "{tmp_path}/run"\n')
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
+    env["CONTAINERS_STORAGE_CONF"] = str(storage)
+    script = ('mount --bind "$1/etc/containers" /etc/containers && '
+              'mount --bind "$1/usr/share/containers" /usr/share/containers && shift && exec podman "$@"')
+
+    def in_ns(*args):
+        return es.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", root, *args],
+                      timeout=180, env=env)
+
+    device = daemon.cards[0]["device"]
+    probe = ("run", "--rm", "--network", "none", "--runtime", "runc", "--annotation", "flexai.io/fraction=0.3",
+             es.IMAGE, "sh", "-c", f"cat /run/flexai/slice.conf 2>/dev/null; test -c {device} && echo DEVICE; echo RAN")
+    try:
+        loaded = in_ns("load", "-i", es.image_archive(es.make_rootfs(tmp_path / "rootfs"), tmp_path / "image.tar"))
+        if loaded.returncode != 0:
+            pytest.skip(f"podman cannot load an image here: {loaded.stderr.strip()[-500:]}")
+        # where flexai used to write its hooks: Podman does not run them (the container runs unsliced)
+        legacy = root / "etc/containers/oci/hooks.d"
+        legacy.mkdir(parents=True)
+        for name, text in podman_engine.hook_texts(tool("flexai-hook"), {"FLEXAI_SOCKET": daemon.socket}).items():
+            (legacy / name).write_text(text)
+        before = daemon.log().count("reserved slice")
+        out = in_ns(*probe)
+        assert out.returncode == 0 and "RAN" in out.stdout, out.stderr
+        assert "memory_limit" not in out.stdout and daemon.log().count("reserved slice") == before
+        # flexai install finds Podman's folder itself
+        installed = subprocess.run([tool("flexai"), "install", "podman", "--root", root, "--hook-path",
+                                    tool("flexai-hook"), "--runtime-path", tool("flexai-runtime"), "--socket",
+                                    daemon.socket], capture_output=True, text=True, timeout=60, env=env)
+        assert installed.returncode == 0, installed.stderr
+        assert f"created {root}/usr/share/containers/oci/hooks.d/flexai.json" in installed.stdout
+        assert not (legacy / "flexai.json").exists()
+        out = in_ns(*probe)
+        assert out.returncode == 0, out.stderr
+        assert f"memory_limit={16 * GIB * 30 // 100}" in out.stdout and "DEVICE" in out.stdout, out.stdout
+        assert daemon.log().count("reserved slice") == before + 1
+        assert daemon.slices() == []
+        uninstalled = subprocess.run([tool("flexai"), "uninstall", "podman", "--root", root], capture_output=True,
+                                     text=True, timeout=60, env=env)
+        assert uninstalled.returncode == 0, uninstalled.stderr
+        assert list((root / "usr/share/containers/oci/hooks.d").iterdir()) == []
+        out = in_ns(*probe)
+        assert out.returncode == 0 and "memory_limit" not in out.stdout, out.stderr
+    finally:
+        in_ns("rm", "-af", "-t", "0")
+        in_ns("rmi", "-af")
+        es.unmount_under(tmp_path)
+    assert not Path("/usr/share/containers/oci/hooks.d/flexai.json").exists()
+    assert not Path("/etc/containers/oci/hooks.d/flexai.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -20,7 +21,11 @@ def _engine_options(f):
                           f"or {podman.CONTAINERS_CONF})."),
         click.option("--dropin", default=containerd.DROPIN, show_default=True,
                      help="containerd: the drop-in file flexai owns."),
-        click.option("--hooks-dir", default=podman.HOOKS_DIR, show_default=True, help="podman: the OCI hooks directory."),
+        click.option("--hooks-dir", default=None,
+                     help="podman: the OCI hooks directory (default: the one this Podman reads: containers.conf's "
+                          f"engine.hooks_dir, else {podman.BUILTIN_HOOKS_DIRS[0]})."),
+        click.option("--root", default="/", show_default=True,
+                     help="podman: the folder that stands for / when finding Podman's files (image builds, tests)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -43,9 +48,14 @@ def _report(plan: Plan, dry_run: bool) -> None:
         click.echo(f"note: {note}")
 
 
-def _default_config(engine: str, config: str | None) -> str:
-    return config or {"docker": docker.DAEMON_JSON, "containerd": containerd.MAIN_CONFIG,
-                      "podman": podman.CONTAINERS_CONF}[engine]
+def _default_config(engine: str, config: str | None, root: str = "/") -> str:
+    if engine != "podman" and root and os.path.abspath(root) != "/":
+        raise click.UsageError("--root is for podman only")
+    if config:
+        return config
+    if engine == "podman":
+        return podman.in_root(root, podman.CONTAINERS_CONF)
+    return {"docker": docker.DAEMON_JSON, "containerd": containerd.MAIN_CONFIG}[engine]
 
 
 @click.command()
@@ -55,14 +65,14 @@ def _default_config(engine: str, config: str | None) -> str:
 @click.option("--runtime-path", default=None, help="flexai-runtime's path (default: /usr/local/bin/flexai-runtime).")
 @click.option("--hook-path", default=None, help="podman: flexai-hook's path (default: /usr/local/bin/flexai-hook).")
 @click.option("--socket", default=None, help="podman: flexaid socket the hooks use, when not the default.")
-def install(engine, dry_run, config, dropin, hooks_dir, make_default, runtime_path, hook_path, socket):
+def install(engine, dry_run, config, dropin, hooks_dir, root, make_default, runtime_path, hook_path, socket):
     """Register the flexai runtime with ENGINE (docker, containerd or podman).
 
     Edits the engine's config so `--runtime=flexai` (Docker, Podman), RuntimeClass `flexai`
     (containerd/Kubernetes) and, for Podman, any container with a flexai.io/ annotation get a
     slice. Idempotent; every replaced file is kept as FILE.flexai-backup-TIME.
     """
-    config = _default_config(engine, config)
+    config = _default_config(engine, config, root)
     try:
         if engine == "docker":
             plan = docker.plan_install(config, runtime_path, make_default)
@@ -70,7 +80,7 @@ def install(engine, dry_run, config, dropin, hooks_dir, make_default, runtime_pa
             plan = containerd.plan_install(config, dropin, runtime_path, make_default)
         else:
             env = {"FLEXAI_SOCKET": socket} if socket and socket != client.DEFAULT_SOCKET else None
-            plan = podman.plan_install(config, hooks_dir, runtime_path, hook_path, make_default, env)
+            plan = podman.plan_install(config, hooks_dir, runtime_path, hook_path, make_default, env, root)
         _report(plan, dry_run)
     except (ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -79,16 +89,16 @@ def install(engine, dry_run, config, dropin, hooks_dir, make_default, runtime_pa
 @click.command()
 @click.argument("engine", type=click.Choice(ENGINES))
 @_engine_options
-def uninstall(engine, dry_run, config, dropin, hooks_dir):
+def uninstall(engine, dry_run, config, dropin, hooks_dir, root):
     """Remove the flexai runtime from ENGINE's config (the reverse of `flexai install`)."""
-    config = _default_config(engine, config)
+    config = _default_config(engine, config, root)
     try:
         if engine == "docker":
             plan = docker.plan_uninstall(config)
         elif engine == "containerd":
             plan = containerd.plan_uninstall(config, dropin)
         else:
-            plan = podman.plan_uninstall(config, hooks_dir)
+            plan = podman.plan_uninstall(config, hooks_dir, root)
         _report(plan, dry_run)
     except (ConfigError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -102,9 +112,12 @@ def uninstall(engine, dry_run, config, dropin, hooks_dir):
 @click.option("--docker-config", default=docker.DAEMON_JSON, show_default=True)
 @click.option("--containerd-config", default=containerd.MAIN_CONFIG, show_default=True)
 @click.option("--containerd-dropin", default=containerd.DROPIN, show_default=True)
-@click.option("--podman-config", default=podman.CONTAINERS_CONF, show_default=True)
-@click.option("--hooks-dir", default=podman.HOOKS_DIR, show_default=True)
-def doctor(socket, engines, docker_config, containerd_config, containerd_dropin, podman_config, hooks_dir):
+@click.option("--podman-config", default=None, help=f"(default: {podman.CONTAINERS_CONF})")
+@click.option("--hooks-dir", default=None, help="Podman's hooks folder (default: the ones this Podman reads).")
+@click.option("--podman-root", default="/", show_default=True,
+              help="The folder that stands for / when finding Podman's files.")
+def doctor(socket, engines, docker_config, containerd_config, containerd_dropin, podman_config, hooks_dir,
+           podman_root):
     """Check that this host can start sliced containers, and say what to fix.
 
     Engine configs (and whether the engine has read them since they changed), flexaid and its
@@ -112,8 +125,9 @@ def doctor(socket, engines, docker_config, containerd_config, containerd_dropin,
     """
     from . import doctor as doctor_mod
 
+    podman_config = podman_config or podman.in_root(podman_root, podman.CONTAINERS_CONF)
     findings = doctor_mod.run(socket, docker_config, containerd_config, containerd_dropin, podman_config,
-                              hooks_dir, tuple(engines) or ENGINES)
+                              hooks_dir, tuple(engines) or ENGINES, podman_root)
     for finding in findings:
         click.echo(finding.render())
     failed = [f for f in findings if f.level == doctor_mod.FAIL]

@@ -237,17 +237,28 @@ def check_containerd(config: str, dropin: str) -> list[Finding]:
     return out
 
 
-def check_podman(config: str, hooks_dir: str) -> list[Finding]:
+def check_podman(config: str, hooks_dir: str | None = None, root: str = "/") -> list[Finding]:
+    """The runtime entry, and flexai's hook files in a folder this Podman reads (`hooks_dir`:
+    a folder the user named; flexai's files are also looked for where Podman reads hooks and
+    where earlier flexai versions wrote them)."""
+    import json
+
     topic = "podman"
     try:
         text = read_text(config)
         data = tomltext.loads(text, config) if text is not None else {}
+        dirs, source = podman.effective_hooks_dirs(root, config)
     except ConfigError as exc:
         return [Finding(FAIL, topic, str(exc))]
     engine = data.get("engine") or {}
     entry = (engine.get("runtimes") or {}).get(RUNTIME_NAME)
-    hooks = [os.path.join(hooks_dir, n) for n in podman.HOOK_FILES.values()]
-    if entry is None and not any(os.path.exists(h) for h in hooks):
+    candidates = []
+    for d in ([hooks_dir] if hooks_dir else []) + dirs + [podman.in_root(root, d) for d in
+                                                          (podman.LEGACY_HOOKS_DIR, *podman.BUILTIN_HOOKS_DIRS)]:
+        if os.path.abspath(d) not in [os.path.abspath(c) for c in candidates]:
+            candidates.append(d)
+    found = [d for d in candidates if any(os.path.exists(os.path.join(d, n)) for n in podman.HOOK_FILES.values())]
+    if entry is None and not found:
         if shutil.which("podman"):
             return [Finding(WARN, topic, "the flexai runtime and hooks are not configured", "flexai install podman")]
         return []
@@ -256,24 +267,32 @@ def check_podman(config: str, hooks_dir: str) -> list[Finding]:
         out.append(Finding(OK, topic, f"{config} registers runtime flexai -> {entry[0]}"))
     else:
         out.append(Finding(FAIL, topic, f"{config} has no usable flexai runtime entry", "flexai install podman"))
-    for hook_file in hooks:
-        import json
-
-        try:
-            with open(hook_file) as f:
-                hook = json.load(f)["hook"]["path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            out.append(Finding(FAIL, topic, f"{hook_file} is missing or unreadable", "flexai install podman"))
-            continue
-        if not _executable(hook):
-            out.append(Finding(FAIL, topic, f"{hook_file} runs {hook}, which is not an executable",
-                               "flexai install podman"))
-    configured = engine.get("hooks_dir")
-    if configured is not None and os.path.abspath(hooks_dir) not in [os.path.abspath(d) for d in configured]:
-        out.append(Finding(FAIL, topic, f"{config} sets hooks_dir without {hooks_dir}: the annotation path is off",
-                           f"add {hooks_dir!r} to engine.hooks_dir in {config}"))
-    elif all(os.path.exists(h) for h in hooks):
-        out.append(Finding(OK, topic, f"hooks in {hooks_dir} match flexai.io/ annotations"))
+    read = [d for d in found if os.path.abspath(d) in [os.path.abspath(x) for x in dirs]]
+    for directory in found:
+        if directory not in read:
+            out.append(Finding(WARN if read else FAIL, topic, f"flexai's hooks are in {directory}, which this Podman does not read: it "
+                               f"reads {podman.describe_dirs(dirs, source)}; the annotation path is off",
+                               "flexai install podman (moves them)" if not hooks_dir else
+                               f"add {directory!r} to engine.hooks_dir in {config}"))
+    for directory in read or (dirs[-1:] if not found else []):
+        ok = True
+        for name in podman.HOOK_FILES.values():
+            hook_file = os.path.join(directory, name)
+            try:
+                with open(hook_file) as f:
+                    hook = json.load(f)["hook"]["path"]
+            except (OSError, ValueError, KeyError, TypeError):
+                out.append(Finding(FAIL, topic, f"{hook_file} is missing or unreadable", "flexai install podman"))
+                ok = False
+                continue
+            if not _executable(hook):
+                out.append(Finding(FAIL, topic, f"{hook_file} runs {hook}, which is not an executable",
+                                   "flexai install podman"))
+                ok = False
+        if ok:
+            out.append(Finding(OK, topic, f"hooks in {directory} (read by Podman: "
+                               f"{'engine.hooks_dir in ' + source if source else 'its built-in default'}) "
+                               f"match flexai.io/ annotations"))
     if os.environ.get("CONTAINERS_CONF"):
         out.append(Finding(WARN, topic, f"CONTAINERS_CONF={os.environ['CONTAINERS_CONF']} makes podman read only "
                            f"that file", f"add the flexai runtime there too (flexai install podman --config ...)"))
@@ -281,12 +300,13 @@ def check_podman(config: str, hooks_dir: str) -> list[Finding]:
 
 
 def run(socket: str, docker_config: str, containerd_config: str, containerd_dropin: str, podman_config: str,
-        hooks_dir: str, engines: tuple[str, ...] = ("docker", "containerd", "podman")) -> list[Finding]:
+        hooks_dir: str | None, engines: tuple[str, ...] = ("docker", "containerd", "podman"),
+        podman_root: str = "/") -> list[Finding]:
     findings = check_commands() + check_daemon(socket) + check_library() + check_cgroups()
     if "docker" in engines:
         findings += check_docker(docker_config)
     if "containerd" in engines:
         findings += check_containerd(containerd_config, containerd_dropin)
     if "podman" in engines:
-        findings += check_podman(podman_config, hooks_dir)
+        findings += check_podman(podman_config, hooks_dir, podman_root)
     return findings
