@@ -55,8 +55,26 @@ def dynamic_bundle(make_bundle, client_path: str, args: list[str], env: list[str
     shutil.copy2(client_path, rootfs / "bin" / "flexai_client")
     (rootfs / "check.py").write_text(CHECK)
     spec = json.loads((bundle / "config.json").read_text())
-    binds = [(host_dir("/lib/x86_64-linux-gnu"), "/lib/x86_64-linux-gnu"),
-             (host_dir(sys.base_prefix), sys.base_prefix), (host_dir(sys.prefix), sys.prefix)]
+    binds = [(host_dir("/lib/x86_64-linux-gnu"), "/lib/x86_64-linux-gnu"), (host_dir(sys.prefix), sys.prefix)]
+    if os.path.realpath(sys.base_prefix) in ("/usr", "/"):
+        # the system python (the test venv's): its stdlib and interpreter, not the whole /usr,
+        # which would make /usr/lib read-only where flexai mounts its library
+        ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        binds.append((f"/usr/lib/{ver}", f"/usr/lib/{ver}"))
+        # the venv's python is a chain of links to /usr/bin/python3.X: the links as links,
+        # the interpreter as a bind mount
+        path = os.path.join(sys.prefix, "bin", os.path.basename(sys.executable))
+        while os.path.islink(path):
+            target = os.path.join(os.path.dirname(path), os.readlink(path))
+            if not path.startswith(sys.prefix + "/"):
+                link = rootfs / path.lstrip("/")
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to(os.readlink(path))
+            path = os.path.normpath(target)
+        binds.append((path, path))
+    else:
+        binds.append((host_dir(sys.base_prefix), sys.base_prefix))
     for source, dest in binds:
         spec["mounts"].append({"destination": dest, "type": "bind", "source": source,
                                "options": ["rbind", "ro", "nosuid", "nodev"]})
