@@ -31,6 +31,10 @@ DEFAULT_RUNTIMES = (
     "/usr/local/sbin/runc",
     "/usr/bin/crun",
     "/usr/local/bin/crun",
+    # NVIDIA's runc wrapper, which `flexai install docker --default` chains to when it replaces an
+    # `nvidia` default runtime; `state` passes through to runc.
+    "/usr/bin/nvidia-container-runtime",
+    "/usr/local/bin/nvidia-container-runtime",
 )
 
 

@@ -210,8 +210,22 @@ def hook_binary() -> str:
     raise Failure("flexai-hook was not found beside flexai-runtime or on PATH; reinstall flexai")
 
 
+CHAIN_FLAG = "--flexai-runtime="
+
+
+def take_runtime_flag(args: list[str]) -> list[str]:
+    """Leading `--flexai-runtime=PATH` arguments (dockerd's runtimeArgs, written by `flexai install
+    docker --default` when it replaced another default runtime such as nvidia) set the real
+    runtime, as FLEXAI_RUNTIME does; they are taken off what the real runtime gets."""
+    while args and args[0].startswith(CHAIN_FLAG):
+        value = args.pop(0)[len(CHAIN_FLAG):]
+        if value:
+            os.environ["FLEXAI_RUNTIME"] = value
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = take_runtime_flag(list(sys.argv[1:] if argv is None else argv))
     invocation = argv_mod.parse(args)
     try:
         settings = runtime_settings()

@@ -100,14 +100,20 @@ def unmount_under(path: Path) -> None:
 
 # --- flexaid -------------------------------------------------------------------------------
 
-def start_flexaid(root: Path, memories=("16GiB",)) -> Daemon:
-    """A flexaid over simulated cards under `root`, for a whole test module."""
+def start_flexaid(root: Path, memories=("16GiB",), extra_runtimes=()) -> Daemon:
+    """A flexaid over simulated cards under `root`, for a whole test module; `extra_runtimes`:
+    binaries besides runc it may run (reconcile.runtimes)."""
     root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(3)
     cards = [{"name": f"sim-{i}", "uuid": f"GPU-00000000-0000-4000-8000-{secrets.token_hex(6)}",
               "memory": mem, "device": f"/dev/flexai-eng-{token}-{i}"} for i, mem in enumerate(memories)]
     config = {"socket": str(root / "flexaid.sock"), "socket_group": "root", "state_dir": str(root / "state"),
               "slices_dir": str(root / "slices"), "backend": "simulated", "simulated": {"cards": cards}}
+    if extra_runtimes:
+        from flexai_hook import reconcile
+
+        runtimes = [*reconcile.DEFAULT_RUNTIMES, need("runc", "runc"), *map(str, extra_runtimes)]
+        config["reconcile"] = {"runtimes": list(dict.fromkeys(runtimes))}
     (root / "flexaid.json").write_text(json.dumps(config))
     daemon = Daemon(config_path=root / "flexaid.json", socket=config["socket"], state_dir=root / "state",
                     slices_dir=root / "slices", cards=cards, log_path=root / "flexaid.log")

@@ -45,3 +45,13 @@ def test_parse(argv, sub, cid, bundle, log, fmt, root):
     assert inv == Invocation(subcommand=sub, container_id=cid, bundle=bundle, log_path=log,
                              log_format=fmt, root=root, debug="--debug" in argv)
     assert inv.edits_spec == (sub in ("create", "run") and cid is not None)
+
+
+def test_leading_flexai_runtime_flag_names_the_real_runtime_and_is_taken_off(monkeypatch):
+    from flexai_hook import runtime
+
+    monkeypatch.setenv("FLEXAI_RUNTIME", "runc")
+    args = runtime.take_runtime_flag(["--flexai-runtime=/usr/bin/nvidia-container-runtime", "--root", "/r",
+                                      "create", "--flexai-runtime=x"])
+    assert args == ["--root", "/r", "create", "--flexai-runtime=x"]  # only leading ones are flexai's
+    assert runtime.runtime_settings()["runtime"] == "/usr/bin/nvidia-container-runtime"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -47,8 +48,133 @@ def test_docker_install_keeps_other_settings_order_and_indent():
 def test_docker_default_and_uninstall():
     new = docker.install_text(None, RT, default=True)
     assert json.loads(new) == {"runtimes": {"flexai": {"path": RT}}, "default-runtime": "flexai"}
-    assert json.loads(docker.uninstall_text(new)) == {}
+    # a reloaded dockerd only changes what the file sets: explicit values, not deleted keys
+    assert json.loads(docker.uninstall_text(new)) == {"runtimes": {}, "default-runtime": "runc"}
     assert docker.uninstall_text(DAEMON_JSON) == DAEMON_JSON
+
+
+NVIDIA_DEFAULT = """{
+    "default-runtime": "nvidia",
+    "runtimes": {
+        "nvidia": {
+            "args": [],
+            "path": "nvidia-container-runtime"
+        }
+    }
+}
+"""
+
+
+def _meaning(text):
+    """daemon.json as dockerd reads it, key order included: an empty `runtimes` and a `runc`
+    default are what dockerd has without them."""
+    pairs = json.loads(text, object_pairs_hook=lambda kv: [list(p) for p in kv])
+    return [p for p in pairs if p not in (["runtimes", []], ["default-runtime", "runc"])]
+
+
+@pytest.mark.parametrize("original", [
+    None,
+    "{}\n",
+    NVIDIA_DEFAULT,
+    DAEMON_JSON,
+    '{"default-runtime": "runc", "log-level": "warn"}\n',
+    '{"runtimes": {"crun": {"path": "/usr/bin/crun"}}, "default-runtime": "crun", "debug": true}',
+    '{\n\t"runtimes":{"a":{"path":"/bin/a"}} ,\n\t"x" : [1,2,{"y":null}], "default-runtime":"a"}',
+    '{"features": {"buildkit": true}, "runtimes": {}, "data-root": "/srv/d\u00f6cker"}\n',
+])
+@pytest.mark.parametrize("default", [True, False])
+def test_docker_install_uninstall_round_trip_restores_the_original(original, default):
+    installed = docker.install_text(original, RT, default=default)
+    assert docker.install_text(installed, RT, default=default) == installed  # idempotent
+    assert docker.install_text(installed, RT) == installed  # a plain install keeps the default
+    restored = docker.uninstall_text(installed)
+    assert _meaning(restored) == _meaning(original or "{}")
+    data = json.loads(restored)
+    assert data.get("default-runtime") == (json.loads(original or "{}").get("default-runtime") or
+                                           ("runc" if default else None))
+    if original and json.loads(original).get("runtimes") and (json.loads(original).get("default-runtime")
+                                                              or not default):
+        # nothing added to a file that had runtimes (and a default): the same data, and the same
+        # bytes where the file was in the form flexai writes
+        assert json.loads(restored) == json.loads(original)
+        if docker._render(json.loads(original), original) == original:
+            assert restored == original
+    assert docker.uninstall_text(restored) == restored
+
+
+def test_docker_default_chains_to_the_default_it_replaced():
+    new = json.loads(docker.install_text(NVIDIA_DEFAULT, RT, default=True))
+    assert new["default-runtime"] == "flexai"
+    assert new["runtimes"]["flexai"] == {"path": RT, docker.PREVIOUS_KEY: "nvidia",
+                                         "runtimeArgs": ["--flexai-runtime=nvidia-container-runtime"]}
+    assert new["runtimes"]["nvidia"] == {"args": [], "path": "nvidia-container-runtime"}
+    assert docker.uninstall_text(docker.install_text(NVIDIA_DEFAULT, RT, default=True)) == NVIDIA_DEFAULT
+    # runc needs no chain, but is still put back
+    text = docker.install_text('{"default-runtime": "runc"}', RT, default=True)
+    assert json.loads(text)["runtimes"]["flexai"] == {"path": RT, docker.PREVIOUS_KEY: "runc"}
+    assert json.loads(docker.uninstall_text(text)) == {"default-runtime": "runc", "runtimes": {}}
+    # a runtime without a path is run by its name, as dockerd does
+    text = docker.install_text('{"default-runtime": "crun", "runtimes": {"crun": {}}}', RT, default=True)
+    assert json.loads(text)["runtimes"]["flexai"]["runtimeArgs"] == ["--flexai-runtime=crun"]
+
+
+def test_docker_default_install_says_what_it_replaced(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text(NVIDIA_DEFAULT)
+    plan = docker.plan_install(str(path), RT, default=True)
+    assert any("replaced the default runtime 'nvidia': flexai-runtime runs nvidia-container-runtime" in n
+               for n in plan.notes), plan.notes
+
+
+@pytest.mark.parametrize("config, why", [
+    ('{"default-runtime": "gone"}', "is not in"),
+    ('{"default-runtime": "kata", "runtimes": {"kata": {"runtimeType": "io.containerd.kata.v2"}}}', "shim"),
+    ('{"default-runtime": "n", "runtimes": {"n": {"path": "/bin/n", "runtimeArgs": ["--x"]}}}', "runtimeArgs"),
+    ('{"default-runtime": "n", "runtimes": {"n": {"path": "/opt/my runtime/n"}}}', "unquoted"),
+])
+def test_docker_default_refuses_a_default_it_cannot_stand_in_for(config, why):
+    with pytest.raises(ConfigError) as exc:
+        docker.install_text(config, RT, default=True)
+    assert why in str(exc.value) and "\n" not in str(exc.value)
+    docker.install_text(config, RT)  # without --default it is fine
+
+
+def test_docker_uninstall_keeps_an_empty_runtimes_so_a_reload_drops_flexai(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text('{"log-level": "warn"}\n')
+    apply(docker.plan_install(str(path), RT, default=True))
+    apply(docker.plan_uninstall(str(path)))
+    assert json.loads(path.read_text()) == {"log-level": "warn", "runtimes": {}, "default-runtime": "runc"}
+    # a file flexai created stays too (deleting it would leave flexai in a reloaded dockerd)
+    fresh = tmp_path / "fresh.json"
+    apply(docker.plan_install(str(fresh), RT))
+    apply(docker.plan_uninstall(str(fresh)))
+    assert json.loads(fresh.read_text()) == {"runtimes": {}}
+
+
+def test_backups_in_the_same_instant_never_overwrite_each_other(tmp_path, monkeypatch):
+    from flexai_hook import engines
+
+    monkeypatch.setattr(engines, "_stamp", lambda: "20250101T000000.000000")
+    path = tmp_path / "daemon.json"
+    texts = ['{"a": 1}\n', '{"a": 2}\n', '{"a": 3}\n']
+    path.write_text(texts[0])
+    for old, new in zip(texts, texts[1:] + ['{"a": 4}\n']):
+        from flexai_hook.engines import Change, Plan
+        apply(Plan("docker", "install", [Change(str(path), old, new)]))
+    backups = sorted(tmp_path.glob("daemon.json.flexai-backup-*"), key=lambda p: (len(p.name), p.name))
+    assert [b.name for b in backups] == ["daemon.json.flexai-backup-20250101T000000.000000",
+                                         "daemon.json.flexai-backup-20250101T000000.000000-2",
+                                         "daemon.json.flexai-backup-20250101T000000.000000-3"]
+    assert [b.read_text() for b in backups] == texts
+
+
+def test_backup_names_carry_microseconds(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text("{}\n")
+    apply(docker.plan_install(str(path), RT))
+    (backup,) = tmp_path.glob("daemon.json.flexai-backup-*")
+    assert re.fullmatch(r"daemon\.json\.flexai-backup-\d{8}T\d{6}\.\d{6}", backup.name)
 
 
 @pytest.mark.parametrize("text", ['{"runtimes": {', "[1, 2]", '{"runtimes": []}'])

@@ -24,7 +24,8 @@ def flexai(*args, env=None):
 def engine(tmp_path_factory):
     es.need("dockerd", "docker.io")
     root = tmp_path_factory.mktemp("docker")
-    daemon = es.start_flexaid(root / "flexaid")
+    # a stand-in for a vendor's default runtime (nvidia's) that flexai chains to
+    daemon = es.start_flexaid(root / "flexaid", extra_runtimes=[root / "vendor-runtime"])
     containerd = dockerd = None
     try:
         config = es.runtime_config(root, daemon)
@@ -165,3 +166,61 @@ def _wait_runtimes(dockerd, predicate, timeout=20.0):
             return runtimes
         time.sleep(0.2)
     raise AssertionError(f"dockerd runtimes after reload: {sorted(runtimes)}")
+
+
+def test_default_chains_to_the_default_it_replaced_and_uninstall_puts_it_back(engine, tmp_path):
+    """`--default` over another default runtime (here a stand-in for nvidia that notes each
+    create and runs runc): containers without --runtime are sliced and still go through it;
+    uninstall + SIGHUP makes it dockerd's default again and drops flexai from the live daemon."""
+    dockerd, daemon = engine
+    path = dockerd.daemon_json
+    before = path.read_text()
+    seen = tmp_path / "seen"
+    stand_in = dockerd.root.parent / "vendor-runtime"  # on the module flexaid's runtime list
+    stand_in.write_text(f"#!/bin/sh\nfor a; do [ \"$a\" = create ] && echo create >> {seen}; done\n"
+                        f"exec {es.need('runc', 'runc')} \"$@\"\n")
+    stand_in.chmod(0o755)
+    try:
+        out = flexai("uninstall", "docker", "--config", path)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(path.read_text())
+        data["runtimes"]["vendor"] = {"path": str(stand_in), "runtimeArgs": []}
+        data["default-runtime"] = "vendor"
+        original = json.dumps(data, indent=4) + "\n"
+        path.write_text(original)
+        out = flexai("install", "docker", "--default", "--config", path, "--runtime-path", tool("flexai-runtime"))
+        assert out.returncode == 0 and "replaced the default runtime 'vendor'" in out.stdout, out.stdout + out.stderr
+        dockerd.reload()
+        _wait_runtimes(dockerd, lambda r: "flexai" in r and "vendor" in r)
+        info = dockerd.docker("info", "--format", "{{.DefaultRuntime}}")
+        assert info.stdout.strip() == "flexai"
+        run = dockerd.docker("run", "--rm", "--network", "none", "-e", "FLEXAI_FRACTION=0.5",
+                             es.IMAGE, "cat", "/run/flexai/slice.conf")
+        assert run.returncode == 0 and "compute_limit=50" in run.stdout, run.stderr
+        assert seen.read_text() == "create\n"  # flexai-runtime ran the replaced default, not runc
+        assert daemon.slices() == []
+
+        out = flexai("uninstall", "docker", "--config", path)
+        assert out.returncode == 0 and path.read_text() == original, out.stderr
+        dockerd.reload()
+        _wait_runtimes(dockerd, lambda r: "flexai" not in r and "vendor" in r)
+        info = dockerd.docker("info", "--format", "{{.DefaultRuntime}}")
+        assert info.stdout.strip() == "vendor"
+
+        # flexai the only runtime: the emptied "runtimes": {} drops it from the reloaded daemon
+        path.write_text('{"log-level": "warn"}\n')
+        assert flexai("install", "docker", "--default", "--config", path,
+                      "--runtime-path", tool("flexai-runtime")).returncode == 0
+        dockerd.reload()
+        _wait_runtimes(dockerd, lambda r: "flexai" in r and "vendor" not in r)
+        assert flexai("uninstall", "docker", "--config", path).returncode == 0
+        dockerd.reload()
+        _wait_runtimes(dockerd, lambda r: "flexai" not in r)
+        info = dockerd.docker("info", "--format", "{{.DefaultRuntime}}")
+        assert info.stdout.strip() == "runc"
+        plain = dockerd.docker("run", "--rm", "--network", "none", es.IMAGE, "true")
+        assert plain.returncode == 0, plain.stderr
+    finally:
+        path.write_text(before)
+        dockerd.reload()
+        _wait_runtimes(dockerd, lambda r: "flexai" in r)

@@ -94,7 +94,27 @@ def render_diff(plan: Plan) -> str:
 
 
 def backup_path(path: str, stamp: str | None = None) -> str:
-    return f"{path}.flexai-backup-{stamp or time.strftime('%Y%m%dT%H%M%S')}"
+    return f"{path}.flexai-backup-{stamp or _stamp()}"
+
+
+def _stamp() -> str:
+    """Local time to the microsecond: backups sort by when they were taken."""
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
+
+
+def _claim_backup(path: str, stamp: str) -> str:
+    """A backup name for `path` no other backup has, created empty (O_EXCL) so that two installs
+    in the same instant never write over each other's backup: `-2`, `-3`, ... on a clash."""
+    base = backup_path(path, stamp)
+    for n in range(1, 10000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{path}: too many backups named {base}*; remove some")
 
 
 def apply(plan: Plan) -> list[str]:
@@ -104,11 +124,11 @@ def apply(plan: Plan) -> list[str]:
     from ..atomicfile import write_atomically
 
     done: list[str] = []
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = _stamp()
     for change in plan.effective:
         backup = None
         if change.old is not None and change.backup:
-            backup = backup_path(change.path, stamp)
+            backup = _claim_backup(change.path, stamp)
             st = os.stat(change.path)
             write_atomically(backup, change.old.encode(), mode=st.st_mode & 0o7777, owner=(st.st_uid, st.st_gid))
         if change.new is None:

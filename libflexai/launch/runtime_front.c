@@ -46,8 +46,25 @@ static const char *bundle_of(int argc, char **argv, int sub)
     return bundle;
 }
 
+/* `--flexai-runtime=PATH` before everything else (dockerd's runtimeArgs, written by `flexai
+ * install docker --default` when it replaced another default runtime such as nvidia): the real
+ * runtime to run, as FLEXAI_RUNTIME would say. Taken off the argv, which the real runtime gets
+ * otherwise unchanged. Returns the new argc. */
+static int take_runtime_flag(int argc, char **argv)
+{
+    static const char flag[] = "--flexai-runtime=";
+    while (argc > 1 && strncmp(argv[1], flag, sizeof flag - 1) == 0) {
+        if (argv[1][sizeof flag - 1])
+            setenv("FLEXAI_RUNTIME", argv[1] + sizeof flag - 1, 1);
+        memmove(&argv[1], &argv[2], (size_t)(argc - 1) * sizeof *argv); /* with the NULL */
+        argc--;
+    }
+    return argc;
+}
+
 int main(int argc, char **argv)
 {
+    argc = take_runtime_flag(argc, argv);
     int sub = subcommand_index(argc, argv);
     if (sub < argc && (strcmp(argv[sub], "create") == 0 || strcmp(argv[sub], "run") == 0)) {
         const char *bundle = bundle_of(argc, argv, sub);
