@@ -7,6 +7,7 @@ checks only read: files, /proc, flexaid's status, and `docker info` when dockerd
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -15,8 +16,11 @@ from dataclasses import dataclass
 from .. import client
 from . import ConfigError, RUNTIME_NAME, containerd, default_binary, docker, podman, read_text, tomltext
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
-LIBRARY_CANDIDATES = ("/usr/local/lib/flexai/libflexai.so", "/opt/flexai/lib/libflexai.so", "/usr/lib/flexai/libflexai.so")
+OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
+# where dockerd keeps the containerd it starts for itself when it is not given `--containerd`
+DOCKERD_CONTAINERD_DIRS = ("/var/run/docker/containerd", "/run/docker/containerd")
+SYSTEMD_UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
+FLEXAID_DIRECT = ("mkdir -p /var/log/flexai && nohup flexaid --config /etc/flexai/flexaid.json >>/var/log/flexai/flexaid.log 2>&1 </dev/null &")
 
 
 @dataclass(frozen=True)
@@ -42,41 +46,148 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def process_start(name: str) -> tuple[int, float] | None:
-    """(pid, start time as unix time) of the oldest process whose command name is `name`."""
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    comm: str
+    start: float  # unix time
+    cmdline: tuple[str, ...]
+
+
+def processes(proc: str = "/proc") -> list[Process]:
+    """Every process under `proc` (a /proc tree), with its parent, name, start time and argv."""
     try:
-        with open("/proc/stat") as f:
+        with open(os.path.join(proc, "stat")) as f:
             btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, StopIteration):
-        return None
+    except (OSError, StopIteration, ValueError):
+        return []
     ticks = os.sysconf("SC_CLK_TCK")
-    best = None
-    for entry in os.listdir("/proc"):
+    out = []
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return []
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
+            with open(os.path.join(proc, entry, "stat")) as f:
                 raw = f.read()
+            fields = raw[raw.rindex(")") + 2:].split()
+            comm = raw[raw.index("(") + 1: raw.rindex(")")]
+            start = btime + int(fields[19]) / ticks
+            ppid = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        try:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                argv = tuple(a.decode(errors="replace") for a in f.read().split(b"\0") if a)
         except OSError:
-            continue
-        comm = raw[raw.index("(") + 1: raw.rindex(")")]
-        if comm != name:
-            continue
-        start = btime + int(raw[raw.rindex(")") + 2:].split()[19]) / ticks
-        if best is None or start < best[1]:
-            best = (int(entry), start)
-    return best
+            argv = ()
+        out.append(Process(int(entry), ppid, comm, start, argv))
+    return out
 
 
-def _restart_finding(topic: str, process: str, files: list[str], how: str) -> Finding | None:
-    running = process_start(process)
+def process_start(name: str, proc: str = "/proc") -> tuple[int, float] | None:
+    """(pid, start time as unix time) of the oldest process whose command name is `name`."""
+    found = sorted((p for p in processes(proc) if p.comm == name), key=lambda p: p.start)
+    return (found[0].pid, found[0].start) if found else None
+
+
+def systemd_running(root: str = "/") -> bool:
+    """systemd is PID 1 (what sd_booted() checks): only then is `systemctl` advice any use."""
+    return os.path.isdir(os.path.join(root, "run/systemd/system"))
+
+
+def _unit_installed(root: str, unit: str) -> bool:
+    return any(os.path.exists(os.path.join(root, d, unit)) for d in SYSTEMD_UNIT_DIRS)
+
+
+def flexaid_start_fix(systemd: bool, unit_installed: bool) -> str:
+    """How to start flexaid on this host: socket activation where systemd runs and the units are
+    installed, else the daemon itself (as packaging/install.sh starts it without systemd)."""
+    if systemd and unit_installed:
+        return "systemctl start flexaid.socket (or flexaid --config /etc/flexai/flexaid.json)"
+    return FLEXAID_DIRECT
+
+
+def restart_fix(name: str, systemd: bool, pid: int | None = None, cmdline: tuple[str, ...] = (),
+                init_script: bool = False) -> str:
+    """How to make `name` (dockerd or containerd) read its config again, with the command that
+    works on this host: systemctl where systemd is PID 1, else `service` where an init script is
+    installed, else a signal (dockerd reloads on SIGHUP) or a restart as it was started."""
+    if name == "dockerd":
+        if systemd:
+            return docker.RESTART
+        target = str(pid) if pid else "$(pidof dockerd)"
+        return f"reload dockerd so it reads the runtimes again: `kill -HUP {target}`; running containers are not affected"
+    if systemd:
+        return containerd.RESTART
+    if init_script:
+        return ("restart containerd so it reads its config again: `service containerd restart` "
+                "(running containers keep running)")
+    if pid and cmdline:
+        return (f"restart containerd so it reads its config again, the way it was started (no systemd here): "
+                f"`kill {pid}`, then `{shlex.join(cmdline)} &` (running containers keep running)")
+    return "restart containerd so it reads its config again (no systemd here: stop it and start it as before)"
+
+
+def _flag(argv: tuple[str, ...] | list[str], *names: str) -> str | None:
+    """The value of a command-line flag given as `--flag value`, `--flag=value` or `-f value`."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1:]
+    return None
+
+
+def _under(path: str, directory: str) -> bool:
+    path, directory = os.path.normpath(path), os.path.normpath(directory)
+    return path == directory or path.startswith(directory + "/")
+
+
+def containerd_owner(cmdline: tuple[str, ...], parent_comm: str, dockerd_containerd: tuple[str, ...] = ()) -> str:
+    """"dockerd" for the containerd dockerd started for itself (its child, with its config and
+    socket under /var/run/docker/containerd), or one serving only the socket dockerd was given with
+    `--containerd` and not reading the system config; else "system"."""
+    config = _flag(cmdline, "--config", "-c") or containerd.MAIN_CONFIG
+    address = _flag(cmdline, "--address", "-a")
+    if parent_comm == "dockerd":
+        return "dockerd"
+    if any(_under(p, d) for p in (config, address) if p for d in DOCKERD_CONTAINERD_DIRS):
+        return "dockerd"
+    if (address and any(os.path.normpath(address) == os.path.normpath(g) for g in dockerd_containerd)
+            and os.path.normpath(config) != os.path.normpath(containerd.MAIN_CONFIG)):
+        return "dockerd"
+    return "system"
+
+
+def containerd_processes(config: str, proc: str = "/proc") -> tuple[list[Process], list[Process]]:
+    """(the containerd processes that read `config`, dockerd's own containerd processes)."""
+    procs = processes(proc)
+    comm = {p.pid: p.comm for p in procs}
+    given = tuple(g for p in procs if p.comm == "dockerd" for g in [_flag(p.cmdline, "--containerd")] if g)
+    readers, dockers = [], []
+    for p in sorted((p for p in procs if p.comm == "containerd"), key=lambda p: p.start):
+        if containerd_owner(p.cmdline, comm.get(p.ppid, ""), given) == "dockerd":
+            dockers.append(p)
+        elif os.path.normpath(_flag(p.cmdline, "--config", "-c") or containerd.MAIN_CONFIG) == os.path.normpath(config):
+            readers.append(p)
+    return readers, dockers
+
+
+def _restart_finding(topic: str, running: Process | None, files: list[str], how: str,
+                     not_running: str = "") -> Finding:
+    process = topic if running is None else running.comm
     if running is None:
-        return Finding(WARN, topic, f"{process} is not running here; the config takes effect when it starts")
+        return Finding(WARN, topic, not_running or f"{process} is not running here; the config takes effect when it starts")
     changed = max((t for t in (_mtime(f) for f in files) if t is not None), default=None)
-    if changed is not None and changed > running[1]:
-        return Finding(FAIL, topic, f"{process} (pid {running[0]}) started before its config last changed",
-                       how)
-    return Finding(OK, topic, f"{process} (pid {running[0]}) started after its config last changed")
+    if changed is not None and changed > running.start:
+        return Finding(FAIL, topic, f"{process} (pid {running.pid}) started before its config last changed", how)
+    return Finding(OK, topic, f"{process} (pid {running.pid}) started after its config last changed")
 
 
 def check_commands() -> list[Finding]:
@@ -90,7 +201,7 @@ def check_commands() -> list[Finding]:
     return out
 
 
-def check_daemon(socket: str) -> list[Finding]:
+def check_daemon(socket: str, root: str = "/") -> list[Finding]:
     out = []
     try:
         reply = client.call({"op": "status"}, socket, timeout=5)
@@ -98,7 +209,7 @@ def check_daemon(socket: str) -> list[Finding]:
         out.append(Finding(OK, "flexaid", f"answering on {socket}: {len(cards)} card(s)"))
     except client.DaemonUnavailable as exc:
         out.append(Finding(FAIL, "flexaid", str(exc).split("; ")[0],
-                           "systemctl start flexaid.socket (or flexaid --config /etc/flexai/flexaid.json)"))
+                           flexaid_start_fix(systemd_running(root), _unit_installed(root, "flexaid.socket"))))
     except client.DaemonRefused as exc:
         out.append(Finding(FAIL, "flexaid", f"refused a status request: {exc}"))
     try:
@@ -123,20 +234,18 @@ def check_daemon(socket: str) -> list[Finding]:
     return out
 
 
-def library_path() -> str | None:
-    env = os.environ.get("FLEXAI_LIBRARY")
-    for path in ((env,) if env else ()) + LIBRARY_CANDIDATES:
-        if path and os.path.isfile(path):
-            return path
-    return None
+def check_library(lib_dir: str | None = None) -> list[Finding]:
+    """The libflexai.so that flexai-runtime and flexai-hook mount into sliced containers: the one
+    built into this flexai package (flexai_hook/lib/, library.library_path()); without it a
+    sliced container does not start (the runtime fails closed)."""
+    from .. import library
 
-
-def check_library() -> list[Finding]:
-    path = library_path()
-    if path:
-        return [Finding(OK, "library", f"libflexai at {path}")]
-    return [Finding(WARN, "library", "libflexai.so is not installed: sliced containers get their slice file and "
-                    "device but no enforcement of the limits", "build and install libflexai (bash packaging/install.sh)")]
+    path = os.path.join(lib_dir or library.library_dir(), library.LIBRARY_NAME)
+    if os.path.isfile(path):
+        return [Finding(OK, "library", f"libflexai at {path} (mounted into sliced containers as "
+                                       f"{library.LIBRARY_IN_CONTAINER}, named by their /etc/ld.so.preload)")]
+    return [Finding(FAIL, "library", f"{path} is not built: sliced containers cannot start",
+                    "python -m flexai_hook.cbuild with flexai's python (or bash packaging/install.sh)")]
 
 
 def cgroup_version(root: str = "/sys/fs/cgroup") -> str:
@@ -159,7 +268,7 @@ def check_cgroups() -> list[Finding]:
     return [Finding(OK, "cgroups", "cgroup v1")]
 
 
-def check_docker(config: str) -> list[Finding]:
+def check_docker(config: str, root: str = "/", proc: str = "/proc") -> list[Finding]:
     topic = "docker"
     try:
         text = read_text(config)
@@ -169,7 +278,7 @@ def check_docker(config: str) -> list[Finding]:
     if text is None or entry is None:
         if shutil.which("dockerd"):
             return [Finding(WARN, topic, f"{config} does not register the flexai runtime", "flexai install docker")]
-        return []
+        return [Finding(INFO, topic, "dockerd is not installed; not checked")]
     out = []
     path = entry.get("path", "")
     if _executable(path):
@@ -178,14 +287,14 @@ def check_docker(config: str) -> list[Finding]:
         out.append(Finding(FAIL, topic, f"{config} registers runtime flexai -> {path}, which is not an executable",
                            "flexai install docker"))
     loaded = _docker_runtimes()
+    dockerd = sorted((p for p in processes(proc) if p.comm == "dockerd"), key=lambda p: p.start)
+    how = restart_fix("dockerd", systemd_running(root), dockerd[0].pid if dockerd else None)
     if loaded is None:
-        finding = _restart_finding(topic, "dockerd", [config], docker.RESTART)
-        if finding:
-            out.append(finding)
+        out.append(_restart_finding(topic, dockerd[0] if dockerd else None, [config], how))
     elif RUNTIME_NAME in loaded:
         out.append(Finding(OK, topic, "the running dockerd knows the flexai runtime"))
     else:
-        out.append(Finding(FAIL, topic, "the running dockerd does not know the flexai runtime yet", docker.RESTART))
+        out.append(Finding(FAIL, topic, "the running dockerd does not know the flexai runtime yet", how))
     return out
 
 
@@ -208,18 +317,31 @@ def _docker_runtimes() -> list[str] | None:
         return None
 
 
-def check_containerd(config: str, dropin: str) -> list[Finding]:
+def check_containerd(config: str, dropin: str, root: str = "/", proc: str = "/proc") -> list[Finding]:
+    """containerd's config imports flexai's drop-in and the containerd that reads `config` has
+    read it since. Only a containerd that flexai was installed into is checked: dockerd's own
+    containerd (and the containerd package Docker pulls in) is not one a user configured."""
     topic = "containerd"
     try:
         main_text = read_text(config)
         dropin_text = read_text(dropin)
-        if main_text is None and dropin_text is None:
-            if shutil.which("containerd"):
-                return [Finding(WARN, topic, "the flexai runtime is not configured", "flexai install containerd")]
-            return []
-        out = []
         data = tomltext.loads(main_text or "", config)
-        if not containerd.imports_cover(data.get("imports") or [], config, dropin):
+        imported = main_text is not None and containerd.imports_cover(data.get("imports") or [], config, dropin)
+    except ConfigError as exc:
+        return [Finding(FAIL, topic, str(exc))]
+    if dropin_text is None and not imported:
+        if not shutil.which("containerd"):
+            return [Finding(INFO, topic, "containerd is not installed; not checked")]
+        readers, dockers = containerd_processes(config, proc)
+        if readers:
+            return [Finding(INFO, topic, f"the flexai runtime is not configured for containerd (pid {readers[0].pid}); "
+                            "only needed for Kubernetes, nerdctl or ctr", "flexai install containerd")]
+        mine = f" (pid {dockers[0].pid} is dockerd's own containerd)" if dockers else ""
+        return [Finding(INFO, topic, f"no containerd reads {config} here{mine}; flexai is not configured for it: "
+                        "only needed for Kubernetes, nerdctl or ctr", "flexai install containerd")]
+    out = []
+    try:
+        if not imported:
             out.append(Finding(FAIL, topic, f"{config} does not import {dropin}", "flexai install containerd"))
         if dropin_text is None:
             out.append(Finding(FAIL, topic, f"{dropin} is missing", "flexai install containerd"))
@@ -231,9 +353,15 @@ def check_containerd(config: str, dropin: str) -> list[Finding]:
             out.append(Finding(OK, topic, f"{dropin} registers runtime flexai and is imported by {config}"))
     except ConfigError as exc:
         return [Finding(FAIL, topic, str(exc))]
-    finding = _restart_finding(topic, "containerd", [config, dropin], containerd.RESTART)
-    if finding:
-        out.append(finding)
+    readers, dockers = containerd_processes(config, proc)
+    running = readers[0] if readers else None
+    how = restart_fix("containerd", systemd_running(root), running.pid if running else None,
+                      running.cmdline if running else (), os.path.exists(os.path.join(root, "etc/init.d/containerd")))
+    not_running = ""
+    if dockers:
+        not_running = (f"no containerd that reads {config} is running (pid {dockers[0].pid} is dockerd's own "
+                       "containerd, which does not); the config takes effect when containerd starts")
+    out.append(_restart_finding(topic, running, [config, dropin], how, not_running))
     return out
 
 
@@ -261,7 +389,7 @@ def check_podman(config: str, hooks_dir: str | None = None, root: str = "/") -> 
     if entry is None and not found:
         if shutil.which("podman"):
             return [Finding(WARN, topic, "the flexai runtime and hooks are not configured", "flexai install podman")]
-        return []
+        return [Finding(INFO, topic, "podman is not installed; not checked")]
     out = []
     if entry and any(_executable(p) for p in entry):
         out.append(Finding(OK, topic, f"{config} registers runtime flexai -> {entry[0]}"))
@@ -301,12 +429,14 @@ def check_podman(config: str, hooks_dir: str | None = None, root: str = "/") -> 
 
 def run(socket: str, docker_config: str, containerd_config: str, containerd_dropin: str, podman_config: str,
         hooks_dir: str | None, engines: tuple[str, ...] = ("docker", "containerd", "podman"),
-        podman_root: str = "/") -> list[Finding]:
-    findings = check_commands() + check_daemon(socket) + check_library() + check_cgroups()
+        podman_root: str = "/", root: str = "/", proc: str = "/proc") -> list[Finding]:
+    """Every check; `root` stands for / when looking for systemd and init scripts, `proc` for
+    /proc (tests pass their own)."""
+    findings = check_commands() + check_daemon(socket, root) + check_library() + check_cgroups()
     if "docker" in engines:
-        findings += check_docker(docker_config)
+        findings += check_docker(docker_config, root, proc)
     if "containerd" in engines:
-        findings += check_containerd(containerd_config, containerd_dropin)
+        findings += check_containerd(containerd_config, containerd_dropin, root, proc)
     if "podman" in engines:
         findings += check_podman(podman_config, hooks_dir, podman_root)
     return findings
