@@ -27,6 +27,35 @@ class DaemonRefused(RuntimeError):
     """flexaid answered with an error; str() is its one-line reason."""
 
 
+def unreachable(path: str, exc: OSError, systemd: bool | None = None) -> str:
+    """One line on why flexaid's socket could not be opened, and the fix for that cause: a user
+    the socket's permissions keep out needs its group, not a daemon start."""
+    import errno
+    import os
+
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        group = _group_of(path)
+        join = (f"ask an administrator to add you to the group {group} (`usermod -aG {group} USER`, then "
+                f"log in again)" if group else "ask an administrator for access to it")
+        return f"flexaid's socket {path} is not open to this user ({reason}); {join}, or run as root"
+    if systemd is None:
+        systemd = os.path.isdir("/run/systemd/system")
+    start = ("`systemctl start flexaid.socket`" if systemd
+             else "`flexaid --config /etc/flexai/flexaid.json &`")
+    return f"flexaid is not reachable at {path} ({reason}); start it ({start}) or point FLEXAI_SOCKET at its socket"
+
+
+def _group_of(path: str) -> str | None:
+    import grp
+    import os
+
+    try:
+        return grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        return None
+
+
 def exchange(line: bytes, path: str | None = None, timeout: float = 30.0) -> bytes:
     """Send one request line (ending in a newline) and return the reply line."""
     path = path or socket_path()
@@ -36,12 +65,7 @@ def exchange(line: bytes, path: str | None = None, timeout: float = 30.0) -> byt
         try:
             sock.connect(path)
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise DaemonUnavailable(
-                f"flexaid is not reachable at {path} ({reason}); start it "
-                f"(`flexaid --config /etc/flexai/flexaid.json`, or `systemctl start flexaid.socket` "
-                f"where its units are installed) or point FLEXAI_SOCKET at its socket"
-            ) from None
+            raise DaemonUnavailable(unreachable(path, exc)) from None
         buf = bytearray()
         try:
             try:

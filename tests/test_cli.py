@@ -32,6 +32,42 @@ def test_status_without_daemon_is_one_line(tmp_path):
     assert "flexaid is not reachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_unreachable_says_the_fix_for_its_cause(tmp_path):
+    """Issue 17 item 7: a user the socket's permissions keep out is told to join its group,
+    not to start flexaid; a missing daemon is told how to start it on this host."""
+    import errno
+
+    from flexai_hook import client
+
+    sock = tmp_path / "s.sock"
+    sock.write_bytes(b"")
+    msg = client.unreachable(str(sock), PermissionError(errno.EACCES, "Permission denied"))
+    assert "not open to this user" in msg and "usermod -aG root" in msg and "start it" not in msg
+    gone = FileNotFoundError(errno.ENOENT, "No such file or directory")
+    assert "systemctl start flexaid.socket" in client.unreachable("/x.sock", gone, systemd=True)
+    without = client.unreachable("/x.sock", gone, systemd=False)
+    assert "systemctl" not in without and "flexaid --config /etc/flexai/flexaid.json &" in without
+
+
+def test_status_as_a_user_outside_the_sockets_group_says_to_join_it(make_daemon):
+    """A real non-root user (nobody, no supplementary groups) on the daemon's 0660 socket."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        import pytest
+
+        pytest.skip("needs root and setpriv (util-linux) to run as another user")
+    daemon = make_daemon()
+    os.chmod(os.path.dirname(daemon.socket), 0o755)  # let nobody reach the socket itself
+    for parent in (os.path.dirname(os.path.dirname(daemon.socket)),):
+        os.chmod(parent, os.stat(parent).st_mode | 0o005)
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", tool("flexai"), "status",
+                          "--socket", daemon.socket], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "not open to this user" in out.stderr and "start it" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_render_empty():
     text = status_view.render({"backend": "simulated", "policy": "flexai", "cards": []}, "/s")
     assert "no slices reserved" in text
