@@ -316,12 +316,33 @@ def test_containerd_plan_round_trip_and_drift(tmp_path):
     assert main.read_text() == original and not dropin.exists()
 
 
-def test_containerd_missing_main_config_is_created_and_removed_again(tmp_path):
+@pytest.mark.parametrize("version_output, version", [
+    ("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3", 2),  # Debian 12
+    ("containerd containerd.io 1.7.27 05044ec0a9a75232cad458027ca83437aae3f4da", 2),
+    ("containerd github.com/containerd/containerd/v2 v2.1.4 75cb2b7193e4e490e9fbdc236c0e811ccaba3376", 3),
+    ("containerd containerd.io v2.0.0 207ad711eabd375a01713109a8a197d197ff6542", 3),
+    (None, 2), ("", 2), ("containerd: not a version", 2),  # no containerd: the version both read
+])
+def test_containerd_missing_main_config_is_created_in_the_installed_containerds_version_and_removed_again(
+        tmp_path, version_output, version):
     main, dropin = tmp_path / "config.toml", tmp_path / "conf.d" / "flexai.toml"
-    apply(containerd.plan_install(str(main), str(dropin), RT))
-    assert tomllib.loads(main.read_text()) == {"version": 2, "imports": [str(dropin)]}
+    apply(containerd.plan_install(str(main), str(dropin), RT, containerd_version=lambda: version_output))
+    assert tomllib.loads(main.read_text()) == {"version": version, "imports": [str(dropin)]}
+    assert tomllib.loads(dropin.read_text())["version"] == version
+    assert list(tomllib.loads(dropin.read_text())["plugins"]) == [containerd.plugin_id(version)]
     apply(containerd.plan_uninstall(str(main), str(dropin)))
     assert not main.exists() and not dropin.exists()
+
+
+def test_containerd_version_is_asked_only_without_a_main_config(tmp_path):
+    main, dropin = tmp_path / "config.toml", tmp_path / "conf.d" / "flexai.toml"
+    main.write_text("version = 2\n")
+
+    def never() -> str:
+        raise AssertionError("containerd --version asked although config.toml says its version")
+
+    plan = containerd.plan_install(str(main), str(dropin), RT, containerd_version=never)
+    assert "io.containerd.grpc.v1.cri" in plan.changes[0].new
 
 
 # --- podman --------------------------------------------------------------------------------
@@ -403,6 +424,8 @@ def test_runtime_config_files_are_what_install_writes():
     assert json.loads((rc / "docker-daemon.json").read_text()) == json.loads(docker.install_text(None, RT))
     assert (rc / "containerd-flexai.toml").read_text() == containerd.dropin_text(
         containerd.DEFAULT_MAIN, RT, main_path=containerd.MAIN_CONFIG)[0]
+    assert (rc / "containerd-flexai-v3.toml").read_text() == containerd.dropin_text(  # containerd 2.x
+        containerd.default_main(3), RT, main_path=containerd.MAIN_CONFIG)[0]
     assert (rc / "containers.conf").read_text() == podman.install_conf(None, RT)
     for name, text in podman.hook_texts("/usr/local/bin/flexai-hook").items():
         assert (rc / "hooks.d" / name).read_text() == text

@@ -8,7 +8,9 @@ The drop-in registers the `flexai` runtime with the CRI plugin (so Kubernetes po
 - `pod_annotations` and `container_annotations` let `flexai.io/*` through to the OCI spec;
 - with --default, `default_runtime_name = "flexai"`.
 
-The main config gets the drop-in's path added to its `imports` (nothing else in it changes).
+The main config gets the drop-in's path added to its `imports` (nothing else in it changes); a
+missing one is created in the config version of the installed containerd (`containerd
+--version`: 3 for 2.x, else 2), since the drop-in must not have a higher version than it.
 
 Config version 2 (containerd 1.x) merges an imported file by replacing whole plugin sections,
 so a drop-in that only named the flexai runtime would wipe every other CRI setting (CNI
@@ -23,6 +25,10 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
 
 from . import ANNOTATION_GLOB, RUNTIME_NAME, Change, ConfigError, Plan, default_binary, read_text
 from . import tomltext
@@ -212,14 +218,37 @@ def _imported_before(main_text: str, main_path: str, dropin: str) -> list[tuple[
     return out
 
 
-DEFAULT_MAIN = "version = 2\n"
+DEFAULT_MAIN = "version = 2\n"  # read by containerd 1.x and (converted) by 2.x
+
+
+def config_version_for(version_output: str | None) -> int:
+    """The config version a main config flexai creates gets, from `containerd --version`'s line:
+    3 for containerd 2.x (its own format), else 2 (which 1.x and 2.x both read)."""
+    found = re.search(r"\sv?(\d+)\.\d+", version_output or "")
+    return 3 if found and int(found.group(1)) >= 2 else 2
+
+
+def default_main(version: int) -> str:
+    return f"version = {version}\n"
+
+
+def installed_version() -> str | None:
+    """`containerd --version` of the containerd on PATH, None when there is none."""
+    binary = shutil.which("containerd")
+    if binary is None:
+        return None
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def plan_install(config: str = MAIN_CONFIG, dropin: str = DROPIN, runtime_path: str | None = None,
-                 default: bool = False) -> Plan:
+                 default: bool = False, containerd_version: Callable[[], str | None] = installed_version) -> Plan:
+    """`containerd_version` is asked only when there is no main config to take the version from."""
     runtime_path = runtime_path or default_binary("flexai-runtime")
     main_old = read_text(config)
-    main_text = main_old if main_old is not None else DEFAULT_MAIN
+    main_text = main_old if main_old is not None else default_main(config_version_for(containerd_version()))
     new_dropin, notes = dropin_text(main_text, runtime_path, default,
                                     _imported_before(main_text, config, dropin), config)
     new_main = add_import(main_text, dropin, config)
@@ -237,8 +266,9 @@ def plan_uninstall(config: str = MAIN_CONFIG, dropin: str = DROPIN) -> Plan:
     changes = [Change(dropin, read_text(dropin), None, backup=False)]
     if main_old is not None:
         new_main = remove_import(main_old, dropin, config)
-        changes.append(Change(config, main_old, None if new_main == DEFAULT_MAIN and main_old != DEFAULT_MAIN
-                              and _only_flexai(main_old, dropin, config) else new_main))
+        created = new_main in (default_main(2), default_main(3)) and new_main != main_old
+        changes.append(Change(config, main_old, None if created and _only_flexai(main_old, dropin, config)
+                              else new_main))
     return Plan("containerd", "uninstall", changes, restart=RESTART)
 
 
