@@ -8,11 +8,14 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 
-def image_archive(rootfs: Path, out: Path, name: str = "flexai-busybox", tag: str = "latest") -> Path:
-    """Write the image archive of `rootfs` (one layer, root-owned files) to `out`."""
+def image_archive(rootfs: Path, out: Path, name: str = "flexai-busybox", tag: str = "latest",
+                  cmd: Sequence[str] = ("sh",)) -> Path:
+    """Write the image archive of `rootfs` (one layer, root-owned files) to `out`; `cmd` is the
+    image's default command (a pod sandbox image needs one that keeps running)."""
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as layer:
         for path in sorted(rootfs.rglob("*")):
@@ -35,7 +38,7 @@ def image_archive(rootfs: Path, out: Path, name: str = "flexai-busybox", tag: st
     layer_digest = blob(layer_buf.getvalue())
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
         "history": [{"created_by": "flexai tests: static busybox"}],
     }, sort_keys=True).encode()

@@ -100,9 +100,10 @@ def unmount_under(path: Path) -> None:
 
 # --- flexaid -------------------------------------------------------------------------------
 
-def start_flexaid(root: Path, memories=("16GiB",), extra_runtimes=()) -> Daemon:
+def start_flexaid(root: Path, memories=("16GiB",), extra_runtimes=(), **config_extra) -> Daemon:
     """A flexaid over simulated cards under `root`, for a whole test module; `extra_runtimes`:
-    binaries besides runc it may run (reconcile.runtimes)."""
+    binaries besides runc it may run (reconcile.runtimes); `config_extra`: more of its config
+    (e.g. metrics={"listen": ...})."""
     root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(3)
     cards = [{"name": f"sim-{i}", "uuid": f"GPU-00000000-0000-4000-8000-{secrets.token_hex(6)}",
@@ -114,6 +115,7 @@ def start_flexaid(root: Path, memories=("16GiB",), extra_runtimes=()) -> Daemon:
 
         runtimes = [*reconcile.DEFAULT_RUNTIMES, need("runc", "runc"), *map(str, extra_runtimes)]
         config["reconcile"] = {"runtimes": list(dict.fromkeys(runtimes))}
+    config.update(config_extra)
     (root / "flexaid.json").write_text(json.dumps(config))
     daemon = Daemon(config_path=root / "flexaid.json", socket=config["socket"], state_dir=root / "state",
                     slices_dir=root / "slices", cards=cards, log_path=root / "flexaid.log")
@@ -185,13 +187,16 @@ class Containerd:
                 f'[grpc]\n  address = "{self.address}"\n\n[ttrpc]\n  address = "{self.address}.ttrpc"\n\n'
                 f'[debug]\n  address = ""\n\n[metrics]\n  address = ""\n')
 
-    def start(self) -> "Containerd":
+    def start(self, config: Path | None = None) -> "Containerd":
+        """Start containerd with `config` (default: config_text() written to root/config.toml)."""
         binary = need("containerd", "containerd")
         need("ctr", "containerd")
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.toml").write_text(self.config_text())
+        if config is None:
+            config = self.root / "config.toml"
+            config.write_text(self.config_text())
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([binary, "--config", str(self.root / "config.toml")], stdout=log, stderr=log,
+        self.proc = subprocess.Popen([binary, "--config", str(config)], stdout=log, stderr=log,
                                      env=self.env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 30
