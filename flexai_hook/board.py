@@ -1,4 +1,4 @@
-"""The card boards that libflexai's compute controllers share (libflexai/controller.h).
+"""The card boards that libflexai's compute controllers share (libflexai/core/controller.h).
 
 One directory per card under the boards directory (/run/flexai/boards, root's, 0700):
 
@@ -63,7 +63,7 @@ def slot_name(key: int) -> str:
 
 
 def card_dir_name(card_uuid: str, card_index: int) -> str:
-    """A card's board directory name, as libflexai/compute.c board_open derives it."""
+    """A card's board directory name, as libflexai/core/gate.c board_open derives it."""
     return card_uuid.replace("/", "_") if card_uuid else f"card{card_index}"
 
 

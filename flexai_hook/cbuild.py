@@ -39,7 +39,8 @@ class Target:
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("libflexai.so", (".",), ("dl", "pthread"), "libflexai.so"),
+    # the front door (route.c), the vendor-neutral core, and one folder per vendor front end
+    Target("libflexai.so", (".", "core", "cuda", "nvml", "acl"), ("dl", "pthread"), "libflexai.so"),
     Target("sim/libcuda.so.1", ("sim/cuda", "sim/common"), ("pthread", "rt", "m"), "libcuda.so.1"),
     Target("sim/libnvidia-ml.so.1", ("sim/nvml", "sim/common"), ("pthread", "rt", "m"),
            "libnvidia-ml.so.1"),

@@ -167,7 +167,7 @@ class Service:
     def _host_files(self) -> None:
         """What every slice of this host shares: /etc/ld.so.preload for sliced containers,
         the simulator's card list (simulated backend) and the card boards directory
-        (libflexai/controller.h). Checked on each batch that creates slices: a stat or two."""
+        (libflexai/core/controller.h). Checked on each batch that creates slices: a stat or two."""
         preload = preload_file_for(self.config.slices_dir)
         if not self._host_files_written or not os.path.exists(preload):
             text = library.preload_text().encode()

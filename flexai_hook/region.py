@@ -358,7 +358,7 @@ class ProcessView:
     launches: int
     busy_ns: int
     alive: bool
-    overhead_bytes: int = 0  # driver-held memory beyond the tracked (libflexai/overhead.c)
+    overhead_bytes: int = 0  # driver-held memory beyond the tracked (libflexai/cuda/overhead.c)
 
 
 @dataclass

@@ -57,7 +57,7 @@ class Injection:
     poststop: tuple[Hook, ...] = ()
 
 
-# The card boards (libflexai/controller.h, flexai_hook/board.py): one directory per card,
+# The card boards (libflexai/core/controller.h, flexai_hook/board.py): one directory per card,
 # shared by the slices of every container on it, so their compute controllers see each other.
 BOARD_DIR_IN_CONTAINER = "/run/flexai/boards"
 
@@ -83,7 +83,7 @@ def _earlier_board_slot(mount: dict, targets: set[str]) -> bool:
 
 
 def board_name(card_uuid: str, card_index: int) -> str:
-    """A card's board directory name, as libflexai/compute.c board_open derives it."""
+    """A card's board directory name, as libflexai/core/gate.c board_open derives it."""
     return card_dir_name(card_uuid, card_index)
 
 

@@ -22,7 +22,7 @@
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
-/* ---- CUDA driver ABI (cuda.h) ---------------------------------------------------------- */
+/* ---- CUDA driver ABI (cuda.h) -------------------------------------------------------- */
 typedef int CUresult;
 typedef int CUdevice;
 typedef unsigned long long CUdeviceptr;
@@ -118,7 +118,7 @@ typedef struct {
 #define CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT 2
 typedef int CUdriverProcAddressQueryResult;
 
-/* ---- NVML ABI (nvml.h) ------------------------------------------------------------------ */
+/* ---- NVML ABI (nvml.h) --------------------------------------------------------------- */
 typedef int nvmlReturn_t;
 typedef struct nvmlDevice_st *nvmlDevice_t;
 
@@ -359,13 +359,11 @@ CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphN
 CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
                            const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData,
                            size_t numDependencies, CUgraphNodeParams *nodeParams);
-/* compute.c: captures begun and not ended in this process (stream capture) */
-FLEXAI_HIDDEN int flexai_capture_open(void);
-/* graphmem.c: CUDA-graph memory (docs/libflexai.md) */
+/* cuda/graphmem.c: CUDA-graph memory (docs/libflexai.md) */
 FLEXAI_HIDDEN extern int flexai_graphmem_seen;
 FLEXAI_HIDDEN int flexai_graphmem_captured(CUstream stream, int ptsz, size_t bytes); /* 1: into a capture */
 FLEXAI_HIDDEN CUresult flexai_graphmem_before_launch(CUgraphExec e, CUstream stream, int ptsz);
-/* poolmem.c: stream-ordered pools; settles every pool's charge: 1 when memory was given back */
+/* cuda/poolmem.c: stream-ordered pools; settles every pool's charge: 1 when memory was given back */
 FLEXAI_HIDDEN int flexai_pools_settle(void);
 CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep);
 CUresult cuMemPoolSetAttribute(CUmemoryPool pool, int attr, void *value);
@@ -400,7 +398,7 @@ FLEXAI_SYMBOLS(FLEXAI_DECL_FX)
 #define FLEXAI_ALIAS(name)                                                                   \
     extern __typeof__(name) name __attribute__((alias("fx_" #name), visibility("default")))
 
-/* ---- route.c: finding the real functions ---------------------------------------------- */
+/* ---- route.c: finding the real functions (the front door; core/ never calls it) ------ */
 FLEXAI_HIDDEN void *flexai_real_slow(enum flexai_sym sym);
 FLEXAI_HIDDEN extern void *flexai_real_ptr[FX_COUNT];
 /* The real function behind wrapper `name`, or NULL when the driver does not have it. */
@@ -411,7 +409,7 @@ FLEXAI_HIDDEN extern void *flexai_real_ptr[FX_COUNT];
 FLEXAI_HIDDEN void *flexai_driver_sym(int lib, const char *name);
 FLEXAI_HIDDEN void *flexai_real_dlsym(void *handle, const char *name);
 
-/* ---- limits.c: configuration and the region of this process --------------------------- */
+/* ---- core/limits.c: configuration and the region of this process --------------------- */
 struct flexai_config {
     int enforce;               /* 0: pure pass-through */
     int from_slice_file;       /* limits came from the runtime's slice file */
@@ -431,7 +429,7 @@ struct flexai_config {
     int may_create_region;
 };
 
-/* lease.c: the MiB of the limit this process holds as OFD locks on the region file. */
+/* core/lease.c: the MiB of the limit this process holds as OFD locks on the region file. */
 #define FLEXAI_LEASE_BASE ((int64_t)1 << 40) /* lock offset of unit 0 (slot locks are at 2^30) */
 #define FLEXAI_LEASE_RANGES 64
 struct flexai_lease_range {
@@ -456,7 +454,7 @@ struct flexai_process {
     int slot;
     int64_t held;                  /* bytes this process has charged (private: a bound the
                                       tenant cannot forge through the region) */
-    struct flexai_lease lease;     /* the kernel-kept share of the limit it holds (lease.c) */
+    struct flexai_lease lease;     /* the kernel-kept share of the limit it holds (core/lease.c) */
     int attach_failed;
     int warned;
     /* the slice's card, resolved once the driver is initialised */
@@ -500,7 +498,110 @@ static inline int64_t flexai_context_bytes(const struct flexai_region *r)
     const struct flexai_limits *l = flexai_P.limits;
     return __atomic_load_n(l ? &l->context_memory : &r->context_memory, __ATOMIC_RELAXED);
 }
-/* First use of a context (memory.c): a context can appear without the wrapped creators
+/* 1 when the slice's read-only inputs are unusable: allocations and launches must fail. */
+static inline int flexai_closed(void)
+{
+    return flexai_P.cfg.fail_closed;
+}
+FLEXAI_HIDDEN void flexai_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+FLEXAI_HIDDEN int flexai_parse_size(const char *text, int64_t *bytes, int *share);
+FLEXAI_HIDDEN uint64_t flexai_now_ns(int clock);
+
+/* ---- core/region.c: accounting in the shared region ---------------------------------- */
+FLEXAI_HIDDEN int flexai_region_lock(struct flexai_region *r);
+FLEXAI_HIDDEN void flexai_region_unlock(struct flexai_region *r);
+FLEXAI_HIDDEN int flexai_region_init_lock(struct flexai_region *r);
+FLEXAI_HIDDEN int flexai_region_claim_slot(struct flexai_region *r, int fd, pid_t pid);
+FLEXAI_HIDDEN int flexai_slot_alive(int fd, int slot);
+FLEXAI_HIDDEN void flexai_reclaim_dead(struct flexai_region *r, int fd, int self);
+/* Reserve `bytes` for this process: 1 charged, 0 nothing charged (pass through), -1 full. */
+FLEXAI_HIDDEN int flexai_reserve(int64_t bytes);
+FLEXAI_HIDDEN void flexai_unreserve(int64_t bytes);
+FLEXAI_HIDDEN void flexai_charge_held(int64_t bytes);
+
+/* ---- core/vendors.c: what the core needs from the vendor front ends ------------------ */
+/* The core never calls into cuda/, nvml/ or acl/: each front end registers one of these from a
+ * load-time constructor (priority 101, before the library's own constructor), and the core
+ * asks the registered ones in slot order (tests/test_libflexai_layers.py checks the rule). */
+enum flexai_vendor_slot { FLEXAI_VENDOR_CUDA, FLEXAI_VENDOR_NVML, FLEXAI_VENDOR_ACL, FLEXAI_VENDOR_SLOTS };
+struct flexai_vendor {
+    const char *name;
+    int64_t (*card_memory)(void);        /* the slice's card's memory in bytes; 0 unknown */
+    void (*overhead_refresh)(int force); /* settle driver-held memory beyond the tracked; or NULL */
+};
+FLEXAI_HIDDEN void flexai_vendor_register(enum flexai_vendor_slot slot, const struct flexai_vendor *v);
+/* The first registered vendor's answer, for limits given as a share of the card; 0 unknown. */
+FLEXAI_HIDDEN int64_t flexai_vendor_card_memory(void);
+/* Every registered overhead_refresh (at most once per period on the allocation path). */
+FLEXAI_HIDDEN void flexai_vendor_overhead(int force);
+FLEXAI_HIDDEN extern uint64_t flexai_overhead_next_ns;
+/* On the allocation path: a refresh at most every period; in between, one coarse clock read. */
+static inline void flexai_overhead_tick(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    if (unlikely(now >= __atomic_load_n(&flexai_overhead_next_ns, __ATOMIC_RELAXED)))
+        flexai_vendor_overhead(0);
+}
+FLEXAI_HIDDEN int64_t flexai_memory_used(void);
+FLEXAI_HIDDEN int64_t flexai_memory_limit(void);
+
+/* ---- core/lease.c: the memory budget the kernel keeps -------------------------------- */
+/* Makes this process's leases cover `held_bytes` of a `limit`: 0, or -1 when the slice's
+ * processes together already hold the limit. Caller holds the region lock. */
+FLEXAI_HIDDEN int flexai_lease_cover(struct flexai_lease *l, int fd, int64_t limit, int64_t held_bytes);
+/* Gives back leases beyond `held_bytes` and one spare MiB. Caller holds the region lock. */
+FLEXAI_HIDDEN void flexai_lease_trim(struct flexai_lease *l, int fd, int64_t held_bytes);
+
+/* ---- core/sizemap.c: what each allocation of this process holds ---------------------- */
+enum flexai_kind { FLEXAI_PTR = 1, FLEXAI_VMM = 2, FLEXAI_ARRAY = 3, FLEXAI_MIPMAP = 4 };
+FLEXAI_HIDDEN int flexai_sizemap_put(int kind, uint64_t key, int64_t bytes);
+/* Removes the entry; its size, or -1 when the key is unknown. */
+FLEXAI_HIDDEN int64_t flexai_sizemap_take(int kind, uint64_t key);
+FLEXAI_HIDDEN void flexai_sizemap_after_fork(void);
+#define FLEXAI_IPC 16 /* cuda/vmm.c: a cuIpcOpenMemHandle import, keyed by its pointer */
+
+/* ---- core/gate.c: the compute gate --------------------------------------------------- */
+/* A vendor runtime's device timing, all the compute gate needs of it: events recorded on a
+ * stream around launch batches and the device time between them, and (optional) its stream
+ * capture. cuda/launch.c supplies CUDA's, acl/acl_view.c ACL's; the gate, batching and
+ * controller are the same for both. */
+struct flexai_device_timer {
+    const char *api;                            /* "CUDA", "ACL": for messages */
+    int (*bind)(void);                          /* resolves the runtime's functions: 0 ok */
+    int (*thread_ready)(void);                  /* 1: the calling thread has a context/device */
+    int (*create)(void **ev);                   /* 0 ok */
+    int (*record)(void *ev, void *stream);      /* 0 ok */
+    int (*query)(void *ev);                     /* 1 completed, 0 not yet, -1 error */
+    int (*elapsed_ms)(float *ms, void *start, void *end); /* 0 ok; both completed */
+    void (*destroy)(void *ev);
+    /* stream capture; NULL for a runtime without it */
+    int (*capturing)(void *stream);             /* 1: capturing (or the stream cannot be used) */
+    int (*relax)(int *old);                     /* the thread's capture mode to relaxed: 1 changed */
+    void (*unrelax)(int old);                   /* back to *old */
+};
+/* Before a launch of the slice on `stream` (the runtime's own default-stream value for the
+ * default stream): returns once the launch may go. The first vendor to launch binds the
+ * controller; launches of another vendor in the same process only obey pause. */
+FLEXAI_HIDDEN void flexai_compute_before(const struct flexai_device_timer *timer,
+                                         struct flexai_region *r, void *stream);
+/* After that launch: `ok` when the runtime accepted it. */
+FLEXAI_HIDDEN void flexai_compute_after(const struct flexai_device_timer *timer, int ok);
+/* A stream capture begins on `stream` (before the runtime's call), or ends (after it: ended,
+ * or the begin failed); flexai_capture_open: 1 while any capture of the process is open. */
+FLEXAI_HIDDEN void flexai_capture_begins(const struct flexai_device_timer *timer, void *stream);
+FLEXAI_HIDDEN void flexai_capture_ends(void);
+FLEXAI_HIDDEN int flexai_capture_open(void);
+
+/* ==== vendor front ends: what their files share among themselves ========================== */
+/* The core (core/) never uses anything below; tests/test_libflexai_layers.py checks it. */
+
+/* ---- cuda/memory.c, nvml/nvml_view.c: the slice's card ------------------------------- */
+FLEXAI_HIDDEN int flexai_cu_device(CUdevice *dev);
+FLEXAI_HIDDEN int flexai_nvml_device(nvmlDevice_t *dev);
+/* ---- cuda/memory.c: first use of a context ------------------------------------------- */
+/* A context a context can appear without the wrapped creators
  * (cudart's private export table), so the first allocation/launch of each thread checks the
  * current context's card and charges the process's context; after that, one TLS branch.
  * flexai_ctx_ok is cleared by the wrapped creators and switches (cuCtxSetCurrent,
@@ -526,89 +627,13 @@ static inline int flexai_ctx_moved(void)
                 return ctx_rc_;                                                              \
         }                                                                                    \
     } while (0)
-/* 1 when the slice's read-only inputs are unusable: allocations and launches must fail. */
-static inline int flexai_closed(void)
-{
-    return flexai_P.cfg.fail_closed;
-}
-FLEXAI_HIDDEN void flexai_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-FLEXAI_HIDDEN int flexai_parse_size(const char *text, int64_t *bytes, int *share);
-FLEXAI_HIDDEN uint64_t flexai_now_ns(int clock);
-
-/* ---- region.c: accounting in the shared region ---------------------------------------- */
-FLEXAI_HIDDEN int flexai_region_lock(struct flexai_region *r);
-FLEXAI_HIDDEN void flexai_region_unlock(struct flexai_region *r);
-FLEXAI_HIDDEN int flexai_region_init_lock(struct flexai_region *r);
-FLEXAI_HIDDEN int flexai_region_claim_slot(struct flexai_region *r, int fd, pid_t pid);
-FLEXAI_HIDDEN int flexai_slot_alive(int fd, int slot);
-FLEXAI_HIDDEN void flexai_reclaim_dead(struct flexai_region *r, int fd, int self);
-/* Reserve `bytes` for this process: 1 charged, 0 nothing charged (pass through), -1 full. */
-FLEXAI_HIDDEN int flexai_reserve(int64_t bytes);
-FLEXAI_HIDDEN void flexai_unreserve(int64_t bytes);
-FLEXAI_HIDDEN void flexai_charge_held(int64_t bytes);
-
-/* ---- overhead.c: driver-held memory beyond what was tracked (NVML per process) ---------- */
+/* ---- cuda/overhead.c: driver-held memory beyond what was tracked (NVML per process) --- */
 /* Settles this process's overhead charge now (force) or unless another thread is at it. */
 FLEXAI_HIDDEN void flexai_overhead_refresh(int force);
-FLEXAI_HIDDEN extern uint64_t flexai_overhead_next_ns;
-/* On the allocation path: a refresh at most every period; in between, one coarse clock read. */
-static inline void flexai_overhead_tick(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-    if (unlikely(now >= __atomic_load_n(&flexai_overhead_next_ns, __ATOMIC_RELAXED)))
-        flexai_overhead_refresh(0);
-}
-FLEXAI_HIDDEN int64_t flexai_memory_used(void);
-FLEXAI_HIDDEN int64_t flexai_memory_limit(void);
 
-/* ---- lease.c: the memory budget the kernel keeps ------------------------------------- */
-/* Makes this process's leases cover `held_bytes` of a `limit`: 0, or -1 when the slice's
- * processes together already hold the limit. Caller holds the region lock. */
-FLEXAI_HIDDEN int flexai_lease_cover(struct flexai_lease *l, int fd, int64_t limit, int64_t held_bytes);
-/* Gives back leases beyond `held_bytes` and one spare MiB. Caller holds the region lock. */
-FLEXAI_HIDDEN void flexai_lease_trim(struct flexai_lease *l, int fd, int64_t held_bytes);
-
-/* ---- sizemap.c: what each allocation of this process holds ---------------------------- */
-enum flexai_kind { FLEXAI_PTR = 1, FLEXAI_VMM = 2, FLEXAI_ARRAY = 3, FLEXAI_MIPMAP = 4 };
-FLEXAI_HIDDEN int flexai_sizemap_put(int kind, uint64_t key, int64_t bytes);
-/* Removes the entry; its size, or -1 when the key is unknown. */
-FLEXAI_HIDDEN int64_t flexai_sizemap_take(int kind, uint64_t key);
-FLEXAI_HIDDEN void flexai_sizemap_after_fork(void);
-#define FLEXAI_IPC 16 /* vmm.c: a cuIpcOpenMemHandle import, keyed by its pointer */
-
-/* ---- memory.c / nvml_view.c: the slice's card ---------------------------------------- */
-FLEXAI_HIDDEN int flexai_cu_device(CUdevice *dev);
-FLEXAI_HIDDEN int flexai_nvml_device(nvmlDevice_t *dev);
-
-/* ---- acl_view.c: AscendCL (libascendcl.so) ---------------------------------------- */
+/* ---- acl/acl_view.c: AscendCL (libascendcl.so) --------------------------------------- */
 /* 1 when it answered a dlsym of an acl* name (in *out), 0 to hand the lookup to glibc. */
 FLEXAI_HIDDEN int flexai_acl_dlsym(void *handle, const char *name, void **out);
-/* The slice's Ascend chip's memory in bytes, for limits given as a share; 0 when unknown. */
-FLEXAI_HIDDEN int64_t flexai_acl_card_memory(void);
-
-/* ---- compute.c ------------------------------------------------------------------------ */
-/* A vendor runtime's device timing, all the compute gate needs of it: events recorded on a
- * stream around launch batches and the device time between them. compute.c supplies CUDA's,
- * acl_view.c ACL's; the gate, batching and controller are the same for both. */
-struct flexai_device_timer {
-    const char *api;                            /* "CUDA", "ACL": for messages */
-    int (*bind)(void);                          /* resolves the runtime's functions: 0 ok */
-    int (*thread_ready)(void);                  /* 1: the calling thread has a context/device */
-    int (*create)(void **ev);                   /* 0 ok */
-    int (*record)(void *ev, void *stream);      /* 0 ok */
-    int (*query)(void *ev);                     /* 1 completed, 0 not yet, -1 error */
-    int (*elapsed_ms)(float *ms, void *start, void *end); /* 0 ok; both completed */
-    void (*destroy)(void *ev);
-};
-/* Before a launch of the slice on `stream` (the runtime's own default-stream value for the
- * default stream): returns once the launch may go. The first vendor to launch binds the
- * controller; launches of another vendor in the same process only obey pause. */
-FLEXAI_HIDDEN void flexai_compute_before(const struct flexai_device_timer *timer,
-                                         struct flexai_region *r, void *stream);
-/* After that launch: `ok` when the runtime accepted it. */
-FLEXAI_HIDDEN void flexai_compute_after(const struct flexai_device_timer *timer, int ok);
 
 #pragma GCC visibility pop
 

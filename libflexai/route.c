@@ -323,7 +323,7 @@ static int route_special(void *handle, const char *name, void **out)
         return 1;
     }
     if (name[0] == 'a')
-        return flexai_acl_dlsym(handle, name, out); /* AscendCL: acl_view.c */
+        return flexai_acl_dlsym(handle, name, out); /* AscendCL: acl/acl_view.c */
     return route_dlsym(handle, name, out);
 }
 

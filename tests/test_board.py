@@ -1,5 +1,5 @@
 """The card boards flexaid writes for libflexai's compute controllers (flexai_hook/board.py,
-libflexai/controller.h): the roster's layout and keys match the library's, positions stay put
+libflexai/core/controller.h): the roster's layout and keys match the library's, positions stay put
 while a slice is on the card, and flexaid keeps each card's roster and slot files in step with
 its ledger across reserve, update, release and restarts."""
 
@@ -46,8 +46,8 @@ int main(void) {
 ''')
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     exe = d / "facts"
-    subprocess.run([*cc, "-std=gnu11", "-D_GNU_SOURCE", f"-I{ROOT / 'libflexai'}", str(src),
-                    str(ROOT / "libflexai" / "controller.c"), "-o", str(exe)], check=True, timeout=120)
+    subprocess.run([*cc, "-std=gnu11", "-D_GNU_SOURCE", f"-I{ROOT / 'libflexai'}",
+                    f"-I{ROOT / 'libflexai' / 'core'}", str(src), str(ROOT / "libflexai" / "core" / "controller.c"), "-o", str(exe)], check=True, timeout=120)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 

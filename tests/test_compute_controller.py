@@ -1,4 +1,4 @@
-"""The compute controller (libflexai/controller.c) against a simulated serial card.
+"""The compute controller (libflexai/core/controller.c) against a simulated serial card.
 
 tests/clients/controller_test.c runs slices in simulated time (a discrete-event loop): one
 card that executes kernels one after another in booking order, events whose elapsed time
@@ -28,7 +28,7 @@ def harness(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ctl") / "controller_test"
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     cmd = [*cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE",
-           f"-I{SRC}", str(HARNESS), str(SRC / "controller.c"), "-o", str(out)]
+           f"-I{SRC}", f"-I{SRC / 'core'}", str(HARNESS), str(SRC / "core" / "controller.c"), "-o", str(out)]
     subprocess.run(cmd, check=True, timeout=120)
     return out
 
@@ -80,7 +80,7 @@ def test_queued_work_is_counted_at_the_longest_launch_and_learning_queues_two(tm
     out = tmp_path / "ctl_queue_test"
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     subprocess.run([*cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", f"-I{SRC}",
-                    str(HARNESS.parent / "ctl_queue_test.c"), str(SRC / "controller.c"), "-o", str(out)],
+                    f"-I{SRC / 'core'}", str(HARNESS.parent / "ctl_queue_test.c"), str(SRC / "core" / "controller.c"), "-o", str(out)],
                    check=True, timeout=120)
     done = subprocess.run([str(out)], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "ok" and done.returncode == 0, done.stdout + done.stderr

@@ -2,7 +2,7 @@
 
 On a real card a process's context, loaded modules and libraries, thread stacks and device heap
 take hundreds of MiB no cuMemAlloc asked for; flexaid's context_memory is 0 there. libflexai
-charges what NVML reports for the process beyond what it tracked (libflexai/overhead.c). The
+charges what NVML reports for the process beyond what it tracked (libflexai/cuda/overhead.c). The
 simulated driver models it: a context costs context_bytes, a module or library module_bytes,
 cuCtxSetLimit grows the context (stack x resident threads, heap, printf FIFO), all visible in
 NVML's per-process used memory; nvml_pid_offset makes NVML's pids those of another pid

@@ -106,7 +106,7 @@ def test_forged_limit_in_the_writable_region_changes_nothing(tenant):
 def test_usage_zeroed_in_the_region_does_not_free_the_slice(tenant):
     """Attack 6, the consistent forgery: every usage counter of the region written to zero, so
     the region says the slice is empty while the main process holds 700 MiB. The kernel's
-    leases (libflexai/lease.c) still hold what that process took."""
+    leases (libflexai/core/lease.c) still hold what that process took."""
     procs = offset("struct flexai_region", "procs")
     used = offset("struct flexai_proc", "memory_used")
     seeks = [offset("struct flexai_region", "memory_used")] + [procs + i * 128 + used for i in range(8)]

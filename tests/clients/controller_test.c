@@ -1,4 +1,4 @@
-/* Unit harness for libflexai/controller.c: slices on one simulated serial card, in simulated
+/* Unit harness for libflexai/core/controller.c: slices on one simulated serial card, in simulated
  * time (a discrete-event loop, so results do not depend on the speed of the test machine).
  *
  * The card runs kernels one after another in the order they were booked (FIFO across every

@@ -1,4 +1,4 @@
-/* flexai_ctl_may_queue and the launch estimates it rests on (libflexai/controller.c), as pure
+/* flexai_ctl_may_queue and the launch estimates it rests on (libflexai/core/controller.c), as pure
  * functions: prints "ok" or the first failed check. Built and run by test_compute_controller.py. */
 #include <stdio.h>
 #include <string.h>

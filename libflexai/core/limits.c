@@ -439,26 +439,6 @@ static void fill_header(struct flexai_region *r, const struct flexai_config *cfg
     r->compute.share.priority = (uint32_t)cfg->priority;
 }
 
-/* The card's total memory, for limits given as a share of it; 0 when unknown. */
-static int64_t card_memory(void)
-{
-    CUdevice dev;
-    if (flexai_cu_device(&dev) == 0) {
-        size_t total = 0;
-        __typeof__(&cuDeviceTotalMem_v2) f = REAL(cuDeviceTotalMem_v2);
-        if (f && f(&total, dev) == CUDA_SUCCESS && total > 0)
-            return (int64_t)total;
-    }
-    nvmlDevice_t nd;
-    if (flexai_nvml_device(&nd) == 0) {
-        nvmlMemory_t m;
-        __typeof__(&nvmlDeviceGetMemoryInfo) f = REAL(nvmlDeviceGetMemoryInfo);
-        if (f && f(nd, &m) == NVML_SUCCESS && m.total > 0)
-            return (int64_t)m.total;
-    }
-    return flexai_acl_card_memory(); /* an Ascend chip (acl_view.c) */
-}
-
 static int valid_header(const struct flexai_region *r)
 {
     return __atomic_load_n(&r->magic, __ATOMIC_ACQUIRE) == FLEXAI_REGION_MAGIC &&
@@ -475,7 +455,7 @@ static struct flexai_region *open_region(const struct flexai_config *cfg, int *f
     if (fd < 0 && errno == ENOENT && cfg->may_create_region) {
         int64_t limit = cfg->memory_limit, total = 0;
         if (limit == -1) {
-            total = card_memory();
+            total = flexai_vendor_card_memory();
             if (total <= 0) {
                 errno = EAGAIN;
                 return NULL;
@@ -538,7 +518,7 @@ static struct flexai_region *private_region(const struct flexai_config *cfg, con
 {
     int64_t limit = cfg->memory_limit, total = 0;
     if (limit == -1) {
-        total = card_memory();
+        total = flexai_vendor_card_memory();
         if (total <= 0)
             return NULL;
         limit = total * cfg->memory_share / 100;

@@ -598,3 +598,23 @@ CUresult fx_cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
 FREE_WRAPPER(cuMipmappedArrayDestroy, FLEXAI_MIPMAP, (uintptr_t)hMipmappedArray,
              real(hMipmappedArray))
 FLEXAI_ALIAS(cuMipmappedArrayDestroy);
+
+/* ---- what the core asks of CUDA (core/vendors.c) ---- */
+
+/* The slice's card's memory through the driver, for limits given as a share; 0 unknown. */
+static int64_t cu_card_memory(void)
+{
+    CUdevice dev;
+    size_t total = 0;
+    __typeof__(&cuDeviceTotalMem_v2) f = REAL(cuDeviceTotalMem_v2);
+    if (flexai_cu_device(&dev) != 0 || !f || f(&total, dev) != CUDA_SUCCESS)
+        return 0;
+    return (int64_t)total;
+}
+
+static const struct flexai_vendor CUDA_VENDOR = {"CUDA", cu_card_memory, flexai_overhead_refresh};
+
+__attribute__((constructor(101))) static void cuda_register(void)
+{
+    flexai_vendor_register(FLEXAI_VENDOR_CUDA, &CUDA_VENDOR);
+}

@@ -455,9 +455,9 @@ aclError fx_aclrtDestroyContext(aclrtContext context)
 }
 FLEXAI_ALIAS(aclrtDestroyContext);
 
-/* The chip's memory for limits.c (a limit given as a share of the card): what ACL reports as
- * the total of the current device, which only the slice's chip can be. */
-int64_t flexai_acl_card_memory(void)
+/* The chip's memory for a limit given as a share of the card (core/vendors.c): what ACL
+ * reports as the total of the current device, which only the slice's chip can be; 0 unknown. */
+static int64_t acl_card_memory(void)
 {
     int32_t d;
     if (acl_lib(0) == NULL || slice_device(&d) != 0)
@@ -467,6 +467,13 @@ int64_t flexai_acl_card_memory(void)
     if (info == NULL || info(ACL_HBM_MEM, &free_bytes, &total) != ACL_SUCCESS)
         return 0;
     return (int64_t)total;
+}
+
+static const struct flexai_vendor ACL_VENDOR = {"ACL", acl_card_memory, NULL};
+
+__attribute__((constructor(101))) static void acl_register(void)
+{
+    flexai_vendor_register(FLEXAI_VENDOR_ACL, &ACL_VENDOR);
 }
 
 /* free = what the slice has left (and the card really has), total = the slice. */
@@ -799,6 +806,7 @@ static void acl_destroy(void *ev)
 
 static const struct flexai_device_timer ACL_TIMER = {
     "ACL", acl_bind, acl_thread_ready, acl_create, acl_record, acl_query, acl_elapsed, acl_destroy,
+    NULL, NULL, NULL, /* no stream capture in this runtime's launch path */
 };
 
 static inline struct flexai_region *launch_begin(aclrtStream stream)

@@ -254,3 +254,23 @@ nvmlReturn_t fx_nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t device, unsign
                                                      nvmlProcessInfo_v1_t *infos)
 PROCESS_LIST(nvmlDeviceGetComputeRunningProcesses, nvmlProcessInfo_v1_t, (void)0)
 FLEXAI_ALIAS(nvmlDeviceGetComputeRunningProcesses);
+
+/* ---- what the core asks of NVML (core/vendors.c) ---- */
+
+/* The slice's card's memory as NVML reports it, when the driver API is not in use; 0 unknown. */
+static int64_t nvml_card_memory(void)
+{
+    nvmlDevice_t nd;
+    nvmlMemory_t m;
+    __typeof__(&nvmlDeviceGetMemoryInfo) f = REAL(nvmlDeviceGetMemoryInfo);
+    if (flexai_nvml_device(&nd) != 0 || !f || f(nd, &m) != NVML_SUCCESS)
+        return 0;
+    return (int64_t)m.total;
+}
+
+static const struct flexai_vendor NVML_VENDOR = {"NVML", nvml_card_memory, NULL};
+
+__attribute__((constructor(101))) static void nvml_register(void)
+{
+    flexai_vendor_register(FLEXAI_VENDOR_NVML, &NVML_VENDOR);
+}

@@ -57,8 +57,6 @@ static struct {
     int64_t charged;           /* overhead bytes charged to this process's slot */
 } O = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-uint64_t flexai_overhead_next_ns; /* CLOCK_MONOTONIC_COARSE of the next periodic refresh */
-
 static int setup(void)
 {
     if (O.state)

@@ -1,11 +1,13 @@
-/* Compute: the gate every launch passes, device-time measurement, and CUDA's launch entry points.
+/* The compute gate every launch passes, whatever the vendor: device-time measurement in
+ * batches, the card board, and the controller's decisions.
  *
- * Each launch wrapper does three things: pass the gate, call the driver, count the launch.
- * The gate runs the compute controller (controller.c, docs/compute.md) against the card
- * board of the slice's card and the region's compute block; this file reads the clock,
- * records events around launch batches through the vendor's runtime (a struct
- * flexai_device_timer: CUDA's below, ACL's in acl_view.c), feeds the measured device time
- * to the controller and sleeps when told. The gate knows nothing vendor-specific.
+ * A vendor's launch wrapper (cuda/launch.c, acl/acl_view.c) calls flexai_compute_before and
+ * flexai_compute_after around each launch, with its struct flexai_device_timer: the events and
+ * the capture queries of its runtime. The gate runs the compute controller (controller.c,
+ * docs/compute.md) against the card board of the slice's card and the region's compute block;
+ * it reads the clock, records events around launch batches through the timer, feeds the
+ * measured device time to the controller and sleeps when told. It calls nothing of a vendor's
+ * file: all it knows of one is the timer it was handed.
  *
  * Fast path (the slice holds the card's turn, nobody waits, little queued, same stream, no
  * daemon change): a few thread-local and shared loads, no clock read, no lock, no system call.
@@ -24,10 +26,6 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef struct CUevent_st *CUevent;
-#define CUDA_ERROR_NOT_READY 600
-#define CUDA_ERROR_NOT_PERMITTED 800
-#define FX_STREAM_PER_THREAD ((CUstream)0x2)
 #define BATCH_MAX 64     /* launches per measured batch while running alone */
 #define RING 64          /* closed batches in flight per thread */
 #define POOL 160
@@ -77,18 +75,30 @@ struct tstate {
 /* Stream capture (CUDA graphs). Launches into a capturing stream are recorded into a graph,
  * not run, and while any capture of the process is open the driver forbids "unsafe" calls
  * (event query/synchronize...) in global mode, invalidating the capture. `capture_open` counts
- * the captures begun through the wrappers below and not yet ended; while it is non-zero the
- * gate (the slow path only: a thread's batch never stays open on a stream it begins to capture)
- * passes launches into a capturing stream untouched, never records on a capturing stream, and
- * makes its own driver calls with the thread's capture mode set to relaxed. Graph replays
- * (cuGraphLaunch on a stream not capturing) are gated and measured like any launch. */
+ * the captures begun (flexai_capture_begins, from the vendor's wrappers) and not yet ended;
+ * while it is non-zero the gate (the slow path only: a thread's batch never stays open on a
+ * stream it begins to capture) passes launches into a capturing stream untouched, never
+ * records on a capturing stream, and makes its own runtime calls with the thread's capture
+ * mode set to relaxed. Graph replays (a launch on a stream not capturing) are gated and
+ * measured like any launch. A runtime without capture leaves the timer's capture ops NULL. */
 static int capture_open;
-static int cu_capturing(void *stream);   /* 1: the stream is capturing (or cannot be used) */
-static int cu_relax(int *old);           /* the thread's capture mode to relaxed: 1 if changed */
-static void cu_unrelax(int old);
+static int timer_capturing(void *stream) /* 1: the stream is capturing (or cannot be used) */
+{
+    const struct flexai_device_timer *timer = G.timer;
+    return timer && timer->capturing ? timer->capturing(stream) : 0;
+}
+static int timer_relax(int *old) /* the thread's capture mode to relaxed: 1 if changed */
+{
+    const struct flexai_device_timer *timer = G.timer;
+    return timer && timer->relax ? timer->relax(old) : 0;
+}
+static void timer_unrelax(int old)
+{
+    G.timer->unrelax(old);
+}
 static int capture_stream_busy(void *stream)
 {
-    return __atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0 && cu_capturing(stream);
+    return __atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0 && timer_capturing(stream);
 }
 
 /* One pointer of initial-exec TLS (no __tls_get_addr call on the launch path; 8 bytes fit the
@@ -624,11 +634,11 @@ static void pause_gate(struct flexai_region *r)
     }
 }
 
-/* The gate while some capture of the process is open (CUDA only). */
+/* The gate while some capture of the process is open. */
 static void capture_gate(struct flexai_region *r, struct tstate *t, void *stream)
 {
-    int old, relaxed = cu_relax(&old);
-    if (cu_capturing(stream)) {
+    int old, relaxed = timer_relax(&old);
+    if (timer_capturing(stream)) {
         /* recorded into a graph, not run: nothing to wait for or measure (its replays are) */
         t->in_capture = 1;
         if (unlikely(__atomic_load_n(&G.sh->paused, __ATOMIC_RELAXED)))
@@ -638,7 +648,7 @@ static void capture_gate(struct flexai_region *r, struct tstate *t, void *stream
         gate_slow(r, t, stream);
     }
     if (relaxed)
-        cu_unrelax(old);
+        timer_unrelax(old);
 }
 
 static inline void compute_gate(const struct flexai_device_timer *timer, struct flexai_region *r,
@@ -709,10 +719,10 @@ static inline void compute_after(const struct flexai_device_timer *timer, int ok
     uint64_t now = now_mono();
     flexai_ctl_launched(G.board, &t->p, 1, now + flexai_ctl_inflight_ns(&t->p) + t->p.est_launch_ns, now);
     if (unlikely(__atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0)) {
-        int old, relaxed = cu_relax(&old);
+        int old, relaxed = timer_relax(&old);
         close_open(t);
         if (relaxed)
-            cu_unrelax(old);
+            timer_unrelax(old);
         return;
     }
     close_open(t); /* throttled or contended: measure every launch */
@@ -729,270 +739,30 @@ void flexai_compute_after(const struct flexai_device_timer *timer, int ok)
     compute_after(timer, ok);
 }
 
-/* ---- CUDA ------------------------------------------------------------------------------ */
+/* ---- captures, as the vendor's wrappers report them ---------------------------------- */
 
-/* The real driver's event functions, resolved once by cu_bind (under G.once). */
-static struct {
-    CUresult (*create)(CUevent *, unsigned int);
-    CUresult (*record)(CUevent, CUstream);
-    CUresult (*query)(CUevent);
-    CUresult (*elapsed)(float *, CUevent, CUevent);
-    CUresult (*destroy)(CUevent);
-    CUresult (*ctx_current)(CUcontext *);
-    CUresult (*is_capturing)(CUstream, int *);  /* optional: drivers before CUDA 10 lack them */
-    CUresult (*exchange_mode)(int *);
-} CU;
-
-static int cu_bind(void)
-{
-    *(void **)&CU.create = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventCreate");
-    *(void **)&CU.record = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventRecord");
-    *(void **)&CU.query = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventQuery");
-    *(void **)&CU.elapsed = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventElapsedTime");
-    *(void **)&CU.destroy = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuEventDestroy_v2");
-    *(void **)&CU.ctx_current = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuCtxGetCurrent");
-    *(void **)&CU.is_capturing = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuStreamIsCapturing");
-    *(void **)&CU.exchange_mode = flexai_driver_sym(FLEXAI_LIB_CUDA, "cuThreadExchangeStreamCaptureMode");
-    return CU.create && CU.record && CU.query && CU.elapsed && CU.destroy && CU.ctx_current ? 0 : -1;
-}
-
-static int cu_thread_ready(void)
-{
-    CUcontext ctx = NULL;
-    return CU.ctx_current(&ctx) == CUDA_SUCCESS && ctx != NULL;
-}
-
-static int cu_create(void **ev)
-{
-    return CU.create((CUevent *)ev, 0) == CUDA_SUCCESS ? 0 : -1;
-}
-
-static int cu_record(void *ev, void *stream)
-{
-    return CU.record(ev, stream) == CUDA_SUCCESS ? 0 : -1;
-}
-
-static int cu_query(void *ev)
-{
-    CUresult rc = CU.query(ev);
-    return rc == CUDA_SUCCESS ? 1 : rc == CUDA_ERROR_NOT_READY ? 0 : -1;
-}
-
-static int cu_elapsed(float *ms, void *start, void *end)
-{
-    return CU.elapsed(ms, start, end) == CUDA_SUCCESS ? 0 : -1;
-}
-
-static void cu_destroy(void *ev)
-{
-    CU.destroy(ev);
-}
-
-static const struct flexai_device_timer CUDA_TIMER = {
-    "CUDA", cu_bind, cu_thread_ready, cu_create, cu_record, cu_query, cu_elapsed, cu_destroy,
-};
-
-/* ---- stream capture (see capture_open) ---- */
-#define FX_CAPTURE_STATUS_NONE 0
-#define FX_CAPTURE_MODE_RELAXED 2
-#define FX_ERROR_STREAM_CAPTURE_INVALIDATED 901
-
-static int cu_capturing(void *stream)
-{
-    if (G.timer != &CUDA_TIMER || !CU.is_capturing)
-        return 0; /* another runtime's stream; or a driver without capture */
-    int st = FX_CAPTURE_STATUS_NONE;
-    /* an error (the legacy stream beside a capture: CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) counts
-     * as capturing: nothing of ours may go there */
-    return CU.is_capturing(stream, &st) != CUDA_SUCCESS || st != FX_CAPTURE_STATUS_NONE;
-}
-
-static int cu_relax(int *old)
-{
-    if (G.timer != &CUDA_TIMER || !CU.exchange_mode)
-        return 0;
-    *old = FX_CAPTURE_MODE_RELAXED;
-    return CU.exchange_mode(old) == CUDA_SUCCESS;
-}
-
-static void cu_unrelax(int old)
-{
-    CU.exchange_mode(&old);
-}
-
-/* Before a capture begins on `stream`: this thread's open batch there is closed now, while
- * an event may still be recorded on it (the fast path never runs on a capturing stream). */
-static void capture_begins(CUstream stream, int ptsz)
+void flexai_capture_begins(const struct flexai_device_timer *timer, void *stream)
 {
     __atomic_add_fetch(&capture_open, 1, __ATOMIC_ACQ_REL);
-    if (ptsz && stream == NULL)
-        stream = FX_STREAM_PER_THREAD;
+    /* this thread's open batch on that stream is closed now, while an event may still be
+     * recorded on it (the fast path never runs on a capturing stream) */
     struct tstate *t = TP;
-    if (!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE) || G.timer != &CUDA_TIMER || !t ||
-        t->ready <= 0 || !t->open_start || t->open_stream != stream)
+    if (!__atomic_load_n(&G.enabled, __ATOMIC_ACQUIRE) || G.timer != timer || !t || t->ready <= 0 ||
+        !t->open_start || t->open_stream != stream)
         return;
-    int old, relaxed = cu_relax(&old);
+    int old, relaxed = timer_relax(&old);
     close_open(t);
     t->fast = 0;
     if (relaxed)
-        cu_unrelax(old);
+        timer_unrelax(old);
 }
 
-#define CAPTURE_BEGIN_WRAPPER(name, stream, ptsz, call)                                      \
-    {                                                                                        \
-        __typeof__(&name) real = REAL(name);                                                 \
-        if (unlikely(!real))                                                                 \
-            return CUDA_ERROR_NOT_INITIALIZED;                                               \
-        capture_begins(stream, ptsz);                                                        \
-        CUresult rc = call;                                                                  \
-        if (rc != CUDA_SUCCESS)                                                              \
-            __atomic_sub_fetch(&capture_open, 1, __ATOMIC_ACQ_REL);                          \
-        return rc;                                                                           \
-    }
-
-#define CAPTURE_END_WRAPPER(name, call)                                                      \
-    {                                                                                        \
-        __typeof__(&name) real = REAL(name);                                                 \
-        if (unlikely(!real))                                                                 \
-            return CUDA_ERROR_NOT_INITIALIZED;                                               \
-        CUresult rc = call;                                                                  \
-        /* ended, with a graph or invalidated; other errors leave the capture open */        \
-        if ((rc == CUDA_SUCCESS || rc == FX_ERROR_STREAM_CAPTURE_INVALIDATED) &&             \
-            __atomic_load_n(&capture_open, __ATOMIC_ACQUIRE) > 0)                            \
-            __atomic_sub_fetch(&capture_open, 1, __ATOMIC_ACQ_REL);                          \
-        return rc;                                                                           \
-    }
-
-CUresult fx_cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
-CAPTURE_BEGIN_WRAPPER(cuStreamBeginCapture_v2, hStream, 0, real(hStream, mode))
-FLEXAI_ALIAS(cuStreamBeginCapture_v2);
-
-CUresult fx_cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode)
-CAPTURE_BEGIN_WRAPPER(cuStreamBeginCapture_v2_ptsz, hStream, 1, real(hStream, mode))
-FLEXAI_ALIAS(cuStreamBeginCapture_v2_ptsz);
-
-CUresult fx_cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph, const CUgraphNode *deps,
-                                        const CUgraphEdgeData *edges, size_t ndeps,
-                                        CUstreamCaptureMode mode)
-CAPTURE_BEGIN_WRAPPER(cuStreamBeginCaptureToGraph, hStream, 0, real(hStream, hGraph, deps, edges, ndeps, mode))
-FLEXAI_ALIAS(cuStreamBeginCaptureToGraph);
-
-CUresult fx_cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph,
-                                             const CUgraphNode *deps, const CUgraphEdgeData *edges,
-                                             size_t ndeps, CUstreamCaptureMode mode)
-CAPTURE_BEGIN_WRAPPER(cuStreamBeginCaptureToGraph_ptsz, hStream, 1,
-                      real(hStream, hGraph, deps, edges, ndeps, mode))
-FLEXAI_ALIAS(cuStreamBeginCaptureToGraph_ptsz);
-
-CUresult fx_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
-CAPTURE_END_WRAPPER(cuStreamEndCapture, real(hStream, phGraph))
-FLEXAI_ALIAS(cuStreamEndCapture);
-
-CUresult fx_cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph)
-CAPTURE_END_WRAPPER(cuStreamEndCapture_ptsz, real(hStream, phGraph))
-FLEXAI_ALIAS(cuStreamEndCapture_ptsz);
-
-/* The region when this launch is the slice's, NULL when passing through. */
-static inline struct flexai_region *launch_begin(CUstream stream, int ptsz)
+void flexai_capture_ends(void)
 {
-    struct flexai_region *r = __atomic_load_n(&flexai_P.region, __ATOMIC_ACQUIRE);
-    if (unlikely(r == NULL)) {
-        if (!flexai_enforcing() || (r = flexai_attach_slow()) == NULL)
-            return NULL;
-    }
-    if (ptsz && stream == NULL)
-        stream = FX_STREAM_PER_THREAD;
-    compute_gate(&CUDA_TIMER, r, stream);
-    return r;
+    int n = __atomic_load_n(&capture_open, __ATOMIC_ACQUIRE);
+    while (n > 0 && !__atomic_compare_exchange_n(&capture_open, &n, n - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        ;
 }
-
-static inline void launch_end(struct flexai_region *r, CUresult rc)
-{
-    struct flexai_proc *me = flexai_P.me;
-    if (r != NULL) {
-        compute_after(&CUDA_TIMER, rc == CUDA_SUCCESS);
-        if (rc == CUDA_SUCCESS && me != NULL)
-            __atomic_fetch_add(&me->launches, 1, __ATOMIC_RELAXED);
-    }
-}
-
-#define LAUNCH_WRAPPER(name, stream, ptsz, call)                                             \
-    {                                                                                        \
-        __typeof__(&name) real = REAL(name);                                                 \
-        if (unlikely(!real))                                                                 \
-            return CUDA_ERROR_NOT_INITIALIZED;                                               \
-        struct flexai_region *r = launch_begin(stream, ptsz);                                \
-        if (unlikely(r == NULL) && flexai_closed())                                          \
-            return CUDA_ERROR_NOT_PERMITTED; /* the slice's inputs are damaged: fail closed */ \
-        if (unlikely(!flexai_ctx_ok) && r != NULL) {                                         \
-            CUresult ctx_rc = flexai_ctx_first_use();                                        \
-            if (ctx_rc != CUDA_SUCCESS) {                                                    \
-                launch_end(r, ctx_rc);                                                       \
-                return ctx_rc;                                                               \
-            }                                                                                \
-        }                                                                                    \
-        CUresult rc = call;                                                                  \
-        launch_end(r, rc);                                                                   \
-        return rc;                                                                           \
-    }
-
-#define KERNEL_ARGS f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams
-
-CUresult fx_cuLaunchKernel(FLEXAI_LAUNCH_ARGS, void **extra)
-LAUNCH_WRAPPER(cuLaunchKernel, hStream, 0, real(KERNEL_ARGS, extra))
-FLEXAI_ALIAS(cuLaunchKernel);
-
-CUresult fx_cuLaunchKernel_ptsz(FLEXAI_LAUNCH_ARGS, void **extra)
-LAUNCH_WRAPPER(cuLaunchKernel_ptsz, hStream, 1, real(KERNEL_ARGS, extra))
-FLEXAI_ALIAS(cuLaunchKernel_ptsz);
-
-CUresult fx_cuLaunchCooperativeKernel(FLEXAI_LAUNCH_ARGS)
-LAUNCH_WRAPPER(cuLaunchCooperativeKernel, hStream, 0, real(KERNEL_ARGS))
-FLEXAI_ALIAS(cuLaunchCooperativeKernel);
-
-CUresult fx_cuLaunchCooperativeKernel_ptsz(FLEXAI_LAUNCH_ARGS)
-LAUNCH_WRAPPER(cuLaunchCooperativeKernel_ptsz, hStream, 1, real(KERNEL_ARGS))
-FLEXAI_ALIAS(cuLaunchCooperativeKernel_ptsz);
-
-CUresult fx_cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams,
-                             void **extra)
-LAUNCH_WRAPPER(cuLaunchKernelEx, config ? config->hStream : NULL, 0,
-               real(config, f, kernelParams, extra))
-FLEXAI_ALIAS(cuLaunchKernelEx);
-
-CUresult fx_cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f,
-                                  void **kernelParams, void **extra)
-LAUNCH_WRAPPER(cuLaunchKernelEx_ptsz, config ? config->hStream : NULL, 1,
-               real(config, f, kernelParams, extra))
-FLEXAI_ALIAS(cuLaunchKernelEx_ptsz);
-
-/* A graph whose memory nodes do not fit in the slice is refused before it runs (graphmem.c). */
-#define GRAPH_MEMORY_FIRST(exec, stream, ptsz)                                               \
-    if (unlikely(__atomic_load_n(&flexai_graphmem_seen, __ATOMIC_RELAXED))) {                \
-        CUresult grc = flexai_graphmem_before_launch(exec, stream, ptsz);                    \
-        if (grc != CUDA_SUCCESS)                                                             \
-            return grc;                                                                      \
-    }
-
-static CUresult graph_launch(CUgraphExec hGraphExec, CUstream hStream)
-LAUNCH_WRAPPER(cuGraphLaunch, hStream, 0, real(hGraphExec, hStream))
-
-CUresult fx_cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
-{
-    GRAPH_MEMORY_FIRST(hGraphExec, hStream, 0)
-    return graph_launch(hGraphExec, hStream);
-}
-FLEXAI_ALIAS(cuGraphLaunch);
-
-static CUresult graph_launch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
-LAUNCH_WRAPPER(cuGraphLaunch_ptsz, hStream, 1, real(hGraphExec, hStream))
-
-CUresult fx_cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
-{
-    GRAPH_MEMORY_FIRST(hGraphExec, hStream, 1)
-    return graph_launch_ptsz(hGraphExec, hStream);
-}
-FLEXAI_ALIAS(cuGraphLaunch_ptsz);
 
 int flexai_capture_open(void)
 {
