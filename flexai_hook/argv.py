@@ -92,3 +92,18 @@ def parse(argv: list[str] | tuple[str, ...]) -> Invocation:
             container_id = arg
         i += 1
     return Invocation(subcommand=subcommand, container_id=container_id, bundle=bundle, **common)
+
+
+# What a command line that asks the runtime about itself looks like (runc's spellings): the
+# answer is flexai-runtime's own (about.py), not the real runtime's.
+_ABOUT_FLAGS = {"--help": "help", "-h": "help", "--version": "version", "-v": "version"}
+
+
+def about(argv: list[str] | tuple[str, ...]) -> str | None:
+    """"help" or "version" when the whole command line asks for it (no arguments at all is
+    "help", as runc answers it); None for everything else, which goes to the real runtime."""
+    if not argv:
+        return "help"
+    if len(argv) == 1:
+        return _ABOUT_FLAGS.get(argv[0])
+    return None

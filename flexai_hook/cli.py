@@ -43,7 +43,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print flexaid's status reply as JSON.")
-@click.option("--watch", is_flag=True, help="Refresh in place until interrupted (Ctrl-C).")
+@click.option("--watch", is_flag=True, help="Refresh in place until interrupted (Ctrl-C, exit status 0); "
+              "while flexaid is down or restarting, wait for it.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
 @click.option("--count", default=0, help="With --watch: stop after this many refreshes (0: never).")
 @_socket_option
@@ -53,19 +54,38 @@ def status(as_json: bool, watch: bool, interval: float, count: int, socket: str)
         reply = _call({"op": "status"}, socket)
         click.echo(json.dumps(reply["status"], indent=2) if as_json else status_view.render(reply["status"], socket))
         return
-    shown = 0
     try:
-        while True:
-            reply = _call({"op": "status"}, socket)
-            text = json.dumps(reply["status"]) if as_json else status_view.render(reply["status"], socket)
-            # Home the cursor and clear the screen: the table is redrawn in place.
-            click.echo("\x1b[H\x1b[2J" + text + f"\n\nrefreshing every {interval:g}s; Ctrl-C to stop", nl=True)
-            shown += 1
-            if count and shown >= count:
-                return
-            time.sleep(interval)
+        _watch(as_json, interval, count, socket)
     except KeyboardInterrupt:
-        pass
+        click.echo("")  # the shell's prompt on a line of its own, no traceback
+
+
+def _watch(as_json: bool, interval: float, count: int, socket: str) -> None:
+    """Redraw the status every `interval` seconds. flexaid not answering (a restart, an upgrade)
+    is waited for, said once per outage, with growing pauses between tries (status_view.retry_delay)."""
+    shown = 0
+    delay = None  # the pause before the next try while flexaid does not answer; None: it answers
+    while True:
+        try:
+            reply = client.call({"op": "status"}, socket, timeout=max(5.0, interval))
+        except client.DaemonUnavailable as exc:
+            if exc.lasting:  # e.g. not in the socket's group: waiting would never end
+                raise click.ClickException(str(exc)) from None
+            if delay is None:
+                click.echo(f"\nflexaid is not answering at {socket} ({exc.reason}); waiting for it, Ctrl-C to stop")
+            delay = status_view.retry_delay(delay)
+            time.sleep(delay)
+            continue
+        except client.DaemonRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        delay = None
+        text = json.dumps(reply["status"]) if as_json else status_view.render(reply["status"], socket)
+        # Home the cursor and clear the screen: the table is redrawn in place.
+        click.echo("\x1b[H\x1b[2J" + text + f"\n\nrefreshing every {interval:g}s; Ctrl-C to stop", nl=True)
+        shown += 1
+        if count and shown >= count:
+            return
+        time.sleep(interval)
 
 
 @main.command()

@@ -20,7 +20,14 @@ def socket_path() -> str:
 
 
 class DaemonUnavailable(RuntimeError):
-    """flexaid could not be reached or hung up; str() says where and how to start it."""
+    """flexaid could not be reached or hung up; str() says where and how to start it. `reason`
+    is the short cause ("Connection refused", "closed the connection without answering");
+    `lasting` is True when waiting will not help (this user may not open the socket)."""
+
+    def __init__(self, message: str, reason: str | None = None, lasting: bool = False):
+        super().__init__(message)
+        self.reason = reason or message
+        self.lasting = lasting
 
 
 class DaemonRefused(RuntimeError):
@@ -65,7 +72,10 @@ def exchange(line: bytes, path: str | None = None, timeout: float = 30.0) -> byt
         try:
             sock.connect(path)
         except OSError as exc:
-            raise DaemonUnavailable(unreachable(path, exc)) from None
+            import errno
+
+            raise DaemonUnavailable(unreachable(path, exc), exc.strerror or type(exc).__name__,
+                                    lasting=exc.errno in (errno.EACCES, errno.EPERM)) from None
         buf = bytearray()
         try:
             try:
@@ -75,14 +85,17 @@ def exchange(line: bytes, path: str | None = None, timeout: float = 30.0) -> byt
             while not buf.endswith(b"\n"):
                 chunk = sock.recv(65536)
                 if not chunk:
-                    raise DaemonUnavailable(f"flexaid at {path} closed the connection without answering")
+                    raise DaemonUnavailable(f"flexaid at {path} closed the connection without answering",
+                                            "closed the connection without answering")
                 buf += chunk
                 if len(buf) > MAX_REPLY:
                     raise DaemonUnavailable(f"flexaid at {path} sent an oversized reply")
         except TimeoutError:
-            raise DaemonUnavailable(f"flexaid at {path} did not answer within {timeout:g}s") from None
+            raise DaemonUnavailable(f"flexaid at {path} did not answer within {timeout:g}s",
+                                    f"no answer within {timeout:g}s") from None
         except OSError as exc:
-            raise DaemonUnavailable(f"flexaid at {path} hung up ({exc.strerror or exc})") from None
+            raise DaemonUnavailable(f"flexaid at {path} hung up ({exc.strerror or exc})",
+                                    f"hung up: {exc.strerror or exc}") from None
     finally:
         sock.close()
     return bytes(buf)

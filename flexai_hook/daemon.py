@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import devices, ledger as ledger_mod, library, placement, reconcile, region, server, simcards, supervisor
-from . import access, validation, writer
+from . import access, metrics, validation, writer
 from .board import CardBoards
 from .spec import board_dir_for, preload_file_for
 from .atomicfile import write_atomically
@@ -31,6 +31,9 @@ log = logging.getLogger("flexaid")
 
 DEFAULT_CONFIG = "/etc/flexai/flexaid.json"
 OPS = ("reserve", "release", "status", "update", "prepare")
+RESERVING_OPS = ("reserve", "prepare")  # the ops whose refusals are counted (metrics.RequestStats)
+REFUSAL_REASONS = (*ledger_mod.REFUSALS, metrics.INVALID_REQUEST, metrics.RUNTIME_NOT_ALLOWED, metrics.NOT_OWNER,
+                   metrics.PREPARE_FAILED, metrics.NOT_SAVED)
 # Where engines keep runc state, for `flexai recover` and reconciliation of reservations that
 # did not record their runtime: runc's default, Docker's, containerd's (k8s.io and default).
 DEFAULT_RUNTIME_ROOTS = (
@@ -60,6 +63,9 @@ class Config:
     reconcile_grace: float = 60.0
     runtime_roots: tuple[str, ...] = DEFAULT_RUNTIME_ROOTS
     reconcile_runtimes: tuple[str, ...] = reconcile.DEFAULT_RUNTIMES  # the only binaries flexaid runs
+    log_file: str | None = None  # None: stderr, or the journal under systemd
+    log_max_bytes: int = supervisor.LOG_MAX_BYTES  # the file is rotated past this size
+    log_backups: int = supervisor.LOG_BACKUPS  # rotated files kept: FILE.1 .. FILE.N
 
 
 class ConfigError(RuntimeError):
@@ -103,6 +109,9 @@ def load_config(path: str | None) -> Config:
         reconcile_grace=float(data.get("reconcile", {}).get("grace", Config.reconcile_grace)),
         runtime_roots=tuple(data.get("reconcile", {}).get("runtime_roots", DEFAULT_RUNTIME_ROOTS)),
         reconcile_runtimes=tuple(data.get("reconcile", {}).get("runtimes", reconcile.DEFAULT_RUNTIMES)),
+        log_file=data.get("log", {}).get("file"),
+        log_max_bytes=data.get("log", {}).get("max_bytes", Config.log_max_bytes),
+        log_backups=data.get("log", {}).get("backups", Config.log_backups),
     )
 
 
@@ -146,6 +155,7 @@ class Service:
         self.boards = CardBoards(board_dir_for(config.slices_dir), cards)  # card boards (board.py)
         self.gone_since: dict[str, float] = {}  # reconciliation: container id -> first seen gone
         self.runtimes = frozenset(config.reconcile_runtimes)
+        self.stats = metrics.RequestStats(REFUSAL_REASONS, OPS)  # refusals and latency, for /metrics
         _warn_unlisted_runtimes(self.ledger.reservations.values(), self.runtimes)
         os.makedirs(config.slices_dir, exist_ok=True)
         os.chmod(config.slices_dir, 0o711)  # slices are reached by their bind mounts, not listed
@@ -291,7 +301,16 @@ class Service:
     def handle_and_commit(self, message: object, peer: access.Peer | None = None) -> dict:
         reply = self.handle(message, peer)
         cid = message.get("container_id") if isinstance(message, dict) else None
-        return answer(reply, cid, self.commit())
+        op = message.get("op") if isinstance(message, dict) else None
+        return self.settle(reply, op, cid, self.commit())
+
+    def settle(self, reply: dict, op: object, container_id: str | None, result: Persisted | None) -> dict:
+        """`reply` as it may go out once its batch is persisted (batch.answer); a reservation
+        that did not reach the disk is a refusal too, and counted as one."""
+        final = answer(reply, container_id, result)
+        if final is not reply and op in RESERVING_OPS and reply.get("ok") and not final.get("ok"):
+            self.stats.refused(metrics.NOT_SAVED)
+        return final
 
     def handle(self, message: object, peer: access.Peer | None = None) -> dict:
         """Apply one protocol message on behalf of `peer` (its SO_PEERCRED; None: an
@@ -302,6 +321,8 @@ class Service:
             return {"ok": False, "error": f"invalid request: op must be one of {', '.join(OPS)}, not {op!r}"[:300]}
         problem = validation.problem("protocol.schema.json", message, f"{op}_message")
         if problem:
+            if op in RESERVING_OPS:
+                return self._refuse(message.get("container_id"), metrics.INVALID_REQUEST, f"invalid request: {problem}")
             return {"ok": False, "error": f"invalid request: {problem}"}
         if op == "reserve":
             return self._reserve(
@@ -320,16 +341,29 @@ class Service:
         return {"ok": True, "status": self.status()}
 
     def _refused_change(self, uid: int, op: str, container_id: str) -> dict | None:
-        """The refusal when `uid` may not change `container_id`'s slice (access.py); None if it may,
-        or if no slice is held (nothing to change)."""
+        """The refusal (logged) when `uid` may not release or update `container_id`'s slice."""
+        why = self._change_refused(uid, op, container_id)
+        if why is None:
+            return None
+        held = self.ledger.reservations[container_id]
+        log.warning("%s", why, extra=supervisor.fields(container_id, held.slice_id, held.card_uuid))
+        return {"ok": False, "error": why}
+
+    def _change_refused(self, uid: int, op: str, container_id: str) -> str | None:
+        """Why `uid` may not change `container_id`'s slice (access.py); None if it may, or if no
+        slice is held (nothing to change)."""
         held = self.ledger.reservations.get(container_id)
         if held is None or uid == access.ROOT_UID:
             return None
-        why = access.change_refused(uid, op, container_id, held.owner_uid)
-        if why is None:
-            return None
-        log.warning("%s", why, extra=supervisor.fields(container_id, held.slice_id, held.card_uuid))
-        return {"ok": False, "error": why}
+        return access.change_refused(uid, op, container_id, held.owner_uid)
+
+    def _refuse(self, container_id: object, reason: str, error: str) -> dict:
+        """A reserve or prepare refused: the one place such a refusal is logged and counted
+        (metrics.RequestStats), so each is logged once."""
+        self.stats.refused(reason)
+        cid = container_id if isinstance(container_id, str) and len(container_id) <= 256 else None
+        log.warning("refused %s (%s): %s", cid or "a container", reason, error, extra=supervisor.fields(cid))
+        return {"ok": False, "error": error}
 
     def _prepare(self, message: dict, uid: int = access.ROOT_UID) -> dict:
         """reserve + the config.json edits, for flexai-runtime's C front door (flexai_hook/prepare.py
@@ -341,11 +375,17 @@ class Service:
         try:
             request = prepare.request_of(spec)
         except RequestError as exc:
-            return {"ok": False, "error": str(exc)}
+            return self._refuse(container_id, metrics.INVALID_REQUEST, str(exc))
+        # Said in the answer, before "spec": the C front door then leaves the start to Python,
+        # which shows them (runtime.py); logged here once, since an engine may drop that stderr.
+        warnings = prepare.warnings_of(spec)
+        for line in warnings:
+            log.warning("container %s: %s", container_id, line, extra=supervisor.fields(container_id))
+        said = {"warnings": warnings} if warnings else {}
         if request is None:
             log.debug("no slice for %s: %s", container_id, prepare.no_request_reason(spec),
                       extra=supervisor.fields(container_id))
-            return {"ok": True, "spec": None}
+            return {"ok": True, **said, "spec": None}
         reply = self._reserve(container_id, request, message["runtime"], uid, pod=prepare.pod_of(spec))
         if not reply["ok"]:
             return reply
@@ -355,8 +395,9 @@ class Service:
                                          message.get("settings"))
         except (OSError, prepare.PrepareError) as exc:
             self._release(container_id, "could not prepare; released")
-            return {"ok": False, "error": f"could not prepare {container_id} for its slice: {exc}"}
-        return {"ok": True, "spec": edited}
+            return self._refuse(container_id, metrics.PREPARE_FAILED,
+                                f"could not prepare {container_id} for its slice: {exc}")
+        return {"ok": True, **said, "spec": edited}
 
     def _update(self, container_id: str, compute: int | None, paused: bool | None) -> dict:
         """Change a running slice's compute share and/or pause it: the ledger (so placement
@@ -392,11 +433,10 @@ class Service:
                  pod: dict | None = None) -> dict:
         why = access.runtime_refused(runtime, self.runtimes)
         if why is not None:
-            log.warning("refused %s: %s", container_id, why, extra=supervisor.fields(container_id))
-            return {"ok": False, "error": why}
-        refused = self._refused_change(uid, "reserve", container_id)  # an id already held: the owner's
-        if refused is not None:
-            return refused
+            return self._refuse(container_id, metrics.RUNTIME_NOT_ALLOWED, why)
+        why = self._change_refused(uid, "reserve", container_id)  # an id already held: the owner's
+        if why is not None:
+            return self._refuse(container_id, metrics.NOT_OWNER, why)
         try:
             new, reservation = ledger_mod.reserve(
                 self.ledger,
@@ -412,8 +452,7 @@ class Service:
                 pod=pod,
             )
         except ledger_mod.PlacementError as exc:
-            log.warning("cannot place %s: %s", container_id, exc, extra=supervisor.fields(container_id))
-            return {"ok": False, "error": str(exc)}
+            return self._refuse(container_id, exc.reason, str(exc))
         if new is not self.ledger:
             ledger_mod.observe(self.workload, request, self.cards)
             self._created.append(reservation)  # its files are written with its batch (plan)
@@ -521,16 +560,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", help="override the config's state_dir (holds ledger.json)")
     parser.add_argument("--slices-dir", help="override the config's slices_dir")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-file", help="log to this file, rotated by size (overrides the config's log.file; "
+                        "default: stderr, or the journal under systemd)")
     args = parser.parse_args(argv)
     supervisor.configure_logging(args.log_level)
     try:
         config = load_config(args.config)
         overrides = {
             k: v
-            for k, v in (("socket", args.socket), ("state_dir", args.state_dir), ("slices_dir", args.slices_dir))
+            for k, v in (("socket", args.socket), ("state_dir", args.state_dir), ("slices_dir", args.slices_dir),
+                         ("log_file", args.log_file))
             if v
         }
         config = replace(config, **overrides)
+        if config.log_file:
+            supervisor.configure_logging(args.log_level, log_file=config.log_file,
+                                         max_bytes=config.log_max_bytes, backups=config.log_backups)
         _raise_fd_limit()
         cards = devices.discover(config.backend, config.simulated_cards)
         if cards[0].backend == "simulated":
@@ -538,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(config.state_dir, mode=0o755, exist_ok=True)
         service = Service(config, cards)
         server.serve(service, config, supervisor.Supervisor())
-    except (ConfigError, devices.InventoryError, ledger_mod.LedgerCorrupt, server.ServeError) as exc:
+    except (ConfigError, devices.InventoryError, ledger_mod.LedgerCorrupt, server.ServeError,
+            supervisor.LogFileError) as exc:
         print(f"flexaid: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

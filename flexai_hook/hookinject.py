@@ -144,7 +144,7 @@ def already_sliced(spec: dict) -> bool:
 
 def create_container(state_raw: bytes) -> int:
     from . import prepare
-    from .request import RequestError, from_container
+    from .request import RequestError, env_warnings, from_container
     from .reservation import Reservation
     from .spec import Hook, injection_for
 
@@ -162,7 +162,9 @@ def create_container(state_raw: bytes) -> int:
     if already_sliced(spec):
         return 0
     annotations = {**(spec.get("annotations") or {}), **(state.get("annotations") or {})}
-    env = [e for e in (spec.get("process") or {}).get("env") or [] if isinstance(e, str)]
+    env = prepare.env_of(spec)
+    for line in env_warnings(env):  # the container still starts: say what it ignores
+        sys.stderr.write(f"flexai: {line}\n")
     try:
         request = from_container(env, {k: str(v) for k, v in annotations.items()})
     except RequestError as exc:

@@ -29,7 +29,21 @@ LEDGER_VERSION = 1
 
 
 class PlacementError(RuntimeError):
-    """The request cannot be placed; str() is the one line the user sees."""
+    """The request cannot be placed; str() is the one line the user sees, `reason` what kind of
+    refusal it is (one of REFUSALS, the label of flexaid's refusal counter)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+# Why a placement is refused. NEVER_FITS and NO_ROOM are told apart because their fixes differ:
+# ask for less, or wait for slices to be released.
+NEVER_FITS = "never_fits"  # larger than every card it may go on, even with the card empty
+NO_ROOM = "no_room"  # would fit an empty card, but the cards are too full right now
+NO_SUCH_CARD = "no_such_card"  # pinned to a card this host does not have
+ID_CONFLICT = "id_conflict"  # the container id holds a slice under another runtime root
+REFUSALS = (NEVER_FITS, NO_ROOM, NO_SUCH_CARD, ID_CONFLICT)
 
 
 BEST_EFFORT = "low"  # the priority whose compute share is not guaranteed
@@ -136,6 +150,31 @@ def observe(workload: placement.Workload, request: Request, cards: Sequence[Card
     workload.observe(demand, memory_total=1000 if relative else max((c.memory for c in cards), default=None))
 
 
+def never_fits(request: Request, cards: Sequence[Card]) -> str | None:
+    """Why `request` cannot fit on any card it may go on even with that card empty (one line
+    with the fix), or None when some card could hold it once it has room. Only an absolute
+    memory size can be too large: every share is at most one whole card."""
+    allowed = [c for c in cards if request.device is None or request.device in (str(c.index), c.uuid)]
+    if not allowed or any(request.resolve(c.memory)[0] <= c.memory for c in allowed):
+        return None
+    largest = max(allowed, key=lambda c: (c.memory, -c.index))
+    need = request.resolve(largest.memory)[0]
+    if request.device is not None:
+        return (f"the slice asks {_gib(need)} of memory and can never fit on card {largest.index} "
+                f"({largest.uuid}) it is pinned to, which has {_gib(largest.memory)}; ask for at most that")
+    return (f"the slice asks {_gib(need)} of memory and can never fit on this host: its largest card, "
+            f"card {largest.index} ({largest.uuid}), has {_gib(largest.memory)}; ask for at most that, "
+            f"or for a share of a card (FLEXAI_FRACTION, or FLEXAI_MEMORY=0.5)")
+
+
+def _refusal(request: Request, ledger: Ledger, cards: Sequence[Card]) -> PlacementError:
+    """The refusal of a request no card can take now: never (never_fits), or not right now."""
+    never = never_fits(request, cards)
+    if never is not None:
+        return PlacementError(never, NEVER_FITS)
+    return PlacementError(_no_fit_message(request, ledger, cards), NO_ROOM)
+
+
 def _no_fit_message(request: Request, ledger: Ledger, cards: Sequence[Card]) -> str:
     parts = []
     for card in cards:
@@ -146,7 +185,8 @@ def _no_fit_message(request: Request, ledger: Ledger, cards: Sequence[Card]) -> 
             f"{100 - compute_used}% compute free, needs {_gib(need_mem)} and {need_compute}%"
         )
     pin = f" pinned to {request.device}" if request.device is not None else ""
-    return "no card can fit the slice" + pin + ": " + "; ".join(parts)
+    return ("no card can fit the slice" + pin + " right now: " + "; ".join(parts)
+            + "; it fits once enough slices are released")
 
 
 def _gib(n: int) -> str:
@@ -182,22 +222,22 @@ def reserve(
             # different container, which must not silently share the first one's slice.
             raise PlacementError(
                 f"container id {container_id!r} already holds slice {existing.slice_id} under runtime "
-                f"root {held or '(default)'}; ids must be unique across runtime roots")
+                f"root {held or '(default)'}; ids must be unique across runtime roots", ID_CONFLICT)
         return ledger, existing
     if request.device is not None and not any(
         request.device in (str(c.index), c.uuid) for c in cards
     ):
         known = ", ".join(f"{c.index} ({c.uuid})" for c in cards)
-        raise PlacementError(f"no card {request.device!r} on this host; cards are: {known}")
+        raise PlacementError(f"no card {request.device!r} on this host; cards are: {known}", NO_SUCH_CARD)
     chosen = placement.choose(card_states(ledger, cards, request), demand_of(request, cards), policy, workload)
     card = next((c for c in cards if chosen and c.index == chosen[0]), None)
     if card is None:
-        raise PlacementError(_no_fit_message(request, ledger, cards))
+        raise _refusal(request, ledger, cards)
     memory, compute = request.resolve(card.memory)
     mem_used, compute_used = ledger.used(card.index)
     guaranteed = compute if request.priority != BEST_EFFORT else 0
     if mem_used + memory > card.memory or compute_used + guaranteed > 100:
-        raise PlacementError(_no_fit_message(request, ledger, cards))
+        raise _refusal(request, ledger, cards)
     slice_id = new_id()
     reservation = Reservation(
         container_id=container_id,

@@ -16,7 +16,7 @@ from typing import Mapping
 
 from . import kube
 from . import spec as spec_mod
-from .request import Request, from_container
+from .request import Request, env_warnings, from_container
 from .reservation import Reservation
 
 
@@ -29,9 +29,20 @@ def request_of(spec: object) -> Request | None:
     object: the real runtime reports a broken config.json). Raises request.RequestError."""
     if not isinstance(spec, dict):
         return None
-    process = spec.get("process") if isinstance(spec.get("process"), dict) else {}
-    env = [e for e in process.get("env") or [] if isinstance(e, str)]
-    return from_container(env, annotations_of(spec))
+    return from_container(env_of(spec), annotations_of(spec))
+
+
+def env_of(spec: object) -> list[str]:
+    """The process env entries of a parsed config.json ([] when it has none)."""
+    process = spec.get("process") if isinstance(spec, dict) and isinstance(spec.get("process"), dict) else {}
+    env = process.get("env")
+    return [e for e in env if isinstance(e, str)] if isinstance(env, list) else []
+
+
+def warnings_of(spec: object) -> list[str]:
+    """Lines to show about a config.json that still starts (request.env_warnings): FLEXAI_*
+    names flexai does not know, most likely misspelled requests."""
+    return env_warnings(env_of(spec))
 
 
 def annotations_of(spec: object) -> dict[str, str]:

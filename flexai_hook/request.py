@@ -27,6 +27,7 @@ DEFAULT_COMPUTE_MODE = "work-conserving"
 _UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _MAX_BYTES = (1 << 63) - 1  # what an int64 in the region and the driver APIs can hold
 _VALUE_PREVIEW = 40
+_MAX_WARNINGS = 5  # unknown env names reported one by one; the rest are counted
 
 
 @record
@@ -72,6 +73,24 @@ def _load_rules() -> dict[str, FieldRule]:
 RULES: dict[str, FieldRule] = _load_rules()
 ENV_NAMES = {rule.env: rule for rule in RULES.values()}
 ANNOTATION_NAMES = {rule.annotation: rule for rule in RULES.values()}
+
+# FLEXAI_* names that are flexai's own without being request fields. A container env may carry
+# them legitimately (flexai-runtime writes the first group into every sliced container, and an
+# image committed from one keeps them), so only names outside these and ENV_NAMES are typos.
+# tests/test_request.py checks this list against the names spec.py and mps.py write and the
+# getenv() calls in libflexai/.
+OWN_ENV_NAMES = (
+    # written into a sliced container's env by flexai-runtime (spec.py, mps.py)
+    "FLEXAI_SLICE_ID", "FLEXAI_SLICE_FILE", "FLEXAI_REGION", "FLEXAI_DEVICE_UUID",
+    "FLEXAI_MEMORY_LIMIT", "FLEXAI_COMPUTE_LIMIT", "FLEXAI_BOARD_DIR", "FLEXAI_SIM_DIR",
+    "FLEXAI_COMPUTE_BY",
+    # read by libflexai and the simulated drivers inside the container
+    "FLEXAI_CONTEXT_MEMORY", "FLEXAI_SIM_DEBUG", "FLEXAI_SIM_TRACE", "FLEXAI_SIM_ACL_SOC",
+    # read by flexai's host commands (runtime, hooks, CLI, install.sh)
+    "FLEXAI_SOCKET", "FLEXAI_RUNTIME", "FLEXAI_RUNTIME_CONFIG", "FLEXAI_RELEASE_RETRY",
+    "FLEXAI_PREFIX", "FLEXAI_PYTHON", "FLEXAI_PREPARE_REFUSED",
+)
+KNOWN_ENV_NAMES = frozenset(ENV_NAMES) | frozenset(OWN_ENV_NAMES)
 
 
 class RequestError(ValueError):
@@ -230,12 +249,57 @@ def parse_fields(fields: Mapping[str, str], sources: Mapping[str, str] | None = 
     )
 
 
+def closest(name: str, known: Iterable[str], prefix: str) -> str | None:
+    """The known name `name` most likely misspells, or None when none is close. Compared
+    without the shared `prefix` (FLEXAI_, flexai.io/), which would make every name look close."""
+    import difflib  # only when a name is unknown: ~2 ms nobody else pays
+
+    bare = {k[len(prefix):].upper(): k for k in known}
+    match = difflib.get_close_matches(name[len(prefix):].upper(), list(bare), n=1, cutoff=0.6)
+    return bare[match[0]] if match else None
+
+
+def env_warnings(env: Iterable[str]) -> list[str]:
+    """One line per FLEXAI_* name in a container's env that flexai neither reads nor writes
+    (KNOWN_ENV_NAMES): most likely a misspelled request, which would otherwise leave the
+    container unsliced without a word. Not an error: the container runs as it asked."""
+    found: dict[str, None] = {}  # ordered, without repeats
+    for entry in env:
+        if entry.startswith(ENV_PREFIX):
+            name = entry.partition("=")[0]
+            if name not in KNOWN_ENV_NAMES:
+                found[name] = None
+    unknown = list(found)
+    warnings = []
+    for name in unknown[:_MAX_WARNINGS]:
+        if len(name) > _VALUE_PREVIEW or not name.isprintable():
+            shown, guess = show_value(name), None  # garbage, not a typo: no guess to compute
+        else:
+            shown, guess = name, closest(name, ENV_NAMES, ENV_PREFIX)  # what a user sets; the rest flexai writes
+        hint = (f"did you mean {guess}?" if guess
+                else f"flexai's request variables are {', '.join(ENV_NAMES)}")
+        warnings.append(f"{shown} in the container's environment is not a flexai variable and does nothing; {hint}")
+    if len(unknown) > _MAX_WARNINGS:
+        warnings.append(f"{len(unknown) - _MAX_WARNINGS} more FLEXAI_* names in the container's environment "
+                        f"are not flexai variables")
+    return warnings
+
+
+def unknown_annotation(key: str, value: str) -> RequestError:
+    """The error for a flexai.io/* key flexai does not know, with the key it most likely means."""
+    guess = closest(key, ANNOTATION_NAMES, ANNOTATION_PREFIX)
+    known = ", ".join(sorted(ANNOTATION_NAMES))
+    hint = f"; did you mean {guess}?" if guess else ""
+    return RequestError(f"annotation {key}", value, f"a known annotation key ({known}){hint}")
+
+
 def from_container(env: Iterable[str], annotations: Mapping[str, str]) -> Request | None:
     """The request of an OCI process env list and spec annotations, or None when it has none.
 
     Annotations win over env. An unknown flexai.io/* annotation is an error (a typo such as
     flexai.io/fractoin must not silently start an unlimited container); unknown FLEXAI_* env
-    names are left alone because the runtime itself writes FLEXAI_* variables for the library.
+    names are not, because flexai itself writes FLEXAI_* variables for the library and an image
+    may carry them: `env_warnings` names the unknown ones for the caller to print.
     A Kubernetes pod sandbox has no request whatever it carries (kube.sandbox_reason): the CRI
     copies the pod's flexai.io/* annotations onto it too, and its slice would be held twice.
     """
@@ -260,8 +324,7 @@ def from_container(env: Iterable[str], annotations: Mapping[str, str]) -> Reques
             continue
         rule = ANNOTATION_NAMES.get(key)
         if rule is None:
-            known = ", ".join(sorted(ANNOTATION_NAMES))
-            raise RequestError(f"annotation {key}", value, f"a known annotation key ({known})")
+            raise unknown_annotation(key, value)
         fields[rule.name] = value
         sources[rule.name] = f"annotation {key}"
     if not fields:

@@ -17,6 +17,10 @@ import sys
 from . import argv as argv_mod
 
 DEFAULT_RUNTIME_CONFIG = "/etc/flexai/runtime.json"
+# The C front door's refusal from flexaid's `prepare`, handed over with the container it is about
+# (libflexai/launch/prepare.c): reported as it is instead of asking flexaid again, which would
+# log and count the same refusal twice. It can only ever stop a container, never start one.
+REFUSAL_ENV = "FLEXAI_PREPARE_REFUSED"
 # Cheap markers that a config.json may hold a request; without them we never parse it.
 _REQUEST_MARKERS = (b"FLEXAI_", b"flexai.io/")
 
@@ -140,10 +144,33 @@ def _release(container_id: str, socket: str | None) -> None:
         sys.stderr.write(f"flexai: could not release the slice of {container_id}: {exc}\n")
 
 
+def handed_refusal(value: str | None, container_id: str | None) -> str | None:
+    """The refusal the C front door handed over (REFUSAL_ENV) for `container_id`, or None: when
+    there is none, it is about another container, or flexaid said to retry (its file writer
+    failed: asking again may well succeed)."""
+    if not value or container_id is None:
+        return None
+    import json
+
+    try:
+        handed = json.loads(value)
+        reply = handed["reply"]
+        if handed["container_id"] != container_id or reply["ok"] is not False:
+            return None
+        error = reply["error"]
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return None
+    if not isinstance(error, str) or error.endswith("; retry"):
+        return None
+    return error
+
+
 def slice_container(
-    invocation: argv_mod.Invocation, config_path: str, raw: bytes, settings: dict, binary: str
+    invocation: argv_mod.Invocation, config_path: str, raw: bytes, settings: dict, binary: str,
+    refused: str | None = None,
 ) -> bool:
-    """Reserve and inject a slice if config.json asks for one. False: no request, pass through."""
+    """Reserve and inject a slice if config.json asks for one. False: no request, pass through.
+    `refused`: flexaid's refusal of this container, already known (handed_refusal)."""
     import json
 
     from . import client, prepare
@@ -159,6 +186,8 @@ def slice_container(
         # read, and a container that asks for a slice must not start without one
         raise Failure(f"{config_path} is nested too deeply to read its flexai request; "
                       f"nothing reserved, config.json left as it was") from None
+    for line in prepare.warnings_of(spec):  # the container still starts: say what it ignores
+        report(invocation, line, "warning")
     try:
         request = prepare.request_of(spec)
     except RequestError as exc:
@@ -166,6 +195,10 @@ def slice_container(
     if request is None:
         report(invocation, f"no slice for {invocation.container_id}: {prepare.no_request_reason(spec)}", "debug")
         return False
+    if refused is not None:
+        if refused.startswith("could not prepare "):  # flexaid's prepare reserved, then failed
+            raise Failure(refused)
+        raise Failure(f"flexaid could not reserve a slice for {invocation.container_id}: {refused}")
 
     socket = settings.get("socket")
     try:
@@ -224,8 +257,39 @@ def take_runtime_flag(args: list[str]) -> list[str]:
     return args
 
 
+def answer_about(asked: str) -> int:
+    """`flexai-runtime --help` / `--version` (argv.about): flexai's own answer."""
+    from . import about
+
+    settings: dict = {}
+    try:
+        settings = runtime_settings()
+        binary, problem = resolve_binary(settings["runtime"]), None
+    except Failure as exc:
+        binary, problem = None, str(exc)
+    if asked == "version":
+        sys.stdout.write(about.version_line(binary) + "\n")
+        sys.stdout.flush()
+        if binary is None:
+            sys.stderr.write(f"flexai: {problem}\n")
+            return 1
+        os.execv(binary, [binary, "--version"])  # its lines last and unchanged (about.py says why)
+    from .client import DEFAULT_SOCKET
+    from .request import RULES
+
+    requests = [(rule.env, rule.annotation, rule.allowed) for rule in RULES.values()]
+    config_path = os.environ.get("FLEXAI_RUNTIME_CONFIG", DEFAULT_RUNTIME_CONFIG)
+    socket = os.environ.get("FLEXAI_SOCKET") or settings.get("socket") or DEFAULT_SOCKET
+    sys.stdout.write(about.help_text(binary, problem, config_path, str(socket), requests))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = take_runtime_flag(list(sys.argv[1:] if argv is None else argv))
+    handed = os.environ.pop(REFUSAL_ENV, None)  # never passed on to the real runtime
+    asked = argv_mod.about(args)
+    if asked is not None:
+        return answer_about(asked)
     invocation = argv_mod.parse(args)
     try:
         settings = runtime_settings()
@@ -245,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     if not any(marker in raw for marker in _REQUEST_MARKERS):
         os.execv(binary, [binary] + args)
     try:
-        sliced = slice_container(invocation, config_path, raw, settings, binary)
+        sliced = slice_container(invocation, config_path, raw, settings, binary,
+                                 handed_refusal(handed, invocation.container_id))
     except Failure as exc:
         report(invocation, str(exc))
         return 1

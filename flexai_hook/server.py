@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import access, metrics, reconcile, writer
-from .batch import Persisted, answer
+from .batch import Persisted
 from .conngate import ACCEPT_BATCH, Gate, limits_for
 
 if TYPE_CHECKING:
@@ -78,7 +78,9 @@ class _Conn:
         self.events = selectors.EVENT_READ  # what the selector watches for it
 
 
-Held = tuple[_Conn, dict, "str | None"]  # a connection, an answer for it, the container it is about
+# a connection, an answer for it, the container it is about, the op (a metrics label) and when
+# the request arrived (time.monotonic(): its latency ends when the answer is released)
+Held = tuple[_Conn, dict, "str | None", "str | None", float]
 
 
 class _Committer:
@@ -98,9 +100,10 @@ class _Committer:
         self.busy: tuple["Batch", writer.Plan, list[Held]] | None = None  # the batch being written
         self.ready: list[tuple[_Conn, dict]] = []  # answers that may go out now
 
-    def hold(self, conn: _Conn, reply: dict, container_id: str | None = None) -> None:
+    def hold(self, conn: _Conn, reply: dict, container_id: str | None = None, op: str | None = None,
+             started: float | None = None) -> None:
         conn.waiting += 1
-        self.pending.append((conn, reply, container_id))
+        self.pending.append((conn, reply, container_id, op, time.monotonic() if started is None else started))
 
     def _outcome(self, wait: bool) -> writer.Outcome | None:
         if not wait and not select.select([self.writer], [], [], 0)[0]:
@@ -135,7 +138,8 @@ class _Committer:
                     self.pending = []
                 elif result.failed:
                     lost = Persisted(None, result.failed)
-                    self.pending = [(c, answer(r, cid, lost), cid) for c, r, cid in self.pending]
+                    self.pending = [(c, self.service.settle(r, op, cid, lost), cid, op, t)
+                                    for c, r, cid, op, t in self.pending]
             if self.pending:
                 batch = self.service.take_batch()
                 if batch is None:  # nothing to write: answer at once
@@ -153,9 +157,12 @@ class _Committer:
                 return
 
     def _release(self, held: list[Held], result: Persisted | None) -> None:
-        for conn, reply, cid in held:
+        now = time.monotonic()
+        stats, settle = self.service.stats, self.service.settle
+        for conn, reply, cid, op, started in held:
             conn.waiting -= 1
-            self.ready.append((conn, answer(reply, cid, result)))
+            stats.observe(op, now - started)
+            self.ready.append((conn, settle(reply, op, cid, result)))
 
     def stop(self) -> None:
         """Write and answer everything applied, then end the writer."""
@@ -504,13 +511,15 @@ def _read(conn: _Conn, service: "Service", committer: _Committer) -> bool:
 
 def _apply(conn: _Conn, line: bytes, service: "Service", committer: _Committer) -> None:
     """Apply one request line (its newline may still end it: JSON whitespace) and hold its answer."""
+    started = time.monotonic()
     try:
         message = orjson.loads(line)
     except ValueError:  # orjson.JSONDecodeError is one, and so is invalid UTF-8
-        committer.hold(conn, {"ok": False, "error": "request is not a JSON object on one line"})
+        committer.hold(conn, {"ok": False, "error": "request is not a JSON object on one line"}, started=started)
         return
     is_dict = isinstance(message, dict)
-    if is_dict and message.get("op") == "update":
+    op = message.get("op") if is_dict else None
+    if op == "update":
         # an update rewrites slice files in place: first let every slice being created
         # reach the disk (updates are rare, from the CLI)
         committer.advance(wait=True)
@@ -519,7 +528,8 @@ def _apply(conn: _Conn, line: bytes, service: "Service", committer: _Committer) 
     except Exception as exc:  # a bug must cost one request, not the daemon
         log.exception("internal error handling %r", line[:200])
         reply = {"ok": False, "error": f"flexaid internal error: {type(exc).__name__}: {exc}"}
-    committer.hold(conn, reply, message.get("container_id") if is_dict else None)
+    committer.hold(conn, reply, message.get("container_id") if is_dict else None,
+                   op if isinstance(op, str) else None, started)
 
 
 def _read_http(conn: _Conn, service: "Service") -> bool:
@@ -534,7 +544,7 @@ def _read_http(conn: _Conn, service: "Service") -> bool:
     elif request_line[1].split("?")[0] != "/metrics":
         _http(conn, 404, "text/plain", "see /metrics\n")
     else:
-        body = metrics.render(service.status())
+        body = metrics.render(service.status(), service.stats)
         _http(conn, 200, metrics.CONTENT_TYPE, body if request_line[0] == "GET" else "", len(body.encode()))
     return True
 

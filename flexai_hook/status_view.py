@@ -1,4 +1,5 @@
-"""Rendering flexaid's status for people: a pure function from the status reply to text."""
+"""Rendering flexaid's status for people: a pure function from the status reply to text, and
+the pace at which `flexai status --watch` asks again while flexaid does not answer."""
 
 from __future__ import annotations
 
@@ -75,3 +76,13 @@ def render(status: dict, socket: str, now: float | None = None,
     if not any(card["slices"] for card in status["cards"]):
         lines.append("no slices reserved")
     return "\n".join(lines)
+
+
+RETRY_FIRST = 0.25  # seconds: flexaid restarting under systemd is back within about a second
+RETRY_MAX = 5.0
+
+
+def retry_delay(previous: float | None) -> float:
+    """The pause before the next try at a flexaid that did not answer: doubling from RETRY_FIRST
+    up to RETRY_MAX, so a short restart is seen at once and a long outage costs little."""
+    return RETRY_FIRST if previous is None else min(previous * 2, RETRY_MAX)

@@ -111,9 +111,12 @@ if [ "$start" = 1 ]; then
     step "flexaid is already running"
   else
     # No systemd as PID 1 (a container, a CI runner): run it directly.
-    step "starting flexaid (log: /var/log/flexai/flexaid.log)"
+    step "starting flexaid (log: /var/log/flexai/flexaid.log, rotated by size)"
     install -d -m 0755 /var/log/flexai /run/flexai
-    nohup flexaid --config /etc/flexai/flexaid.json >>/var/log/flexai/flexaid.log 2>&1 </dev/null &
+    # flexaid writes and rotates the log itself (--log-file); stderr, for what comes before that
+    # (a bad config), goes to the same file
+    nohup flexaid --config /etc/flexai/flexaid.json --log-file /var/log/flexai/flexaid.log \
+      >>/var/log/flexai/flexaid.log 2>&1 </dev/null &
     echo $! >/run/flexai/flexaid.pid
     for _ in $(seq 100); do
       flexai status >/dev/null 2>&1 && break

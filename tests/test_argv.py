@@ -2,6 +2,7 @@
 
 import pytest
 
+from flexai_hook import argv
 from flexai_hook.argv import Invocation, parse
 
 CASES = [
@@ -55,3 +56,11 @@ def test_leading_flexai_runtime_flag_names_the_real_runtime_and_is_taken_off(mon
                                       "create", "--flexai-runtime=x"])
     assert args == ["--root", "/r", "create", "--flexai-runtime=x"]  # only leading ones are flexai's
     assert runtime.runtime_settings()["runtime"] == "/usr/bin/nvidia-container-runtime"
+
+
+@pytest.mark.parametrize("args, asked", [
+    ([], "help"), (["--help"], "help"), (["-h"], "help"), (["--version"], "version"), (["-v"], "version"),
+    (["--root", "/r", "--version"], None), (["state", "--help"], None), (["help"], None), (["list"], None),
+])
+def test_about_is_only_a_question_about_the_runtime_itself(args, asked):
+    assert argv.about(args) == asked

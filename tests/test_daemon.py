@@ -50,8 +50,29 @@ def test_full_card_is_refused_with_one_line(daemon):
     reserve(daemon, "big", fraction=80)
     with pytest.raises(client.DaemonRefused) as info:
         reserve(daemon, "late", fraction=30)
-    assert "no card can fit" in str(info.value) and "\n" not in str(info.value)
+    assert "no card can fit the slice right now" in str(info.value) and "\n" not in str(info.value)
+    assert "once enough slices are released" in str(info.value) and "never" not in str(info.value)
     assert [s["container_id"] for s in daemon.slices()] == ["big"]
+
+
+def test_a_slice_larger_than_every_card_is_told_it_can_never_fit(make_daemon):
+    """Issue 17 item 7: FLEXAI_MEMORY=20GiB on 16 and 8 GiB cards is not "full right now", even
+    while the cards hold other slices: it names the largest card and what to ask for instead."""
+    daemon = make_daemon(memories=("8GiB", "16GiB"))
+    reserve(daemon, "busy", fraction=50, device="1")
+    for _while in ("card 1 is half full", "every card is empty"):
+        with pytest.raises(client.DaemonRefused) as info:
+            reserve(daemon, "huge", memory_bytes=20 * GIB)
+        line = str(info.value)
+        assert "can never fit on this host" in line and "right now" not in line and "\n" not in line
+        assert f"card 1 ({daemon.cards[1]['uuid']}), has 16.00 GiB" in line and "20.00 GiB" in line
+        daemon.call({"op": "release", "container_id": "busy"})
+    # pinned to a card too small for it: never, on that card, though a larger card exists
+    with pytest.raises(client.DaemonRefused) as info:
+        reserve(daemon, "pinned", memory_bytes=10 * GIB, device="0")
+    assert "can never fit on card 0" in str(info.value) and "8.00 GiB" in str(info.value)
+    assert reserve(daemon, "fits", memory_bytes=10 * GIB)["reservation"]["card_index"] == 1
+    assert [s["container_id"] for s in daemon.slices()] == ["fits"]
 
 
 def test_restart_between_reserve_and_release_loses_nothing(daemon):
@@ -326,8 +347,15 @@ def test_prepare_reserves_and_answers_the_sliced_config(daemon):
 
 
 def test_prepare_without_a_request_reserves_nothing(daemon):
-    reply = prepare(daemon, "p2", {"process": {"env": ["FLEXAI_NOTHING=1", "PATH=/bin"]}})
+    reply = prepare(daemon, "p2", {"process": {"env": ["FLEXAI_SLICE_ID=x", "NOTE=FLEXAI_FRACTION", "PATH=/bin"]}})
     assert reply == {"ok": True, "spec": None}
+    # an unknown FLEXAI_* name: still no slice, and the warning comes before "spec" (the C front
+    # door then leaves the start to Python, which prints it); flexaid logs it once
+    reply = prepare(daemon, "p2", {"process": {"env": ["FLEXAI_FRACTON=0.3", "PATH=/bin"]}})
+    assert list(reply) == ["ok", "warnings", "spec"] and reply["spec"] is None
+    assert validation.problem("protocol.schema.json", reply, "reply") is None
+    assert [w.endswith("did you mean FLEXAI_FRACTION?") for w in reply["warnings"]] == [True]
+    assert daemon.log().count("did you mean FLEXAI_FRACTION?") == 1
     assert daemon.slices() == []
 
 

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import prom_support
 from flexai_hook import client
 from conftest import GIB, tool
 
@@ -103,6 +105,7 @@ def test_journal_gets_structured_fields(make_daemon, tmp_path):
         assert fields[b"SLICE_ID"] == slice_id.encode()
         assert fields[b"CARD_UUID"] == daemon.cards[0]["uuid"].encode()
         assert fields[b"SYSLOG_IDENTIFIER"] == b"flexaid"
+        assert fields[b"MESSAGE"].startswith(b"reserved slice ")  # the journal keeps the time itself
     finally:
         daemon.stop()
         log_file.close()
@@ -115,6 +118,48 @@ def test_journal_gets_structured_fields(make_daemon, tmp_path):
 def test_stderr_logs_carry_the_same_fields(daemon):
     daemon.call({"op": "reserve", "container_id": "web-8", "request": {"fraction": 10}})
     assert "container_id=web-8" in daemon.log() and "card_uuid=" in daemon.log()
+
+
+# local time, milliseconds, UTC offset: 2025-01-31T09:15:02.042+01:00
+STAMPED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d flexaid: (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def test_every_log_line_outside_the_journal_starts_with_its_time(daemon):
+    """Issue 17 item 7 (the journal stamps its entries itself: test_journal_gets_structured_fields
+    checks its MESSAGE carries none)."""
+    daemon.call({"op": "reserve", "container_id": "web-9", "request": {"fraction": 10}})
+    with pytest.raises(client.DaemonRefused):
+        daemon.call({"op": "reserve", "container_id": "huge", "request": {"memory_bytes": 64 * GIB}})
+    lines = daemon.log().splitlines()
+    assert len(lines) >= 4 and [line for line in lines if not STAMPED.match(line)] == []
+    # a refusal is one line
+    assert len([line for line in lines if "huge" in line]) == 1
+
+
+def test_a_log_file_is_rotated_by_size_and_keeps_the_configured_backups(make_daemon, tmp_path):
+    log = tmp_path / "logs" / "flexaid.log"  # its folder is made
+    daemon = make_daemon(log={"file": str(log), "max_bytes": 2048, "backups": 2})
+    for i in range(40):  # ~300 bytes of log each
+        with pytest.raises(client.DaemonRefused):
+            daemon.call({"op": "reserve", "container_id": f"big-{i:02d}", "request": {"memory_bytes": 64 * GIB}})
+    files = sorted(p.name for p in log.parent.iterdir())
+    assert files == ["flexaid.log", "flexaid.log.1", "flexaid.log.2"]
+    kept = [line for name in reversed(files) for line in (log.parent / name).read_text().splitlines()]
+    assert all(STAMPED.match(line) for line in kept)
+    assert all((log.parent / name).stat().st_size <= 2048 for name in files)
+    refused = [line.split("refused ", 1)[1].split(" ", 1)[0] for line in kept if "refused big-" in line]
+    assert refused == [f"big-{i:02d}" for i in range(40 - len(refused), 40)]  # in order, each once
+    assert "big-39" in log.read_text() and "ready on" not in daemon.log()  # the file, not stderr
+
+
+def test_a_log_file_that_cannot_be_opened_stops_flexaid_with_one_line(make_daemon, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    daemon = make_daemon(start=False, log={"file": str(blocker / "flexaid.log")})
+    daemon.start(wait=False)
+    assert daemon.proc.wait(30) == 1
+    (line,) = daemon.log().splitlines()
+    assert line.startswith("flexaid: cannot open the log file") and "log.file" in line
 
 
 def _connect_as(path: str, uid: int, gid: int, groups: list[int], out) -> None:
@@ -353,22 +398,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return resp.read().decode()
+
+
 def test_prometheus_endpoint(make_daemon):
     port = _free_port()
     daemon = make_daemon(memories=("16GiB", "8GiB"), metrics={"listen": f"127.0.0.1:{port}"})
     slice_id = daemon.call({"op": "reserve", "container_id": "web-1", "request": {"fraction": 25}})["reservation"]["slice_id"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        body = resp.read().decode()
+    body = _scrape(port)
+    prom_support.parse(body)
     uuid0 = daemon.cards[0]["uuid"]
     assert f'flexai_card_memory_total_bytes{{gpu="0",UUID="{uuid0}",modelName="sim-0"}} {16 * GIB}' in body
     assert f'flexai_card_memory_reserved_bytes{{gpu="0",UUID="{uuid0}",modelName="sim-0"}} {4 * GIB}' in body
-    assert (f'flexai_slice_compute_limit_percent{{gpu="0",UUID="{uuid0}",modelName="sim-0",'
-            f'container="web-1",slice="{slice_id}"}} 25') in body
-    assert "# TYPE flexai_card_compute_reserved_percent gauge" in body
+    assert (f'flexai_slice_compute_limit_ratio{{gpu="0",UUID="{uuid0}",modelName="sim-0",'
+            f'container="web-1",slice="{slice_id}"}} 0.25') in body
+    assert "# TYPE flexai_card_compute_reserved_ratio gauge" in body
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
     assert info.value.code == 404
+
+
+def test_metrics_count_refusals_by_reason_and_time_requests_by_op(make_daemon):
+    """Issue 17 item 7: ratios instead of percentages, pod/namespace labels, refusals by reason
+    and request latency, scraped after real requests and checked as Prometheus would read them."""
+    port = _free_port()
+    daemon = make_daemon(memories=("16GiB", "8GiB"), metrics={"listen": f"127.0.0.1:{port}"})
+    before = prom_support.parse(_scrape(port))
+    assert {r: before["flexai_reserve_refusals_total"].value(reason=r) for r in ("never_fits", "no_room")} == \
+        {"never_fits": 0, "no_room": 0}  # every reason exists from the start, at 0
+    web = daemon.call({"op": "reserve", "container_id": "web-1", "request": {"fraction": 25},
+                       "pod": {"name": "web-0", "namespace": "ml"}})["reservation"]
+    daemon.call({"op": "reserve", "container_id": "whole", "request": {"fraction": 100}})  # the other card
+    refused = [
+        ("huge", {"memory_bytes": 20 * GIB}, "never_fits"),
+        ("late", {"fraction": 100}, "no_room"),
+        ("pinned", {"fraction": 10, "device": "7"}, "no_such_card"),
+        ("bad", {"fraction": 500}, "invalid_request"),
+        ("late", {"fraction": 90}, "no_room"),
+    ]
+    for cid, request, _ in refused:
+        with pytest.raises(client.DaemonRefused):
+            daemon.call({"op": "reserve", "container_id": cid, "request": request})
+    daemon.call({"op": "release", "container_id": "whole"})
+    daemon.call({"op": "status"})
+
+    families = prom_support.parse(_scrape(port))
+    assert not [name for name in families if "percent" in name]
+    refusals = families["flexai_reserve_refusals_total"]
+    assert refusals.kind == "counter"
+    counted = {labels["reason"]: value for _, labels, value in refusals.samples if value}
+    assert counted == {"never_fits": 1, "no_room": 2, "no_such_card": 1, "invalid_request": 1}
+    assert "not_saved" in {labels["reason"] for _, labels, _ in refusals.samples}
+    latency = families["flexai_request_duration_seconds"]
+    assert latency.kind == "histogram"
+    count = "flexai_request_duration_seconds_count"
+    assert latency.value(count, op="reserve") == 2 + len(refused)
+    assert latency.value(count, op="release") == 1 and latency.value(count, op="status") >= 2
+    assert latency.value("flexai_request_duration_seconds_sum", op="reserve") > 0
+    ratio = families["flexai_slice_compute_limit_ratio"]
+    assert ratio.value(container="web-1", pod="web-0", namespace="ml", slice=web["slice_id"]) == 0.25
+    card = str(web["card_index"])
+    assert families["flexai_card_compute_reserved_ratio"].value(gpu=card) == 0.25
 
 
 def test_metrics_are_off_unless_configured(daemon):

@@ -85,6 +85,20 @@ def test_docker_exec_is_limited_too(engine):
     assert daemon.slices() == []
 
 
+def test_a_misspelled_request_runs_unsliced_and_is_said(engine):
+    """Issue 17 item 7: docker run -e FLEXAI_FRACTON=0.3 still starts (flexai sets FLEXAI_*
+    variables itself, so an unknown one is no error), with the runtime's warning on docker's
+    stderr and once in flexaid's log."""
+    dockerd, daemon = engine
+    out = dockerd.docker("run", "--rm", "--network", "none", "--runtime=flexai", "-e", "FLEXAI_FRACTON=0.3",
+                         es.IMAGE, "sh", "-c", "echo STARTED; test -e /run/flexai/slice.conf || echo UNSLICED")
+    assert out.returncode == 0 and "STARTED" in out.stdout and "UNSLICED" in out.stdout, out.stderr
+    warning = ("flexai: FLEXAI_FRACTON in the container's environment is not a flexai variable and does nothing; "
+               "did you mean FLEXAI_FRACTION?")
+    assert warning in out.stderr.splitlines()
+    assert daemon.log().count("FLEXAI_FRACTON in the container's environment") == 1 and daemon.slices() == []
+
+
 def test_container_without_request_is_the_same_as_with_plain_runc(engine):
     dockerd, daemon = engine
     reserved_before = daemon.log().count("reserved slice")
@@ -104,7 +118,7 @@ def test_container_without_request_is_the_same_as_with_plain_runc(engine):
     ("FLEXAI_FRACTION=1.5", "flexai: invalid FLEXAI_FRACTION='1.5'"),
     ("FLEXAI_FRACTION=0", "flexai: invalid FLEXAI_FRACTION='0'"),
     ("FLEXAI_PRIORITY=urgent", "flexai: invalid FLEXAI_PRIORITY='urgent'"),
-    ("FLEXAI_MEMORY=17GiB", "no card can fit"),
+    ("FLEXAI_MEMORY=17GiB", "can never fit on this host"),
 ])
 def test_bad_request_fails_docker_run_with_flexais_reason(engine, env, reason):
     dockerd, daemon = engine
@@ -213,6 +227,11 @@ def test_default_chains_to_the_default_it_replaced_and_uninstall_puts_it_back(en
                       "--runtime-path", tool("flexai-runtime")).returncode == 0
         dockerd.reload()
         _wait_runtimes(dockerd, lambda r: "flexai" in r and "vendor" not in r)
+        # docker info runs the default runtime's --version: flexai-runtime's line comes first,
+        # so Docker still reads runc's version line and commit (about.py)
+        version = subprocess.run([es.need("runc", "runc"), "--version"], capture_output=True, text=True).stdout
+        runc_commit = next(line.split(":", 1)[1].strip() for line in version.splitlines() if line.startswith("commit:"))
+        assert dockerd.docker("info", "--format", "{{.RuncCommit.ID}}").stdout.strip() == runc_commit
         assert flexai("uninstall", "docker", "--config", path).returncode == 0
         dockerd.reload()
         _wait_runtimes(dockerd, lambda r: "flexai" not in r)

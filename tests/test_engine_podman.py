@@ -101,7 +101,7 @@ def test_container_without_request_is_the_same_as_with_plain_runc(engine):
     ("runc", "--annotation", "flexai.io/fraction=abc", "flexai: invalid annotation flexai.io/fraction='abc'"),
     ("runc", "--annotation", "flexai.io/fraction=1.5", "flexai: invalid annotation flexai.io/fraction='1.5'"),
     ("runc", "--annotation", "flexai.io/priority=urgent", "flexai: invalid annotation flexai.io/priority='urgent'"),
-    ("runc", "--annotation", "flexai.io/memory=17GiB", "no card can fit"),
+    ("runc", "--annotation", "flexai.io/memory=17GiB", "can never fit on this host"),
 ])
 def test_bad_request_fails_podman_run_with_flexais_reason(engine, runtime, flag, value, reason):
     podman, daemon = engine

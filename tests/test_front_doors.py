@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import cbuild
+from flexai_hook import argv as argv_mod, cbuild
 from test_argv import CASES
 
 LIB = cbuild.package_lib_dir()
@@ -76,7 +76,7 @@ def test_only_create_and_run_of_a_flexai_config_need_python(bindir, tmp_path, ar
         env = ["FLEXAI_FRACTION=0.3"] if marked else ["PATH=/bin"]
         (target / "config.json").write_text(json.dumps({"process": {"env": env}}))
         out, passed = run_front(bindir, args, tmp_path, cwd=cwd)
-        if marked and sub in ("create", "run"):
+        if (marked and sub in ("create", "run")) or argv_mod.about(args):  # --help, --version: flexai's
             assert passed is None and b"flexai-runtime-py" in out.stderr, out.stderr
         else:
             # Straight to the real runtime, argv unchanged, no Python involved.
@@ -353,6 +353,60 @@ def test_anything_but_a_prepared_spec_goes_to_python(bindir, tmp_path, reply):
         daemon.close()
     assert passed is None and b"flexai-runtime-py" in out.stderr  # Python redoes it and says why
     assert json.loads((b / "config.json").read_text()) == SLICED
+
+
+def _fake_python(bindir, tmp_path) -> Path:
+    """A flexai-runtime-py that records its argv and the refusal handed to it."""
+    record = tmp_path / "py.txt"
+    py = bindir / "flexai-runtime-py"
+    py.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" "${{FLEXAI_PREPARE_REFUSED-unset}}" > {record}\n')
+    py.chmod(0o755)
+    return record
+
+
+@pytest.mark.parametrize("reply, handed", [
+    # a refusal goes to Python with it, so that flexaid is not asked (and does not log) twice
+    (b'{"ok":false,"error":"the slice asks 20.00 GiB of memory and can never fit on this host"}\n',
+     {"container_id": "c6", "reply": {"ok": False, "error": "the slice asks 20.00 GiB of memory and can never "
+                                                            "fit on this host"}}),
+    # flexaid's accept-time refusals are written by json.dumps, with a space
+    (b'{"ok": false, "error": "permission denied: uid 7 (pid 9) is neither root nor in the socket\'s group"}\n',
+     {"container_id": "c6", "reply": {"ok": False, "error": "permission denied: uid 7 (pid 9) is neither root "
+                                                            "nor in the socket's group"}}),
+    # warnings: Python redoes the start and shows them; nothing is handed over
+    (b'{"ok":true,"warnings":["FLEXAI_FRACTON ... did you mean FLEXAI_FRACTION?"],"spec":null}\n', None),
+    (b'{"ok":true,"warnings":["x"],"spec":{"ociVersion":"1.0.2"}}\n', None),
+])
+def test_a_refusal_is_handed_to_python_and_warnings_are_left_to_it(bindir, tmp_path, reply, handed):
+    record = _fake_python(bindir, tmp_path)
+    daemon = FakeDaemon(tmp_path / "d.sock", reply)
+    b = sliced_bundle(tmp_path)
+    try:
+        out, passed = run_front(bindir, ["create", "--bundle", str(b), "c6"], tmp_path,
+                                env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert out.returncode == 0 and passed is None, out.stderr
+    argv, env = record.read_text().splitlines()
+    assert argv == f"create --bundle {b} c6"
+    assert (json.loads(env) if handed else env) == (handed or "unset")
+    assert json.loads((b / "config.json").read_text()) == SLICED  # untouched: Python decides
+
+
+@pytest.mark.parametrize("args, asks", [
+    ([], True), (["--help"], True), (["-h"], True), (["--version"], True), (["-v"], True),
+    (["--flexai-runtime=/usr/bin/crun", "--version"], True),
+    (["--root", "/r", "--version"], False),  # not a question about flexai-runtime alone
+    (["state", "--help"], False),  # runc's help of its subcommand
+    (["help"], False),
+])
+def test_help_and_version_are_answered_by_flexai_not_the_real_runtime(bindir, tmp_path, args, asks):
+    record = _fake_python(bindir, tmp_path)
+    out, passed = run_front(bindir, args, tmp_path)
+    if asks:
+        assert passed is None and record.read_text().splitlines()[0] == " ".join(a for a in args if "flexai-runtime=" not in a)
+    else:
+        assert passed == [str(bindir / "fake-runc"), *args] and not record.exists()
 
 
 def test_no_daemon_goes_to_python(bindir, tmp_path):

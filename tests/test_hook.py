@@ -96,3 +96,18 @@ def test_a_state_over_the_line_limit_still_releases(daemon, name):
     out = hook(daemon.socket, state, "poststop", name=name)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert daemon.slices() == []
+
+
+def test_create_container_warns_about_a_misspelled_request_and_lets_it_run(daemon, tmp_path):
+    """The hooks.d path (Podman): an unknown FLEXAI_* name is said on the hook's stderr; with no
+    request the hook does nothing else and the container starts (issue 17 item 7)."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"process": {"env": ["FLEXAI_FRACTON=0.3", "PATH=/bin"]},
+                                                    "root": {"path": "rootfs"}}))
+    state = {"ociVersion": "1.0.2", "id": "typo-hook", "status": "creating", "pid": 1, "bundle": str(bundle)}
+    out = hook(daemon.socket, json.dumps(state), "createContainer")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == ["flexai: FLEXAI_FRACTON in the container's environment is not a flexai "
+                                       "variable and does nothing; did you mean FLEXAI_FRACTION?"]
+    assert daemon.slices() == []

@@ -190,3 +190,64 @@ def test_schema_and_fast_validator_agree_on_arbitrary_text(name, value):
     elif schema_ok:
         # Only semantic limits beyond the pattern may reject a schema-valid value.
         assert name == "memory"
+
+
+# --- FLEXAI_* names flexai does not know (issue 17 item 7) ------------------------------------
+
+def test_a_misspelled_env_name_is_warned_about_with_the_name_it_most_likely_means():
+    env = ["FLEXAI_FRACTON=0.3", "PATH=/bin", "FLEXAI_FRACTON=0.5"]
+    assert from_container(env, {}) is None  # not an error: the container runs, unsliced
+    (line,) = rq.env_warnings(env)  # once, however often it is repeated
+    assert line.startswith("FLEXAI_FRACTON ") and line.endswith("did you mean FLEXAI_FRACTION?")
+    assert "\n" not in line
+
+
+def test_a_name_close_to_nothing_lists_the_request_variables():
+    (line,) = rq.env_warnings(["FLEXAI_GPUS=2"])
+    assert "did you mean" not in line and "FLEXAI_FRACTION, FLEXAI_MEMORY" in line
+
+
+@pytest.mark.parametrize("env", [
+    ["FLEXAI_FRACTION=0.3", "FLEXAI_MEMORY=2GiB", "FLEXAI_COMPUTE_MODE=hard"],
+    # what flexai-runtime itself writes into a sliced container, e.g. kept by `docker commit`
+    ["FLEXAI_SLICE_ID=abc", "FLEXAI_REGION=/run/flexai/region", "FLEXAI_MEMORY_LIMIT=1", "FLEXAI_COMPUTE_BY=mps"],
+    ["FLEXAI_CONTEXT_MEMORY=300MiB", "FLEXAI_SIM_DEBUG=1"],
+    ["NOT_FLEXAI_FRACTON=1", "flexai_fracton=1"],
+])
+def test_names_flexai_sets_or_reads_are_not_warned_about(env):
+    assert rq.env_warnings(env) == []
+
+
+def test_garbage_names_are_shown_escaped_and_many_are_counted_not_listed():
+    lines = rq.env_warnings([f"FLEXAI_X{i}=1" for i in range(12)] + ["FLEXAI_\x1b[2J=1"])
+    assert len(lines) == 6 and lines[-1].startswith("8 more FLEXAI_* names")
+    long = rq.env_warnings(["FLEXAI_" + "Y" * 5000 + "=1"])[0]
+    assert len(long) < 400 and "5007 characters" in long
+
+
+def test_own_env_names_list_every_name_flexai_writes_or_reads():
+    """The list that keeps warnings quiet must follow the code: every FLEXAI_* name the runtime
+    writes into a container (spec.py, mps.py) and every one libflexai, the simulated drivers or
+    the host commands read."""
+    import re
+    from pathlib import Path
+
+    repo = Path(rq.__file__).resolve().parent.parent
+    found: set[str] = set()
+    for path in (repo / "libflexai").rglob("*.c"):
+        found |= set(re.findall(r'getenv\("(FLEXAI_[A-Z0-9_]+)"\)', path.read_text()))
+    for path in (repo / "flexai_hook").rglob("*.py"):
+        found |= set(re.findall(r'environ(?:\.get)?[\[(]"(FLEXAI_[A-Z0-9_]+)"', path.read_text()))
+    for name in ("spec.py", "mps.py"):  # their ("NAME", value) pairs are the container's env
+        found |= set(re.findall(r'\(\s*"(FLEXAI_[A-Z0-9_]+)",', (repo / "flexai_hook" / name).read_text()))
+    assert {"FLEXAI_SLICE_ID", "FLEXAI_COMPUTE_BY", "FLEXAI_CONTEXT_MEMORY", "FLEXAI_SOCKET"} <= found
+    assert found - rq.KNOWN_ENV_NAMES == set()
+
+
+def test_an_unknown_annotation_stays_an_error_and_names_the_key_it_most_likely_means():
+    with pytest.raises(RequestError) as info:
+        from_container([], {"flexai.io/fractoin": "0.3"})
+    assert "flexai.io/fractoin" in str(info.value) and str(info.value).endswith("did you mean flexai.io/fraction?")
+    with pytest.raises(RequestError) as info:
+        from_container([], {"flexai.io/gpus": "2"})
+    assert "did you mean" not in str(info.value) and "flexai.io/fraction" in str(info.value)

@@ -100,7 +100,7 @@ def test_bundle_from_the_current_directory(runc, daemon, make_bundle):
         (["FLEXAI_FRACTION=0"], None, "invalid FLEXAI_FRACTION='0'"),
         ([], {"flexai.io/priority": "urgent"}, "invalid annotation flexai.io/priority='urgent'"),
         (["FLEXAI_DEVICE=5", "FLEXAI_FRACTION=0.1"], None, "no card '5'"),
-        (["FLEXAI_MEMORY=17GiB"], None, "no card can fit"),
+        (["FLEXAI_MEMORY=17GiB"], None, "can never fit on this host"),
     ],
 )
 def test_bad_requests_fail_closed(runc, daemon, make_bundle, tmp_path, env, annotations, reason):
@@ -219,3 +219,108 @@ def test_sliced_container_through_crun(daemon, make_bundle, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "compute_limit=30" in out.stdout
     assert daemon.slices() == []
+
+
+# --- issue 17 item 7: refusals once, misspellings said, flexai's own --help/--version ---------
+
+def test_a_refusal_through_the_c_front_door_is_logged_and_counted_once(runc, make_daemon, make_bundle, tmp_path):
+    """The front door asks flexaid to prepare, is refused, and hands the refusal to Python with
+    the start: before, Python asked flexaid again, which logged (and counted) it twice."""
+    import socket as socket_mod
+    import urllib.request
+
+    import prom_support
+
+    with socket_mod.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = make_daemon(metrics={"listen": f"127.0.0.1:{port}"})
+    bundle = make_bundle(["sh", "-c", "echo STARTED"], env=["FLEXAI_MEMORY=20GiB"])
+    log = tmp_path / "runc-log.json"
+    out = runtime(runc, daemon, "run", "--bundle", str(bundle), "huge1", log=log)
+    assert out.returncode == 1 and "STARTED" not in out.stdout
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("flexai: flexaid could not reserve a slice for huge1: the slice asks 20.00 GiB")
+    assert "can never fit on this host" in line and "has 16.00 GiB" in line
+    assert "can never fit" in json.loads(log.read_text())["msg"]
+    assert daemon.log().count("can never fit") == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        families = prom_support.parse(resp.read().decode())
+    assert families["flexai_reserve_refusals_total"].value(reason="never_fits") == 1
+    assert families["flexai_request_duration_seconds"].value("flexai_request_duration_seconds_count", op="prepare") == 1
+    assert families["flexai_request_duration_seconds"].value("flexai_request_duration_seconds_count", op="reserve") == 0
+
+
+@pytest.mark.parametrize("program", ["flexai-runtime", "flexai-runtime-py"])
+def test_a_misspelled_request_is_said_and_the_container_runs(runc, daemon, make_bundle, tmp_path, program):
+    bundle = make_bundle(["sh", "-c", "echo STARTED; cat /run/flexai/slice.conf 2>/dev/null || echo UNSLICED"],
+                         env=["FLEXAI_FRACTON=0.3"])
+    log = tmp_path / "log.json"
+    cmd = [tool(program), "--root", str(runc.root), "--log", str(log), "--log-format", "json",
+           "run", "--bundle", str(bundle), "typo1"]
+    out = run_to_files(cmd, env={**os.environ, "FLEXAI_SOCKET": daemon.socket, "FLEXAI_RUNTIME": runc.binary,
+                                 "FLEXAI_RUNTIME_CONFIG": "/nonexistent"})
+    assert out.returncode == 0, out.stderr
+    assert "STARTED" in out.stdout and "UNSLICED" in out.stdout  # it asked for nothing flexai knows
+    (line,) = out.stderr.splitlines()
+    assert line == ("flexai: FLEXAI_FRACTON in the container's environment is not a flexai variable and does "
+                    "nothing; did you mean FLEXAI_FRACTION?")
+    (entry,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert entry["level"] == "warning" and "did you mean FLEXAI_FRACTION?" in entry["msg"]
+    assert daemon.slices() == []
+
+
+def test_a_misspelled_name_beside_a_request_is_said_and_the_slice_is_given(runc, daemon, make_bundle):
+    bundle = make_bundle(["sh", "-c", "cat /run/flexai/slice.conf"], env=["FLEXAI_FRACTION=0.3", "FLEXAI_MEMROY=2GiB"])
+    out = runtime(runc, daemon, "run", "--bundle", str(bundle), "typo2")
+    assert out.returncode == 0, out.stderr
+    assert "compute_limit=30" in out.stdout
+    assert out.stderr.splitlines() == ["flexai: FLEXAI_MEMROY in the container's environment is not a flexai "
+                                       "variable and does nothing; did you mean FLEXAI_MEMORY?"]
+    assert daemon.log().count("did you mean FLEXAI_MEMORY?") == 1  # flexaid's prepare, once
+    assert daemon.slices() == []
+
+
+def _docker_reads_version(output: str) -> tuple[str, str, str]:
+    """moby's parseRuntimeVersion (daemon/info_unix.go), which `docker info` runs on the default
+    runtime's `--version`: the last line containing "version" names the runtime and its version,
+    a line starting "commit:" its commit."""
+    runtime_name = version = commit = ""
+    for line in output.strip().split("\n"):
+        if "version" in line:
+            parts = line.split("version")
+            runtime_name, version = parts[0].strip(), parts[-1].strip()
+        elif line.startswith("commit:"):
+            commit = line[len("commit:"):].strip()
+    return runtime_name, version, commit
+
+
+@pytest.mark.parametrize("program", ["flexai-runtime", "flexai-runtime-py"])
+def test_version_is_flexais_line_then_the_real_runtimes_as_docker_reads_it(runc, program):
+    from flexai_hook import __version__
+
+    env = {**os.environ, "FLEXAI_RUNTIME": runc.binary, "FLEXAI_RUNTIME_CONFIG": "/nonexistent"}
+    real = subprocess.run([runc.binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    for flag in ("--version", "-v"):
+        out = subprocess.run([tool(program), flag], capture_output=True, text=True, timeout=30, env=env)
+        assert out.returncode == 0, out.stderr
+        first, rest = out.stdout.split("\n", 1)
+        assert first.startswith(f"flexai-runtime version {__version__} ") and runc.binary in first
+        assert rest == real  # unchanged, and last
+        assert _docker_reads_version(out.stdout) == _docker_reads_version(real)
+        assert _docker_reads_version(real)[0] == "runc" and _docker_reads_version(real)[2]
+
+
+@pytest.mark.parametrize("program", ["flexai-runtime", "flexai-runtime-py"])
+def test_help_is_flexais_own(runc, program, tmp_path):
+    env = {**os.environ, "FLEXAI_RUNTIME": runc.binary, "FLEXAI_RUNTIME_CONFIG": str(tmp_path / "runtime.json")}
+    for args in (["--help"], ["-h"], []):
+        out = subprocess.run([tool(program), *args], capture_output=True, text=True, timeout=30, env=env)
+        assert out.returncode == 0, out.stderr
+        text = out.stdout
+        assert text.startswith("flexai-runtime ") and "runc or crun" in text
+        for env_name, annotation in (("FLEXAI_FRACTION", "flexai.io/fraction"), ("FLEXAI_MEMORY", "flexai.io/memory"),
+                                     ("FLEXAI_COMPUTE_MODE", "flexai.io/compute-mode")):
+            assert any(env_name in line and annotation in line for line in text.splitlines())
+        assert str(tmp_path / "runtime.json") in text and f"Real runtime: {runc.binary}" in text
+        assert "Open Container Initiative" not in text  # not runc's help

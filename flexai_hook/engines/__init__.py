@@ -64,8 +64,26 @@ def read_text(path: str) -> str | None:
         return None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); flexai did not change it") from None
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: this user cannot read it ({exc.strerror}); engine configs belong to root: "
+                          f"run the command as root (sudo)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def write_failure(exc: OSError, command: str) -> str:
+    """One line for a file `command` (what the user ran, e.g. "flexai install docker") could not
+    write or replace: which file, why, and the fix. Not being root is the usual cause."""
+    import errno
+
+    path = exc.filename or "an engine config file"
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot write {path} ({reason}): engine configs belong to root; run `sudo {command}` "
+                f"(or `{command} --dry-run` to see the changes first)")
+    if exc.errno == errno.EROFS:
+        return f"cannot write {path}: its file system is read-only; remount it read-write, then run `{command}` again"
+    return f"cannot write {path} ({reason}); fix that and run `{command}` again (it is idempotent)"
 
 
 def default_binary(name: str) -> str:
@@ -120,30 +138,37 @@ def _claim_backup(path: str, stamp: str) -> str:
 def apply(plan: Plan) -> list[str]:
     """Write the plan's changes: atomically, each replaced or removed file kept as a backup.
 
-    Returns one line per file saying what happened (and where its backup is)."""
-    from ..atomicfile import write_atomically
-
+    Returns one line per file saying what happened (and where its backup is). An OSError names
+    the file of the plan it was writing (not a temporary or backup name beside it)."""
     done: list[str] = []
     stamp = _stamp()
     for change in plan.effective:
-        backup = None
-        if change.old is not None and change.backup:
-            backup = _claim_backup(change.path, stamp)
-            st = os.stat(change.path)
-            write_atomically(backup, change.old.encode(), mode=st.st_mode & 0o7777, owner=(st.st_uid, st.st_gid))
-        if change.new is None:
-            os.unlink(change.path)
-            done.append(f"removed {change.path}" + (f" (backup: {backup})" if backup else ""))
-            continue
-        directory = os.path.dirname(change.path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        if change.old is not None:
-            st = os.stat(change.path)
-            mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
-        else:
-            mode, owner = change.mode, None
-        write_atomically(change.path, change.new.encode(), mode=mode, owner=owner)
-        verb = "updated" if change.old is not None else "created"
-        done.append(f"{verb} {change.path}" + (f" (backup: {backup})" if backup else ""))
+        try:
+            done.append(_apply_one(change, stamp))
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), change.path) from exc
     return done
+
+
+def _apply_one(change: Change, stamp: str) -> str:
+    from ..atomicfile import write_atomically
+
+    backup = None
+    if change.old is not None and change.backup:
+        backup = _claim_backup(change.path, stamp)
+        st = os.stat(change.path)
+        write_atomically(backup, change.old.encode(), mode=st.st_mode & 0o7777, owner=(st.st_uid, st.st_gid))
+    if change.new is None:
+        os.unlink(change.path)
+        return f"removed {change.path}" + (f" (backup: {backup})" if backup else "")
+    directory = os.path.dirname(change.path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    if change.old is not None:
+        st = os.stat(change.path)
+        mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
+    else:
+        mode, owner = change.mode, None
+    write_atomically(change.path, change.new.encode(), mode=mode, owner=owner)
+    verb = "updated" if change.old is not None else "created"
+    return f"{verb} {change.path}" + (f" (backup: {backup})" if backup else "")

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import client
-from . import ConfigError, Plan, apply, containerd, docker, podman, render_diff
+from . import ConfigError, Plan, apply, containerd, docker, podman, render_diff, write_failure
 
 ENGINES = ("docker", "containerd", "podman")
 
@@ -82,8 +82,10 @@ def install(engine, dry_run, config, dropin, hooks_dir, root, make_default, runt
             env = {"FLEXAI_SOCKET": socket} if socket and socket != client.DEFAULT_SOCKET else None
             plan = podman.plan_install(config, hooks_dir, runtime_path, hook_path, make_default, env, root)
         _report(plan, dry_run)
-    except (ConfigError, OSError) as exc:
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(write_failure(exc, _command_line())) from None
 
 
 @click.command()
@@ -100,8 +102,17 @@ def uninstall(engine, dry_run, config, dropin, hooks_dir, root):
         else:
             plan = podman.plan_uninstall(config, hooks_dir, root)
         _report(plan, dry_run)
-    except (ConfigError, OSError) as exc:
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(write_failure(exc, _command_line())) from None
+
+
+def _command_line() -> str:
+    """The command as the user typed it (for the fix in an error line): flexai and its arguments."""
+    import shlex
+
+    return shlex.join(["flexai", *sys.argv[1:]])
 
 
 @click.command()

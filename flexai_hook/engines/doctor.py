@@ -20,7 +20,8 @@ OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 # where dockerd keeps the containerd it starts for itself when it is not given `--containerd`
 DOCKERD_CONTAINERD_DIRS = ("/var/run/docker/containerd", "/run/docker/containerd")
 SYSTEMD_UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
-FLEXAID_DIRECT = ("mkdir -p /var/log/flexai && nohup flexaid --config /etc/flexai/flexaid.json >>/var/log/flexai/flexaid.log 2>&1 </dev/null &")
+FLEXAID_DIRECT = ("mkdir -p /var/log/flexai && nohup flexaid --config /etc/flexai/flexaid.json "
+                  "--log-file /var/log/flexai/flexaid.log >>/var/log/flexai/flexaid.log 2>&1 </dev/null &")
 
 
 @dataclass(frozen=True)

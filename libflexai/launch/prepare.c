@@ -4,9 +4,11 @@
  * bundle's config.json in a `prepare` request, writes back the edited config.json it answers
  * with, and runs the real runtime as a child so the slice can be released if the container
  * does not start (as flexai_hook/runtime.py does). Whatever this file is unsure about -- an
- * unusual command line, a large config, no answer, any refusal -- it leaves to the Python
- * implementation by returning: that one redoes the work (reserving is idempotent per
- * container) and reports the problem with the engine's log conventions. */
+ * unusual command line, a large config, no answer, any refusal, warnings to show -- it leaves
+ * to the Python implementation by returning: that one redoes the work (reserving is idempotent
+ * per container) and reports the problem with the engine's log conventions. A refusal is
+ * handed over with it (FLEXAI_PREPARE_REFUSED), so that flexaid is not asked again: it would
+ * log and count the same refusal twice. */
 #include "launch.h"
 
 #include <errno.h>
@@ -217,6 +219,31 @@ static void release(const char *socket, const char *id)
     free(m.p);
 }
 
+#define REFUSAL_ENV "FLEXAI_PREPARE_REFUSED" /* flexai_hook/runtime.py REFUSAL_ENV */
+#define MAX_HANDED (64 << 10)
+
+/* flexaid refused `id` (`reply`: its one-line JSON answer, ok false): hand the refusal to the
+ * Python implementation as {"container_id":ID,"reply":REPLY}, which reports it without asking
+ * again. Too large to hand over (never in practice): Python asks flexaid itself. */
+static void hand_over_refusal(const char *id, const char *reply)
+{
+    struct buf m = {0};
+    puts_(&m, "{\"container_id\":");
+    put_string(&m, id);
+    puts_(&m, ",\"reply\":");
+    if (put_json_line(&m, reply, strlen(reply)) == 0)
+        puts_(&m, "}");
+    if (!m.failed && m.len <= MAX_HANDED)
+        setenv(REFUSAL_ENV, m.p, 1);
+    free(m.p);
+}
+
+static int is_refusal(const char *reply)
+{
+    /* flexaid's loop writes compact JSON; its accept-time refusals come from json.dumps */
+    return strncmp(reply, "{\"ok\":false,", 12) == 0 || strncmp(reply, "{\"ok\": false,", 13) == 0;
+}
+
 void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, const char *real)
 {
     const char *id = container_id(argc, argv, sub);
@@ -298,8 +325,12 @@ void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, 
     }
     size_t len = strlen(reply);
     if (strncmp(reply, edited, sizeof edited - 1) != 0 || len < sizeof edited || reply[len - 1] != '}') {
+        /* a refusal: Python says why, in the engine's log too; anything else (an answer with
+         * warnings: {"ok":true,"warnings":[...],"spec":...}) Python redoes and shows */
+        if (is_refusal(reply))
+            hand_over_refusal(id, reply);
         free(reply);
-        return; /* a refusal: Python says why, in the engine's log too */
+        return;
     }
     const char *text = reply + sizeof edited - 1;
     size_t text_len = len - (sizeof edited - 1) - 1; /* without the reply's closing brace */

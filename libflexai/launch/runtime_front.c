@@ -62,9 +62,24 @@ static int take_runtime_flag(int argc, char **argv)
     return argc;
 }
 
+/* `flexai-runtime`, `--help`, `-h`, `--version`, `-v` alone (flexai_hook/argv.py about()):
+ * flexai answers those itself (flexai_hook/about.py), in Python: rare calls, one text. */
+static int asks_about(int argc, char **argv)
+{
+    static const char *const flags[] = {"--help", "-h", "--version", "-v"};
+    if (argc == 1)
+        return 1;
+    for (size_t i = 0; argc == 2 && i < sizeof flags / sizeof *flags; i++)
+        if (strcmp(argv[1], flags[i]) == 0)
+            return 1;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     argc = take_runtime_flag(argc, argv);
+    if (asks_about(argc, argv))
+        flexai_exec_python("flexai-runtime", argv);
     int sub = subcommand_index(argc, argv);
     if (sub < argc && (strcmp(argv[sub], "create") == 0 || strcmp(argv[sub], "run") == 0)) {
         const char *bundle = bundle_of(argc, argv, sub);
