@@ -42,8 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flexai_hook import cbuild  # noqa: E402
-from flexai_hook.simcards import SimCard, write_sim_dir  # noqa: E402
+from flexai_hook.install import cbuild  # noqa: E402
+from flexai_hook.devices.simcards import SimCard, write_sim_dir  # noqa: E402
 
 LIB = ROOT / "flexai_hook" / "lib"
 CLIENT_SRC = ROOT / "tests" / "clients" / "compute_client.c"

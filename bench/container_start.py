@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flexai_hook import bundle, client
+from flexai_hook.oci import bundle
+from flexai_hook import client
 
 BIN = Path(sys.executable).parent
 
@@ -85,7 +86,7 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 
 def docker_bench(args, runc: str) -> int:
-    from flexai_hook.image import image_archive
+    from flexai_hook.oci.image import image_archive
 
     for binary in ("dockerd", "containerd", "docker"):
         if not shutil.which(binary):

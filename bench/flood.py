@@ -81,7 +81,7 @@ def starts(sock: str, n: int, work: Path, tag: str) -> tuple[list[float], int]:
     """Latencies (ms) of n `flexai-runtime create` runs of a sliced busybox bundle, and failures."""
     import shutil
 
-    from flexai_hook import bundle
+    from flexai_hook.oci import bundle
 
     runc = shutil.which("runc")
     runtime = Path(sys.executable).parent / "flexai-runtime"
@@ -141,7 +141,7 @@ def main() -> int:
     if args.tree:
         env["PYTHONPATH"] = args.tree
     log = open(tmp / "flexaid.log", "ab")
-    daemon = subprocess.Popen([sys.executable, "-m", "flexai_hook.daemon", "--config", str(tmp / "flexaid.json"),
+    daemon = subprocess.Popen([sys.executable, "-m", "flexai_hook.daemon.main", "--config", str(tmp / "flexaid.json"),
                                "--log-level", "warning"],
                               stdout=log, stderr=log, env=env, cwd=args.tree or None,
                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile)))

@@ -238,7 +238,9 @@ def main() -> int:
                         help="driver APIs to measure (default: both)")
     args = parser.parse_args()
 
-    from flexai_hook import cbuild, library, simcards
+    from flexai_hook.install import cbuild
+    from flexai_hook.devices import library
+    from flexai_hook.devices import simcards
 
     cbuild.build(cbuild.package_lib_dir())
     lib = library.library_path()

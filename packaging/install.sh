@@ -82,10 +82,10 @@ fi
 if [ "$test" = 1 ]; then
   # An editable install runs from the checkout: (re)build its C parts there (by mtime).
   step "building libflexai/ in place"
-  "$prefix/venv/bin/python" -I -m flexai_hook.cbuild >/dev/null
+  "$prefix/venv/bin/python" -I -m flexai_hook.install.cbuild >/dev/null
 fi
 # flexai-runtime and flexai-hook run on every container start: C front doors + -I -S launchers.
-"$prefix/venv/bin/python" -I -m flexai_hook.launchers "$prefix/venv/bin" >/dev/null
+"$prefix/venv/bin/python" -I -m flexai_hook.install.launchers "$prefix/venv/bin" >/dev/null
 getent group flexai >/dev/null || groupadd --system flexai  # flexaid's socket group
 if [ "$test" = 1 ]; then
   echo "test environment ready: $prefix/venv (the installed commands, /etc/flexai and flexaid are untouched)"

@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from flexai_hook import cbuild
+from flexai_hook.install import cbuild
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT_SRC = REPO / "tests" / "clients" / "acl_client.c"

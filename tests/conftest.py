@@ -172,7 +172,7 @@ def _runc() -> str:
 
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory) -> Path:
-    from flexai_hook import bundle
+    from flexai_hook.oci import bundle
 
     root = tmp_path_factory.mktemp("busybox") / "rootfs"
     try:
@@ -206,7 +206,7 @@ def runc(tmp_path) -> Runc:
 
 @pytest.fixture
 def make_bundle(tmp_path, busybox_rootfs):
-    from flexai_hook import bundle
+    from flexai_hook.oci import bundle
 
     count = [0]
 

@@ -111,7 +111,7 @@ def start_flexaid(root: Path, memories=("16GiB",), extra_runtimes=(), **config_e
     config = {"socket": str(root / "flexaid.sock"), "socket_group": "root", "state_dir": str(root / "state"),
               "slices_dir": str(root / "slices"), "backend": "simulated", "simulated": {"cards": cards}}
     if extra_runtimes:
-        from flexai_hook import reconcile
+        from flexai_hook.daemon import reconcile
 
         runtimes = [*reconcile.DEFAULT_RUNTIMES, need("runc", "runc"), *map(str, extra_runtimes)]
         config["reconcile"] = {"runtimes": list(dict.fromkeys(runtimes))}
@@ -151,7 +151,7 @@ def runtime_wrapper(root: Path, config: Path) -> Path:
 # --- the image -----------------------------------------------------------------------------
 
 def make_rootfs(root: Path) -> Path:
-    from flexai_hook import bundle
+    from flexai_hook.oci import bundle
 
     try:
         bundle.make_rootfs(root)
@@ -165,7 +165,7 @@ def make_rootfs(root: Path) -> Path:
 
 
 def image_archive(rootfs: Path, out: Path) -> Path:
-    from flexai_hook.image import image_archive as write
+    from flexai_hook.oci.image import image_archive as write
 
     return write(rootfs, out, IMAGE)
 

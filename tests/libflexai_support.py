@@ -23,7 +23,8 @@ PYTHON = sys.executable
 @pytest.fixture(scope="session")
 def libs():
     """Build libflexai.so and the simulated drivers in place; their paths."""
-    from flexai_hook import cbuild, library
+    from flexai_hook.install import cbuild
+    from flexai_hook.devices import library
 
     cbuild.build(cbuild.package_lib_dir())
     lib = Path(library.library_dir())
@@ -57,7 +58,7 @@ class Sim:
     """A simulator directory with two 16 GiB cards."""
 
     def __init__(self, path: Path, memories=(16 * GIB, 16 * GIB), tunables=None):
-        from flexai_hook import simcards
+        from flexai_hook.devices import simcards
 
         self.path = path
         self.uuids = [f"GPU-{secrets.token_hex(4)}-0000-4000-8000-{secrets.token_hex(6)}" for _ in memories]
@@ -67,7 +68,7 @@ class Sim:
 
     def configure(self, tunables) -> None:
         """Rewrite cards.conf with these simulator settings (before any process starts)."""
-        from flexai_hook import simcards
+        from flexai_hook.devices import simcards
 
         simcards.write_sim_dir(self.path, self.cards, tunables)
 

@@ -18,8 +18,8 @@ from unittest import mock
 
 import pytest
 
-from flexai_hook import cbuild
-from flexai_hook.simcards import SimCard, write_sim_dir
+from flexai_hook.install import cbuild
+from flexai_hook.devices.simcards import SimCard, write_sim_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = Path(__file__).resolve().parent / "clients"

@@ -50,7 +50,7 @@ def sliced(built, tmp_path) -> dict:
 
 
 def launches(tmp_path) -> int:
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     return region.read_region(tmp_path / "region").launches
 

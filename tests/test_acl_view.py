@@ -165,7 +165,7 @@ def test_share_of_the_card_from_acl(built, sim, tmp_path):
 
 @pytest.mark.parametrize("mode", ["link", "dlopen"])
 def test_launches_pass_the_gate_and_are_counted(built, sim, tmp_path, clients, mode):
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     env = sliced(built, tmp_path)
     c = Client(built, sim, ["init", "set", 0, "spin", 100_000, 5, "hostargs", 100_000, "withcfg", 100_000,

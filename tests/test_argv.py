@@ -2,8 +2,8 @@
 
 import pytest
 
-from flexai_hook import argv
-from flexai_hook.argv import Invocation, parse
+from flexai_hook.oci import argv
+from flexai_hook.oci.argv import Invocation, parse
 
 CASES = [
     # (argv, subcommand, container id, bundle, log, log format, root)
@@ -49,7 +49,7 @@ def test_parse(argv, sub, cid, bundle, log, fmt, root):
 
 
 def test_leading_flexai_runtime_flag_names_the_real_runtime_and_is_taken_off(monkeypatch):
-    from flexai_hook import runtime
+    from flexai_hook.oci import runtime
 
     monkeypatch.setenv("FLEXAI_RUNTIME", "runc")
     args = runtime.take_runtime_flag(["--flexai-runtime=/usr/bin/nvidia-container-runtime", "--root", "/r",

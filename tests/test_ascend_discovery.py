@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import ascend, devices, spec as spec_mod, validation
-from flexai_hook.ascend import AscendError, NpuSmiFormatError, parse_npu_smi
+from flexai_hook.devices import ascend
+from flexai_hook.devices import inventory as devices
+from flexai_hook.oci import spec as spec_mod
+from flexai_hook import validation
+from flexai_hook.devices.ascend import AscendError, NpuSmiFormatError, parse_npu_smi
 from flexai_hook.reservation import Reservation
 
 DATA = Path(__file__).parent / "data" / "ascend"

@@ -57,7 +57,7 @@ def test_status_shows_the_ascend_cards(ascend_daemon):
 def acl_clients(tmp_path_factory):
     """The ACL clients, built against the in-place simulated libascendcl.so."""
     from acl_support import build_clients
-    from flexai_hook import cbuild
+    from flexai_hook.install import cbuild
 
     out = cbuild.build(cbuild.package_lib_dir())
     lib = next((p for p in out if p.name == "libascendcl.so"), None)

@@ -1,4 +1,4 @@
-"""The card boards flexaid writes for libflexai's compute controllers (flexai_hook/board.py,
+"""The card boards flexaid writes for libflexai's compute controllers (flexai_hook/devices/board.py,
 libflexai/core/controller.h): the roster's layout and keys match the library's, positions stay put
 while a slice is on the card, and flexaid keeps each card's roster and slot files in step with
 its ledger across reserve, update, release and restarts."""
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import board
-from flexai_hook.board import Entry
+from flexai_hook.devices import board
+from flexai_hook.devices.board import Entry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from flexai_hook import status_view
+from flexai_hook.cli import status_view
 from conftest import GIB, tool
 
 

@@ -173,7 +173,7 @@ def test_a_slice_of_several_processes_gets_its_share_as_a_whole(harness):
     assert a1["share_busy"] > 5 and a2["share_busy"] > 5, result  # both processes progress
 
 
-# A tenant can write only its own slot on the board (flexai_hook/board.py): what it forges
+# A tenant can write only its own slot on the board (flexai_hook/devices/board.py): what it forges
 # there must not reach slices of another priority. Each forgery is rewritten before every gate
 # call: virtual time 0 (claims it used nothing), a turn held forever with fresh beats and work
 # booked a second ahead, or its key cleared (invisible to the others).

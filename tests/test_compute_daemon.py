@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from flexai_hook import cli, client, region, validation
+from flexai_hook.cli import commands as cli
+from flexai_hook import client
+from flexai_hook.devices import region
+from flexai_hook import validation
 
 
 def reserve(daemon, cid: str, compute: int) -> dict:

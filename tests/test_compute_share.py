@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import region as region_mod
+from flexai_hook.devices import region as region_mod
 from libflexai_support import CLIENTS, Sim, libs  # noqa: F401  (fixture)
 
 # One rerun per test: in 2 of ~6 full-suite runs on this 2-core VM one two-slice scenario

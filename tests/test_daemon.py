@@ -325,7 +325,8 @@ def prepare(daemon, cid, spec, **extra):
 
 def test_prepare_reserves_and_answers_the_sliced_config(daemon):
     """The C front door's path: flexaid edits config.json with the rules runtime.py applies."""
-    from flexai_hook import prepare as prepare_mod, spec as spec_mod
+    from flexai_hook.oci import prepare as prepare_mod
+    from flexai_hook.oci import spec as spec_mod
     from flexai_hook.reservation import Reservation
 
     spec = {"ociVersion": "1.0.2", "process": {"args": ["true"], "env": ["FLEXAI_FRACTION=0.25"]},

@@ -6,8 +6,10 @@ import random
 
 import pytest
 
-from flexai_hook import daemon, ledger, placement
-from flexai_hook.devices import Card
+from flexai_hook.daemon import service as daemon
+from flexai_hook.daemon import ledger
+from flexai_hook import placement
+from flexai_hook.devices.inventory import Card
 from flexai_hook.request import Request
 
 GIB = 1 << 30

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from flexai_hook import library
+from flexai_hook.devices import library
 from flexai_hook.engines import apply, containerd
 from flexai_hook.engines import doctor as d
 
@@ -45,7 +45,7 @@ def test_library_not_built_fails_and_names_the_path(tmp_path):
     (finding,) = d.check_library(str(tmp_path))
     assert finding.level == d.FAIL
     assert f"{tmp_path}/libflexai.so is not built" in finding.message
-    assert "flexai_hook.cbuild" in finding.fix
+    assert "flexai_hook.install.cbuild" in finding.fix
 
 
 # --- 2. dockerd's own containerd is not the system one --------------------------------------

@@ -110,7 +110,7 @@ def test_each_process_pays_its_own_context(libs, client, sim, procs, tmp_path):
 
 
 def test_nvml_view_shows_the_overhead(libs, client, sim, tmp_path):
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     sim.configure({"context_bytes": CTX, "module_bytes": 0})
     env = sim.env(libs, memory="1GiB", region=tmp_path / "region")

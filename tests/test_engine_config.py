@@ -16,7 +16,7 @@ import pytest
 
 from conftest import tool
 from flexai_hook.engines import ConfigError, apply, containerd, docker, podman, render_diff, tomltext
-from flexai_hook.hookinject import resolve_in_root
+from flexai_hook.oci.hookinject import resolve_in_root
 
 RT = "/usr/local/bin/flexai-runtime"
 REPO = Path(__file__).resolve().parent.parent

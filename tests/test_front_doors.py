@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import argv as argv_mod, cbuild
+from flexai_hook.oci import argv as argv_mod
+from flexai_hook.install import cbuild
 from test_argv import CASES
 
 LIB = cbuild.package_lib_dir()
@@ -230,7 +231,7 @@ def _big_state(cid: str = "c1") -> bytes:
 
 
 def test_poststop_sends_only_the_id_of_a_state_over_the_line_limit(bindir, tmp_path):
-    from flexai_hook import server
+    from flexai_hook.daemon import server
 
     state = _big_state()
     assert len(state) > server.MAX_LINE

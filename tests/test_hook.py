@@ -87,7 +87,7 @@ def test_a_release_that_meets_a_restarting_daemon_is_retried(daemon, name):
 
 @pytest.mark.parametrize("name", FRONTS)
 def test_a_state_over_the_line_limit_still_releases(daemon, name):
-    from flexai_hook import server
+    from flexai_hook.daemon import server
 
     daemon.call({"op": "reserve", "container_id": "big1", "request": {"fraction": 20}})
     state = json.dumps({"ociVersion": "1.0.2", "id": "big1", "status": "stopped", "bundle": "/b",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import writer
+from flexai_hook.daemon import writer
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_SH = REPO / "packaging" / "install.sh"
@@ -28,8 +28,9 @@ def broken_checkout(tmp_path, monkeypatch) -> Path:
     (folder / "flexai_hook").mkdir(parents=True)
     (folder / "flexai_hook" / "__init__.py").write_text(
         "raise ImportError('imported the flexai_hook of the working directory')\n")
-    (folder / "flexai_hook" / "writer.py").write_text("raise SystemExit(9)\n")
-    (folder / "flexai_hook" / "launchers.py").write_text("raise SystemExit(9)\n")
+    for module in ("daemon/writer.py", "install/launchers.py"):
+        (folder / "flexai_hook" / module).parent.mkdir(exist_ok=True)
+        (folder / "flexai_hook" / module).write_text("raise SystemExit(9)\n")
     monkeypatch.chdir(folder)
     return folder
 
@@ -77,7 +78,7 @@ def test_install_sh_runs_the_installed_python_isolated_and_from_root():
 def test_the_launchers_as_install_sh_writes_them_point_at_the_installed_package(tmp_path, broken_checkout):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    out = subprocess.run([sys.executable, "-I", "-m", "flexai_hook.launchers", str(bin_dir)],
+    out = subprocess.run([sys.executable, "-I", "-m", "flexai_hook.install.launchers", str(bin_dir)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     script = (bin_dir / "flexai-runtime-py").read_text()

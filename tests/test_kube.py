@@ -8,8 +8,14 @@ import json
 
 import pytest
 
-from flexai_hook import argv, kube, ledger as L, metrics, prepare, status_view, validation
-from flexai_hook.devices import Card
+from flexai_hook.oci import argv
+from flexai_hook import kube
+from flexai_hook.daemon import ledger as L
+from flexai_hook.daemon import metrics
+from flexai_hook.oci import prepare
+from flexai_hook.cli import status_view
+from flexai_hook import validation
+from flexai_hook.devices.inventory import Card
 from flexai_hook.request import Request, RequestError, from_container
 from flexai_hook.reservation import Reservation
 

@@ -192,7 +192,7 @@ def node(tmp_path_factory, client):  # noqa: F811
         assert version.runtime_name == "containerd" and version.runtime_api_version.startswith("v1"), version
 
         rootfs = _app_rootfs(root / "rootfs", client)
-        from flexai_hook.image import image_archive
+        from flexai_hook.oci.image import image_archive
 
         for ref, cmd in ((APP_IMAGE, ["sh"]), (PAUSE_IMAGE, ["sleep", "2147483647"])):
             name, tag = ref.rsplit("/", 1)[1].split(":")

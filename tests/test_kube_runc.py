@@ -34,7 +34,7 @@ def front_door(runc, daemon, *args):
 def python_runtime(runc, daemon, log, *args):
     """flexai-runtime's Python implementation from this checkout, as the engine would call it
     with runc's --debug and a --log file."""
-    cmd = [sys.executable, "-m", "flexai_hook.runtime", "--root", str(runc.root), "--debug",
+    cmd = [sys.executable, "-m", "flexai_hook.oci.runtime", "--root", str(runc.root), "--debug",
            "--log", str(log), "--log-format", "json", *args]
     env = {**os.environ, "FLEXAI_SOCKET": daemon.socket, "FLEXAI_RUNTIME": runc.binary,
            "FLEXAI_RUNTIME_CONFIG": "/nonexistent", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
@@ -73,7 +73,7 @@ def test_pod_sandbox_gets_no_slice_and_its_container_gets_one_shown_with_its_pod
             assert status.returncode == 0, status.stderr
             line = next(x for x in status.stdout.splitlines() if "train1" in x)
             assert "pod ml-team/trainer-0" in line
-            from flexai_hook import metrics
+            from flexai_hook.daemon import metrics
 
             text = metrics.render(daemon.call({"op": "status"})["status"])
             assert 'container="train1"' in text and 'pod="trainer-0",namespace="ml-team"' in text

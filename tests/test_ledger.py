@@ -6,8 +6,8 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from flexai_hook import ledger as L
-from flexai_hook.devices import Card
+from flexai_hook.daemon import ledger as L
+from flexai_hook.devices.inventory import Card
 from flexai_hook.request import Request
 
 GIB = 1 << 30

@@ -77,7 +77,7 @@ def test_nvml_from_a_dlmopened_library_shows_the_slice(libs, dlmopen_client, sim
 
 
 def test_both_drivers_of_one_process_share_one_budget(libs, dlmopen_client, sim, procs, tmp_path):
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     env = sim.env(libs, memory="1GiB", region=tmp_path / "region")
     env["DLMOPEN_HOLD"] = "1"

@@ -18,7 +18,8 @@ import pytest
 from conftest import GIB
 from libflexai_support import MIB, client, libs, sim  # noqa: F401
 
-from flexai_hook import region, writer
+from flexai_hook.devices import region
+from flexai_hook.daemon import writer
 from flexai_hook.reservation import Reservation
 
 

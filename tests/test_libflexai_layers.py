@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import cbuild
+from flexai_hook.install import cbuild
 
 ROOT = Path(__file__).resolve().parent.parent / "libflexai"
 

@@ -88,7 +88,7 @@ def test_eight_processes_racing_never_pass_the_limit(libs, client, sim, procs, t
     assert 0 < held_max <= GIB, f"{held_max} bytes were held at once on a 1 GiB slice"
     assert sum(int(r["granted"]) for r in results) > 0
     assert sum(int(r["refused"]) for r in results) > 0  # they did compete
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     view = region.read_region(tmp_path / "region")
     assert view.memory_used == 0 and view.memory_peak <= GIB
@@ -98,7 +98,7 @@ def test_kill_9_gives_the_memory_back(libs, client, sim, procs, tmp_path):
     env = sim.env(libs, memory="1GiB", region=str(tmp_path / "region"))
     holders = [procs.hold([client, "alloc", "mem", str(400 * MIB), "hold"], env) for _ in range(2)]
     assert all(h.output[0] == "ok 0" for h in holders)
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     view = region.read_region(tmp_path / "region")
     assert view.processes == 2 and view.memory_used == 800 * MIB
@@ -222,6 +222,6 @@ def test_launches_are_counted_in_the_region(libs, client, sim, tmp_path):
     env = sim.env(libs, memory="1GiB", region=str(tmp_path / "region"))
     assert lines([client, "launch", "25"], env) == ["ok 25"]
     assert lines([client, "launch", "5"], env) == ["ok 5"]
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     assert region.read_region(tmp_path / "region").to_json()["launches"] == 30

@@ -87,7 +87,7 @@ def test_library_exports_only_driver_entry_points_dlsym_and_dlmopen(libs):
 
 
 def test_region_created_by_python_is_used_by_the_library(libs, tmp_path):
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     path = region.create_region(tmp_path / "region", {"slice_id": "0123456789ab", "memory_limit": 3 * GIB,
                                                       "compute_limit": 40, "priority": "high"})
@@ -108,7 +108,8 @@ def test_region_created_by_python_is_used_by_the_library(libs, tmp_path):
 
 
 def test_injection_mounts_library_preload_region_and_sim_drivers(libs):
-    from flexai_hook import library, spec
+    from flexai_hook.devices import library
+    from flexai_hook.oci import spec
     from flexai_hook.reservation import Reservation
 
     res = Reservation(container_id="c", slice_id="0123456789ab", card_index=0, card_uuid="GPU-1",

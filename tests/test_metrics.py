@@ -1,4 +1,4 @@
-"""flexaid's Prometheus text (flexai_hook/metrics.py), read with a strict parser of the format
+"""flexaid's Prometheus text (flexai_hook/daemon/metrics.py), read with a strict parser of the format
 (tests/prom_support.py): pure functions here; the endpoint after real requests is in
 test_daemon_service.py."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 import prom_support
-from flexai_hook import daemon, metrics
+from flexai_hook.daemon import service as daemon
+from flexai_hook.daemon import metrics
 
 
 def _status(container_id: str) -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flexai_hook import mps
-from flexai_hook import spec as spec_mod
-from flexai_hook.bundle import minimal_spec
+from flexai_hook.oci import mps
+from flexai_hook.oci import spec as spec_mod
+from flexai_hook.oci.bundle import minimal_spec
 from flexai_hook.reservation import Reservation
 
 GIB = 1 << 30
@@ -141,7 +141,7 @@ def test_runtime_config_selects_mps_in_the_spec_edits():
 
 
 def test_the_cards_board_is_read_only_but_the_slices_own_slot_and_limits_read_only():
-    from flexai_hook import board as board_mod
+    from flexai_hook.devices import board as board_mod
 
     r = res(slice_dir="/run/flexai/slices/abc")
     inj = spec_mod.injection_for(r, (), HOOK, lib="/lib/libflexai.so")

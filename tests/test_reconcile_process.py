@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from flexai_hook import reconcile
-from flexai_hook.hookinject import runtime_of
+from flexai_hook.daemon import reconcile
+from flexai_hook.oci.hookinject import runtime_of
 from flexai_hook.reservation import Reservation
 
 

@@ -239,7 +239,7 @@ def test_own_env_names_list_every_name_flexai_writes_or_reads():
     for path in (repo / "flexai_hook").rglob("*.py"):
         found |= set(re.findall(r'environ(?:\.get)?[\[(]"(FLEXAI_[A-Z0-9_]+)"', path.read_text()))
     for name in ("spec.py", "mps.py"):  # their ("NAME", value) pairs are the container's env
-        found |= set(re.findall(r'\(\s*"(FLEXAI_[A-Z0-9_]+)",', (repo / "flexai_hook" / name).read_text()))
+        found |= set(re.findall(r'\(\s*"(FLEXAI_[A-Z0-9_]+)",', (repo / "flexai_hook" / "oci" / name).read_text()))
     assert {"FLEXAI_SLICE_ID", "FLEXAI_COMPUTE_BY", "FLEXAI_CONTEXT_MEMORY", "FLEXAI_SOCKET"} <= found
     assert found - rq.KNOWN_ENV_NAMES == set()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flexai_hook import ledger as ledger_mod
-from flexai_hook import region, validation
-from flexai_hook.devices import Card
+from flexai_hook.daemon import ledger as ledger_mod
+from flexai_hook.devices import region
+from flexai_hook import validation
+from flexai_hook.devices.inventory import Card
 from flexai_hook.request import Request, RequestError, from_container
 
 

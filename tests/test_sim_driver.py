@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flexai_hook import devices
-from flexai_hook.simcards import (SimCard, SimConfigError, parse_config, read_sim_dir,
+from flexai_hook.devices import inventory as devices
+from flexai_hook.devices.simcards import (SimCard, SimConfigError, parse_config, read_sim_dir,
                                   render_config, sim_library_dir, write_sim_dir)
 from sim_support import (CARDS, CONTEXT_BYTES, GiB, MiB, REPO, SIM_INCLUDE, Clients,  # noqa: F401
                          clients, compile_client, sim_dir, sim_environ, sim_libs)
@@ -68,7 +68,7 @@ def test_parse_config_rejects_duplicates_and_junk():
 
 
 def test_sim_library_dir_is_in_the_package():
-    assert sim_library_dir() == Path(devices.__file__).resolve().parent / "lib" / "sim"
+    assert sim_library_dir() == Path(devices.__file__).resolve().parents[1] / "lib" / "sim"
 
 
 # ------------------------------------------------------------------ cuda.h conformance

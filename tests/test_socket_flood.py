@@ -4,7 +4,7 @@ Before: ~16 500 idle connections at LimitNOFILE=16384 made accept() fail with EM
 loop turn (100 % CPU, ~145 kB/s of log) and every container start and release timed out. Now
 flexaid caps connections in total and per uid below its limit, keeps room for root (the
 runtimes and hooks), closes idle and half-sent connections, and stops accepting on EMFILE
-instead of spinning (flexai_hook/conngate.py).
+instead of spinning (flexai_hook/daemon/conngate.py).
 
 The flood comes from non-root uids in the socket's group (a child process drops to them), as
 a socket-group member's would. Assertions are on behaviour: answers, CPU time used by flexaid

@@ -23,7 +23,12 @@ from pathlib import Path
 import pytest
 
 from conftest import tool
-from flexai_hook import access, client, daemon as daemon_mod, reconcile, status_view, validation
+from flexai_hook.daemon import access
+from flexai_hook import client
+from flexai_hook.daemon import config as daemon_mod
+from flexai_hook.daemon import reconcile
+from flexai_hook.cli import status_view
+from flexai_hook import validation
 from flexai_hook.reservation import Reservation
 
 RUNC = "/usr/bin/runc"  # on the default allow-list; reserve never runs it, so it need not exist

@@ -2,8 +2,8 @@
 
 import copy
 
-from flexai_hook import spec as spec_mod
-from flexai_hook.bundle import minimal_spec
+from flexai_hook.oci import spec as spec_mod
+from flexai_hook.oci.bundle import minimal_spec
 from flexai_hook.reservation import Reservation
 
 RES = Reservation(

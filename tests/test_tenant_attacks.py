@@ -25,7 +25,7 @@ from test_compute_share import compute_client  # noqa: F401
 from test_libflexai_e2e import dynamic_bundle
 from test_runtime_runc import run_to_files, runtime
 
-from flexai_hook import region
+from flexai_hook.devices import region
 
 HELD = 400 * MIB
 
@@ -191,7 +191,7 @@ def test_the_card_board_is_read_only_but_for_the_slices_own_slot(compute_tenant)
     """Attack 10: writing into the card board. Only the slice's own slot is writable; the
     roster (shares, priorities) and every other slice's slot are read-only, nothing can be
     added, and what the tenant writes into its own slot does not lift its cap."""
-    from flexai_hook import board
+    from flexai_hook.devices import board
 
     t = compute_tenant
     (card,) = t.daemon.status()["cards"]
@@ -236,7 +236,7 @@ def test_a_damaged_roster_holds_the_slice_to_its_own_share(compute_tenant):
 def test_mps_mode_reaches_the_library_through_the_limits_file(tmp_path):
     """MPS mode is the runtime config's choice, written into the read-only limits file (the
     tenant's FLEXAI_COMPUTE_BY is ignored); the offset prepare.py writes is the header's."""
-    from flexai_hook import prepare
+    from flexai_hook.oci import prepare
     from flexai_hook.reservation import Reservation
 
     assert prepare.LIMITS_FLAGS_OFFSET == offset("struct flexai_limits", "flags")

@@ -36,7 +36,7 @@ from conftest import GIB, Daemon
 from test_runtime_runc import digest, runtime
 
 from flexai_hook import client
-from flexai_hook import ledger as ledger_mod
+from flexai_hook.daemon import ledger as ledger_mod
 
 CARD = 16 * GIB
 SHARE = CARD * 30 // 100

@@ -11,8 +11,10 @@ import time
 
 import pytest
 
-from flexai_hook import client, ledger as ledger_mod, writer
-from flexai_hook.batch import Persisted, answer
+from flexai_hook import client
+from flexai_hook.daemon import ledger as ledger_mod
+from flexai_hook.daemon import writer
+from flexai_hook.daemon.batch import Persisted, answer
 
 
 RESERVED = {"ok": True, "reservation": {"container_id": "c1"}}
@@ -57,7 +59,7 @@ def test_execute_writes_slices_then_the_ledger_then_removes(tmp_path):
     old.mkdir()
     (old / "slice.conf").write_text("x")
     (old / "stray").write_text("left by someone else")  # rmtree fallback
-    from flexai_hook import region as region_mod
+    from flexai_hook.devices import region as region_mod
 
     plan = _plan(tmp_path, [_slot(tmp_path, "c1")], removes=[str(old)])
     assert writer.execute(plan) == writer.Outcome()
@@ -88,7 +90,7 @@ def test_a_slice_that_cannot_be_written_is_left_out_of_the_ledger(tmp_path):
 def test_the_writer_makes_the_files_slice_files_names(tmp_path, monkeypatch):
     """A plan carries a slice's conf text and limits; the writer packs the images from them:
     the same files as writer.slice_files (tests/test_libflexai_* use those)."""
-    from flexai_hook import region as region_mod
+    from flexai_hook.devices import region as region_mod
 
     monkeypatch.setattr(time, "time_ns", lambda: 1234567890123)  # the region's created_ns
     (tmp_path / "state").mkdir()
@@ -203,8 +205,8 @@ def test_pipelined_requests_on_one_connection_are_answered_in_order(daemon):
 
 
 def test_service_refuses_a_reservation_whose_files_fail_and_keeps_the_rest(tmp_path):
-    from flexai_hook import daemon as daemon_mod
-    from flexai_hook.devices import Card
+    from flexai_hook.daemon import service as daemon_mod
+    from flexai_hook.devices.inventory import Card
 
     (tmp_path / "state").mkdir()
     config = daemon_mod.Config(state_dir=str(tmp_path / "state"), slices_dir=str(tmp_path / "slices"))
@@ -231,7 +233,7 @@ def test_a_journal_plan_appends_its_batch_and_drops_a_failed_slice(tmp_path):
     state.mkdir()
     file = ledger_mod.LedgerFile(state / "ledger.json")
     file.save(ledger_mod.Ledger())
-    from flexai_hook.devices import Card
+    from flexai_hook.devices.inventory import Card
 
     cards = [Card(index=0, uuid="GPU-0", name="sim", memory=1 << 34, device_paths=("/dev/sim0",), backend="simulated")]
     led = ledger_mod.Ledger()
@@ -252,7 +254,7 @@ def test_new_slice_images_are_the_bytes_cffi_would_write(monkeypatch):
     header field by field stays the reference, over random fields and the bounds' errors."""
     import random
 
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     monkeypatch.setattr(time, "time_ns", lambda: 1234567890123)  # the region's created_ns
     rng = random.Random(14)
@@ -284,7 +286,7 @@ def test_images_made_from_a_memo_are_the_bytes_cffi_would_write(monkeypatch):
     cut to the field, times that change, and a memo that fills up and starts again."""
     import random
 
-    from flexai_hook import region
+    from flexai_hook.devices import region
 
     monkeypatch.setattr(region, "_TEMPLATES_LIMIT", 3)
     rng = random.Random(15)

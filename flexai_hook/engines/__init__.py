@@ -9,6 +9,8 @@ replaces; `render_diff` shows it as a unified diff for `--dry-run`.
 
 A config file flexai cannot parse is never overwritten: `ConfigError` names the file and the
 parse error in one line.
+
+May import: the top-level modules (client, atomicfile) and devices/ (the library's paths).
 """
 
 from __future__ import annotations

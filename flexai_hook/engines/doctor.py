@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .. import client
-from . import ConfigError, RUNTIME_NAME, containerd, default_binary, docker, podman, read_text, tomltext
+from . import RUNTIME_NAME, ConfigError, containerd, default_binary, docker, podman, read_text, tomltext
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 # where dockerd keeps the containerd it starts for itself when it is not given `--containerd`
@@ -239,14 +239,14 @@ def check_library(lib_dir: str | None = None) -> list[Finding]:
     """The libflexai.so that flexai-runtime and flexai-hook mount into sliced containers: the one
     built into this flexai package (flexai_hook/lib/, library.library_path()); without it a
     sliced container does not start (the runtime fails closed)."""
-    from .. import library
+    from flexai_hook.devices import library
 
     path = os.path.join(lib_dir or library.library_dir(), library.LIBRARY_NAME)
     if os.path.isfile(path):
         return [Finding(OK, "library", f"libflexai at {path} (mounted into sliced containers as "
                                        f"{library.LIBRARY_IN_CONTAINER}, named by their /etc/ld.so.preload)")]
     return [Finding(FAIL, "library", f"{path} is not built: sliced containers cannot start",
-                    "python -m flexai_hook.cbuild with flexai's python (or bash packaging/install.sh)")]
+                    "python -m flexai_hook.install.cbuild with flexai's python (or bash packaging/install.sh)")]
 
 
 def cgroup_version(root: str = "/sys/fs/cgroup") -> str:

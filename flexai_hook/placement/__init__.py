@@ -4,6 +4,8 @@ Pure functions over immutable state (no I/O): `choose()` picks cards on one node
 `choose_node()` picks a node and its cards across a cluster for a scheduler extender.
 Policies: best-fit, fgd (Weng et al., USENIX ATC'23) and flexai (the default); see
 docs/placement.md for how each works and how they compare on the Alibaba openb trace.
+
+May import: nothing else of flexai_hook: it is pure, and the openb replay uses it alone.
 """
 
 from .model import CardState, Demand, Node

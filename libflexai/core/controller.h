@@ -78,7 +78,7 @@
                                                 keeps the roster itself) */
 #define FLEXAI_CTL_WINDOW_NS 1000000000ULL   /* measured-share window (region compute.reserved[0..1]) */
 
-/* Who is on the card: one entry per slice. flexaid writes it (flexai_hook/board.py) and
+/* Who is on the card: one entry per slice. flexaid writes it (flexai_hook/devices/board.py) and
  * bumps `generation` around each change (odd while writing); outside containers the library
  * keeps it itself. 32 bytes. */
 struct flexai_roster_entry {
@@ -170,7 +170,7 @@ int flexai_ctl_may_queue(const struct flexai_ctl_proc *p, uint64_t cap_ns);
  * of one of its turns, so each slice's virtual time swings evenly around the others' and
  * a small share with long kernels runs between its fair points, not ahead of them. */
 uint64_t flexai_ctl_key_of(const struct flexai_board_slot *s, uint32_t share);
-/* Hash of a slice id, never 0 (flexai_hook/board.py computes the same). */
+/* Hash of a slice id, never 0 (flexai_hook/devices/board.py computes the same). */
 uint64_t flexai_ctl_key(const char *slice_id);
 /* Initialises a zeroed roster (its creator: the library outside containers; magic last). */
 void flexai_roster_init(struct flexai_roster *r);

@@ -1,7 +1,7 @@
 /* flexai-hook's front door. `poststop` runs on every sliced container's exit and only has to
  * forward the OCI state on stdin to flexaid inside a release request (flexaid validates it),
  * so it is done here without starting Python. Every other stage (createContainer, --help)
- * goes to the Python implementation (flexai_hook/hook.py).
+ * goes to the Python implementation (flexai_hook/oci/hook.py).
  *
  * A state larger than FORWARD_MAX (a Kubernetes pod's annotations can reach megabytes, past
  * flexaid's 1 MiB line limit) is not forwarded: only its top-level "id", which is all that

@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-/* runc/crun flags that take a value (flexai_hook/argv.py keeps the same lists), NULL-ended:
+/* runc/crun flags that take a value (flexai_hook/oci/argv.py keeps the same lists), NULL-ended:
  * global ones, and those of create/run. */
 extern const char *const flexai_global_value_flags[];
 extern const char *const flexai_create_value_flags[];

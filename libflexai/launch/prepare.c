@@ -1,9 +1,9 @@
 /* flexai-runtime's sliced create/run without starting Python.
  *
- * flexaid already runs and holds the rules (flexai_hook/prepare.py): this file sends it the
+ * flexaid already runs and holds the rules (flexai_hook/oci/prepare.py): this file sends it the
  * bundle's config.json in a `prepare` request, writes back the edited config.json it answers
  * with, and runs the real runtime as a child so the slice can be released if the container
- * does not start (as flexai_hook/runtime.py does). Whatever this file is unsure about -- an
+ * does not start (as flexai_hook/oci/runtime.py does). Whatever this file is unsure about -- an
  * unusual command line, a large config, no answer, any refusal, warnings to show -- it leaves
  * to the Python implementation by returning: that one redoes the work (reserving is idempotent
  * per container) and reports the problem with the engine's log conventions. A refusal is
@@ -27,7 +27,7 @@
 
 
 /* The container id of create/run: the first argument after the subcommand that is not a
- * flag or a flag's value (flexai_hook/argv.py has the same rule). */
+ * flag or a flag's value (flexai_hook/oci/argv.py has the same rule). */
 static const char *container_id(int argc, char **argv, int sub)
 {
     for (int i = sub + 1; i < argc; i++) {
@@ -219,7 +219,7 @@ static void release(const char *socket, const char *id)
     free(m.p);
 }
 
-#define REFUSAL_ENV "FLEXAI_PREPARE_REFUSED" /* flexai_hook/runtime.py REFUSAL_ENV */
+#define REFUSAL_ENV "FLEXAI_PREPARE_REFUSED" /* flexai_hook/oci/runtime.py REFUSAL_ENV */
 #define MAX_HANDED (64 << 10)
 
 /* flexaid refused `id` (`reply`: its one-line JSON answer, ok false): hand the refusal to the

@@ -3,7 +3,7 @@
  * flexai is about a slice. Everything else is exec'd straight into the real runtime here, with
  * the argv unchanged, so a container without a request pays one exec instead of a Python
  * start per call; a sliced create/run asks flexaid to prepare the bundle (prepare.c). Anything
- * this file is unsure about goes to the Python implementation (flexai_hook/runtime.py), which
+ * this file is unsure about goes to the Python implementation (flexai_hook/oci/runtime.py), which
  * knows the full rules and reports errors properly. */
 #include "launch.h"
 
@@ -62,8 +62,8 @@ static int take_runtime_flag(int argc, char **argv)
     return argc;
 }
 
-/* `flexai-runtime`, `--help`, `-h`, `--version`, `-v` alone (flexai_hook/argv.py about()):
- * flexai answers those itself (flexai_hook/about.py), in Python: rare calls, one text. */
+/* `flexai-runtime`, `--help`, `-h`, `--version`, `-v` alone (flexai_hook/oci/argv.py about()):
+ * flexai answers those itself (flexai_hook/oci/about.py), in Python: rare calls, one text. */
 static int asks_about(int argc, char **argv)
 {
     static const char *const flags[] = {"--help", "-h", "--version", "-v"};

@@ -1416,10 +1416,10 @@ def newest_source(root: Path) -> float:
 
 
 def gcc_build(out_dir: Path, outputs: tuple[str, ...]) -> tuple[list[Path], str]:
-    """Builds targets of flexai_hook/cbuild.py with the system C compiler (no setuptools)."""
+    """Builds targets of flexai_hook/install/cbuild.py with the system C compiler (no setuptools)."""
     sys.path.insert(0, str(REPO))
     try:
-        from flexai_hook import cbuild
+        from flexai_hook.install import cbuild
         targets, cflags = cbuild.TARGETS, [f for f in cbuild.CFLAGS if f != "-Werror"]
     finally:
         sys.path.pop(0)
@@ -1503,7 +1503,7 @@ def find_driver() -> str | None:
 def setup_sim(ctx: Context) -> None:
     sys.path.insert(0, str(REPO))
     try:
-        from flexai_hook.simcards import SimCard, write_sim_dir
+        from flexai_hook.devices.simcards import SimCard, write_sim_dir
     finally:
         sys.path.pop(0)
     ctx.sim_dir = str(write_sim_dir(ctx.tmp / "sim", [SimCard(

@@ -1,0 +1,217 @@
+"""The `flexai` command: status of the host's slices, a demo of a sliced container, engine
+setup (install/uninstall/doctor, in engines/cli.py) and ledger recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from flexai_hook import client
+from flexai_hook.engines.cli import doctor, install, uninstall
+
+from . import status_view
+
+
+def _socket_option(f):
+    return click.option(
+        "--socket",
+        envvar="FLEXAI_SOCKET",
+        default=client.DEFAULT_SOCKET,
+        show_default=True,
+        help="flexaid's Unix socket (env FLEXAI_SOCKET).",
+    )(f)
+
+
+def _call(message: dict, socket: str) -> dict:
+    try:
+        return client.call(message, socket)
+    except (client.DaemonUnavailable, client.DaemonRefused) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flexai")
+def main() -> None:
+    """flexai: fractional GPU slices for ordinary containers.
+
+    Start a container with FLEXAI_FRACTION=0.3 (or the flexai.io/fraction annotation) through
+    flexai-runtime and it gets 30 % of one card; `flexai status` shows who holds what.
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print flexaid's status reply as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh in place until interrupted (Ctrl-C, exit status 0); "
+              "while flexaid is down or restarting, wait for it.")
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--count", default=0, help="With --watch: stop after this many refreshes (0: never).")
+@_socket_option
+def status(as_json: bool, watch: bool, interval: float, count: int, socket: str) -> None:
+    """Show the cards on this host, the slices reserved on them and what they really use."""
+    if not watch:
+        reply = _call({"op": "status"}, socket)
+        click.echo(json.dumps(reply["status"], indent=2) if as_json else status_view.render(reply["status"], socket))
+        return
+    try:
+        _watch(as_json, interval, count, socket)
+    except KeyboardInterrupt:
+        click.echo("")  # the shell's prompt on a line of its own, no traceback
+
+
+def _watch(as_json: bool, interval: float, count: int, socket: str) -> None:
+    """Redraw the status every `interval` seconds. flexaid not answering (a restart, an upgrade)
+    is waited for, said once per outage, with growing pauses between tries (status_view.retry_delay)."""
+    shown = 0
+    delay = None  # the pause before the next try while flexaid does not answer; None: it answers
+    while True:
+        try:
+            reply = client.call({"op": "status"}, socket, timeout=max(5.0, interval))
+        except client.DaemonUnavailable as exc:
+            if exc.lasting:  # e.g. not in the socket's group: waiting would never end
+                raise click.ClickException(str(exc)) from None
+            if delay is None:
+                click.echo(f"\nflexaid is not answering at {socket} ({exc.reason}); waiting for it, Ctrl-C to stop")
+            delay = status_view.retry_delay(delay)
+            time.sleep(delay)
+            continue
+        except client.DaemonRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        delay = None
+        text = json.dumps(reply["status"]) if as_json else status_view.render(reply["status"], socket)
+        # Home the cursor and clear the screen: the table is redrawn in place.
+        click.echo("\x1b[H\x1b[2J" + text + f"\n\nrefreshing every {interval:g}s; Ctrl-C to stop", nl=True)
+        shown += 1
+        if count and shown >= count:
+            return
+        time.sleep(interval)
+
+
+@main.command()
+@click.option("--config", "config_path", default=None, help="flexaid's config (default /etc/flexai/flexaid.json).")
+@click.option("--runtime", "runtime_binary", default="runc", show_default=True, help="The OCI runtime to ask.")
+@click.option("--root", "roots", multiple=True, help="runc state root to scan (repeatable; default: the config's "
+              "reconcile.runtime_roots, i.e. runc, Docker and containerd defaults).")
+@click.option("--dry-run", is_flag=True, help="Show what would be rebuilt; change nothing.")
+def recover(config_path: str | None, runtime_binary: str, roots: tuple[str, ...], dry_run: bool) -> None:
+    """Rebuild flexaid's ledger from the sliced containers that are running.
+
+    For when flexaid refuses to start because its ledger is corrupt or truncated. Stop flexaid
+    first; the unreadable ledger is kept beside the new one as ledger.json.corrupt-<time>.
+    """
+    import shutil
+
+    from flexai_hook.daemon import config as daemon_config, ledger, recover as recover_mod
+    from flexai_hook.devices import inventory
+
+    try:
+        config = daemon_config.load_config(config_path)
+        binary = shutil.which(runtime_binary) or runtime_binary
+        try:
+            client.call({"op": "status"}, config.socket, timeout=2)
+            raise click.ClickException(f"flexaid is running on {config.socket}; stop it before recovering its ledger")
+        except client.DaemonUnavailable:
+            pass
+        cards = inventory.discover(config.backend, config.simulated_cards)
+        containers = recover_mod.live_containers(binary, roots or config.runtime_roots)
+
+        def read_spec(bundle: str) -> dict:
+            with open(os.path.join(bundle, "config.json")) as f:
+                return json.load(f)
+
+        found, problems = recover_mod.reservations_from_containers(
+            containers, read_spec, cards, config.slices_dir, binary, time.time()
+        )
+    except (daemon_config.ConfigError, inventory.InventoryError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for problem in problems:
+        click.echo(f"skipped {problem}", err=True)
+    click.echo(f"{len(containers)} live container(s), {len(found)} with a flexai slice:")
+    for r in found:
+        click.echo(f"  {r.container_id}: slice {r.slice_id} on card {r.card_index}, "
+                   f"{r.memory_bytes} bytes, {r.compute}% compute")
+    rebuilt = ledger.Ledger({r.container_id: r for r in found})
+    problem = ledger.card_problem(rebuilt, cards)  # the same judgement flexaid makes at start
+    if problem:
+        raise click.ClickException(f"the live containers do not fit this host's cards: {problem}; not writing a ledger")
+    if dry_run:
+        click.echo("dry run: nothing written")
+        return
+    path = os.path.join(config.state_dir, "ledger.json")
+    os.makedirs(config.state_dir, exist_ok=True)
+    file = ledger.LedgerFile(path)
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    for old in (file.path, file.journal):
+        if old.exists():
+            aside = f"{old}.corrupt-{stamp}"
+            os.replace(old, aside)
+            click.echo(f"kept the old {old.name} as {aside}")
+    file.save(rebuilt)
+    click.echo(f"wrote {path}; start flexaid again")
+
+
+@main.command()
+@click.option("--fraction", default="0.3", show_default=True, help="FLEXAI_FRACTION of the demo container.")
+@click.option("--seconds", default=4, show_default=True, help="How long the demo container runs.")
+@click.option("--runtime-root", default="/run/flexai/demo-runc", show_default=True, help="runc --root for the demo.")
+@_socket_option
+def demo(fraction: str, seconds: int, runtime_root: str, socket: str) -> None:
+    """Run a busybox container with a slice through flexai-runtime and show its reservation."""
+    from . import demo as demo_mod
+
+    try:
+        code = demo_mod.run(fraction=fraction, seconds=seconds, runtime_root=runtime_root, socket=socket)
+    except demo_mod.DemoError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+@main.group("slice")
+def slice_group() -> None:
+    """Change a running slice."""
+
+
+@slice_group.command("set")
+@click.argument("container")
+@click.option("--compute", type=click.IntRange(1, 100), default=None, help="New compute share, percent of the card.")
+@click.option("--pause", "pause", flag_value=True, default=None, help="Hold the slice's kernel launches.")
+@click.option("--resume", "pause", flag_value=False, help="Let a paused slice launch again.")
+@_socket_option
+def slice_set(container: str, compute: int | None, pause: bool | None, socket: str) -> None:
+    """Set CONTAINER's compute share, or pause/resume it; the library obeys within one control period."""
+    if compute is None and pause is None:
+        raise click.UsageError("give --compute N, --pause or --resume")
+    message: dict = {"op": "update", "container_id": container}
+    if compute is not None:
+        message["compute"] = compute
+    if pause is not None:
+        message["paused"] = pause
+    reply = _call(message, socket)
+    r = reply["reservation"]
+    state = "" if pause is None else (", paused" if pause else ", resumed")
+    click.echo(f"{container}: slice {r['slice_id']} on card {r['card_index']}, {r['compute']}% compute{state}")
+
+
+@main.command("library-path")
+def library_path() -> None:
+    """Print the absolute path of libflexai.so, for use outside containers:
+
+    FLEXAI_MEMORY=4GiB LD_PRELOAD=$(flexai library-path) python train.py
+    """
+    from flexai_hook.devices import library
+
+    try:
+        click.echo(str(library.library_path()))
+    except library.LibraryMissing as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+main.add_command(install)
+main.add_command(uninstall)
+main.add_command(doctor)
+
+if __name__ == "__main__":
+    main()
