@@ -13,6 +13,16 @@ spread; --json for machine-readable output. Numbers, not pass/fail.
 containerd (own roots and sockets, stopped afterwards): `--runtime=runc`, `--runtime=flexai`
 without a request and `--runtime=flexai -e FLEXAI_FRACTION=0.1`, alternating. Targets: a
 sliced run at most 1.15x plain runc, a pass-through one at most 1.05x.
+
+--docker --cdi does the same on a host whose card comes with a CDI spec (a spec in the layout
+`nvidia-ctk cdi generate` writes, for the simulated card: its node, the simulated driver
+libraries and --cdi-mounts more host libraries, a createContainer hook). The sliced run has
+flexai apply the spec itself for the card it reserved (`--runtime=flexai -e
+FLEXAI_FRACTION=0.1`, the simulator's own library mounts off). The baseline is plain runc given
+the same edits by hand (`--device`, one `-v` per mount, `-e`; all but the hook, which is
+/bin/true), as Docker 25+'s own `--device nvidia.com/gpu=...` would apply them (the dockerd of
+Debian 12, 20.10, has no CDI); the pass-through run is that through flexai-runtime. A plain
+runc run without any of it is shown for reference.
 """
 
 from __future__ import annotations
@@ -35,11 +45,15 @@ from flexai_hook import client
 BIN = Path(sys.executable).parent
 
 
+CARD_UUID = "GPU-f1e0a100-0000-4000-8000-0000000be4c0"
+CARD_DEVICE = "/dev/flexai-bench0"
+
+
 def start_daemon(tmp: Path) -> subprocess.Popen:
     config = {
         "socket": str(tmp / "flexaid.sock"), "socket_group": "root",
         "state_dir": str(tmp / "state"), "slices_dir": str(tmp / "slices"), "backend": "simulated",
-        "simulated": {"cards": [{"memory": "80GiB", "device": "/dev/flexai-bench0"}]},
+        "simulated": {"cards": [{"memory": "80GiB", "device": CARD_DEVICE, "uuid": CARD_UUID}]},
     }
     (tmp / "flexaid.json").write_text(json.dumps(config))
     proc = subprocess.Popen([str(BIN / "flexaid"), "--config", str(tmp / "flexaid.json"), "--log-level", "warning"])
@@ -85,6 +99,34 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
             proc.wait()
 
 
+def write_cdi_spec(directory: Path, extra_mounts: int) -> list[str]:
+    """A CDI spec for the bench's simulated card in nvidia-ctk's layout: the card's node (index
+    and UUID names), the simulated driver libraries at versioned names, `extra_mounts` more
+    host libraries (a real spec mounts 30-60 driver files), a createContainer hook."""
+    from flexai_hook.devices import library
+
+    libs = sorted(p for p in Path("/usr/lib/x86_64-linux-gnu").glob("lib*.so.*") if p.is_file() and not p.is_symlink())
+    mounts = [(library.sim_library_path(n), f"/usr/lib/x86_64-linux-gnu/{n.replace('.so.1', '.so.580.65.06')}")
+              for n in ("libcuda.so.1", "libnvidia-ml.so.1")]
+    mounts += [(str(p), str(p)) for p in libs[:extra_mounts]]
+    lines = ["---", "cdiVersion: 0.5.0", "kind: nvidia.com/gpu", "devices:"]
+    for name in ('"0"', CARD_UUID):
+        lines += [f"    - name: {name}", "      containerEdits:", "        deviceNodes:", f"            - path: {CARD_DEVICE}"]
+    lines += ["containerEdits:", "    env:", "        - NVIDIA_VISIBLE_DEVICES=void", "    hooks:",
+              "        - hookName: createContainer", "          path: /bin/true", "          args:",
+              "            - nvidia-cdi-hook", "            - update-ldcache", "    mounts:"]
+    for host, inside in mounts:
+        lines += [f"        - hostPath: {host}", f"          containerPath: {inside}", "          options:",
+                  "            - ro", "            - nosuid", "            - nodev", "            - bind"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "nvidia.yaml").write_text("\n".join(lines) + "\n")
+    # the same edits as docker run flags (all but the hook), for the baseline
+    flags = ["--device", CARD_DEVICE, "-e", "NVIDIA_VISIBLE_DEVICES=void"]
+    for host, inside in mounts:
+        flags += ["-v", f"{host}:{inside}:ro"]
+    return flags
+
+
 def docker_bench(args, runc: str) -> int:
     from flexai_hook.oci.image import image_archive
 
@@ -96,7 +138,12 @@ def docker_bench(args, runc: str) -> int:
     procs: list[subprocess.Popen] = []
     try:
         runtime_json = tmp / "runtime.json"
-        runtime_json.write_text(json.dumps({"socket": str(tmp / "flexaid.sock"), "runtime": runc}))
+        settings = {"socket": str(tmp / "flexaid.sock"), "runtime": runc}
+        cdi_dir = tmp / "cdi"
+        if args.cdi:
+            by_hand = write_cdi_spec(cdi_dir, args.cdi_mounts)
+            settings.update(cdi_spec_dirs=str(cdi_dir), sim_driver_mounts="off")
+        runtime_json.write_text(json.dumps(settings))
         ctd = tmp / "ctd"
         ctd.mkdir()
         address = str(ctd / "containerd.sock")
@@ -112,7 +159,8 @@ def docker_bench(args, runc: str) -> int:
         wait_for(ctr_ok, "containerd", procs[0], ctd / "log")
         dk = tmp / "dockerd"
         dk.mkdir()
-        (dk / "daemon.json").write_text(json.dumps({"runtimes": {"flexai": {"path": str(BIN / "flexai-runtime")}}}))
+        daemon_json: dict = {"runtimes": {"flexai": {"path": str(BIN / "flexai-runtime")}}}
+        (dk / "daemon.json").write_text(json.dumps(daemon_json))
         host = f"unix://{dk}/docker.sock"
         with open(dk / "log", "ab") as log:
             procs.append(subprocess.Popen(
@@ -128,12 +176,28 @@ def docker_bench(args, runc: str) -> int:
         subprocess.run(["docker", "load", "-i", str(image_archive(rootfs, tmp / "image.tar"))], env=env, check=True,
                        capture_output=True)
         run = ["docker", "run", "--rm", "--network", "none"]
-        variants = {
-            "docker run --runtime=runc": run + ["--runtime=runc", "flexai-busybox", "true"],
-            "docker run --runtime=flexai (no request)": run + ["--runtime=flexai", "flexai-busybox", "true"],
-            "docker run --runtime=flexai FLEXAI_FRACTION=0.1": run + ["--runtime=flexai", "-e", "FLEXAI_FRACTION=0.1",
-                                                                      "flexai-busybox", "true"],
-        }
+        if args.cdi:
+            base_name, pass_name, sliced_name = ("runc, the spec's edits as flags", "flexai (no request), as flags",
+                                                 "flexai FLEXAI_FRACTION=0.1, applies CDI")
+            variants = {
+                "runc, no driver (reference)": run + ["--runtime=runc", "flexai-busybox", "true"],
+                base_name: run + ["--runtime=runc", *by_hand, "flexai-busybox", "true"],
+                pass_name: run + ["--runtime=flexai", *by_hand, "flexai-busybox", "true"],
+                sliced_name: run + ["--runtime=flexai", "-e", "FLEXAI_FRACTION=0.1", "flexai-busybox", "true"],
+            }
+        else:
+            base_name, pass_name, sliced_name = ("docker run --runtime=runc", "docker run --runtime=flexai (no request)",
+                                                 "docker run --runtime=flexai FLEXAI_FRACTION=0.1")
+            variants = {
+                base_name: run + ["--runtime=runc", "flexai-busybox", "true"],
+                pass_name: run + ["--runtime=flexai", "flexai-busybox", "true"],
+                sliced_name: run + ["--runtime=flexai", "-e", "FLEXAI_FRACTION=0.1", "flexai-busybox", "true"],
+            }
+        if args.cdi:  # the sliced row means something only if flexai applied the spec
+            check = subprocess.run(run + ["--runtime=flexai", "-e", "FLEXAI_FRACTION=0.1", "flexai-busybox", "test", "-e",
+                                          "/usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06"], env=env, capture_output=True)
+            if check.returncode != 0:
+                raise SystemExit(f"flexai did not apply the CDI spec: {check.stderr.decode(errors='replace')[-500:]}")
         samples: dict[str, list[float]] = {name: [] for name in variants}
         for cmd in variants.values():  # warm-up
             timed(cmd, env)
@@ -141,19 +205,19 @@ def docker_bench(args, runc: str) -> int:
             for name, cmd in variants.items():
                 samples[name].append(timed(cmd, env))
         result = {name: summary(s) for name, s in samples.items()}
-        base = result["docker run --runtime=runc"]["median_ms"]
+        base = result[base_name]["median_ms"]
         ratios = {
-            "pass_through_ratio": result["docker run --runtime=flexai (no request)"]["median_ms"] / base,
-            "sliced_ratio": result["docker run --runtime=flexai FLEXAI_FRACTION=0.1"]["median_ms"] / base,
+            "pass_through_ratio": result[pass_name]["median_ms"] / base,
+            "sliced_ratio": result[sliced_name]["median_ms"] / base,
         }
         if args.json:
             print(json.dumps({"variants": result, **ratios}, indent=2))
         else:
-            print(f"{'variant':<48} {'median ms':>10} {'p10':>8} {'p90':>8} {'n':>4} {'x runc':>7}")
+            print(f"{'variant':<48} {'median ms':>10} {'p10':>8} {'p90':>8} {'n':>4} {'x base':>7}")
             for name, r in result.items():
                 print(f"{name:<48} {r['median_ms']:>10.1f} {r['p10_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['n']:>4} "
                       f"{r['median_ms'] / base:>7.3f}")
-            print(f"\npass-through {ratios['pass_through_ratio']:.3f}x plain runc (target <= 1.05), "
+            print(f"\npass-through {ratios['pass_through_ratio']:.3f}x {base_name} (target <= 1.05), "
                   f"sliced {ratios['sliced_ratio']:.3f}x (target <= 1.15)")
     finally:
         for proc in reversed(procs):
@@ -166,7 +230,7 @@ def docker_bench(args, runc: str) -> int:
                 subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            os.unlink("/dev/flexai-bench0")
+            os.unlink(CARD_DEVICE)
         except FileNotFoundError:
             pass
     return 0
@@ -177,10 +241,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30, help="runs per variant (default 30)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--docker", action="store_true", help="measure `docker run --rm` through a private dockerd")
+    parser.add_argument("--cdi", action="store_true",
+                        help="with --docker: the card comes with a CDI spec (baseline: runc with the same edits as flags)")
+    parser.add_argument("--cdi-mounts", type=int, default=40,
+                        help="with --cdi: host libraries the spec mounts besides the driver's two (default 40)")
     args = parser.parse_args()
     runc = shutil.which("runc")
     if not runc:
         raise SystemExit("runc is not installed")
+    if args.cdi and not args.docker:
+        raise SystemExit("--cdi goes with --docker")
     if args.docker:
         return docker_bench(args, runc)
     tmp = Path(tempfile.mkdtemp(prefix="flexai-bench-"))
@@ -225,7 +295,7 @@ def main() -> int:
         daemon.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            os.unlink("/dev/flexai-bench0")
+            os.unlink(CARD_DEVICE)
         except FileNotFoundError:
             pass
     return 0

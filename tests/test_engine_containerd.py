@@ -9,8 +9,10 @@ import time
 
 import pytest
 
+import cdi_support as cs
 import engines_support as es
 from conftest import GIB, tool
+from libflexai_support import client, libs  # noqa: F401
 
 VIEW = ("busybox awk '{print $5, $6}' /proc/self/mountinfo | sort; ls -la /dev /run | busybox awk '{print $1, $NF}'; "
         "env | sort; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; id")
@@ -183,3 +185,25 @@ def test_install_is_read_back_by_containerd_and_uninstall_restores_the_file(tmp_
     assert out.returncode == 0, out.stderr
     assert main.read_text() == original and not dropin.exists()
     assert sorted(p.name for p in tmp_path.glob("config.toml.flexai-backup-*"))  # the backups stay
+
+
+def test_the_driver_comes_from_the_cdi_spec_alone(engine, client, tmp_path):  # noqa: F811
+    """ctr run with flexai-runtime and the simulated cards' CDI spec in the format nvidia-ctk
+    writes: mounts, device nodes and a createContainer hook reach the container through flexai."""
+    containerd, daemon = engine
+    if not cs.host_has_glibc_layout():
+        pytest.skip("the client image borrows the host's x86_64 Debian-style glibc")
+    from flexai_hook.oci.image import image_archive
+
+    rootfs = cs.client_rootfs(tmp_path / "rootfs", client)
+    imported = containerd.ctr("images", "import", image_archive(rootfs, tmp_path / "client.tar", cs.CLIENT_IMAGE))
+    assert imported.returncode == 0, imported.stderr
+    host, inside = cs.glibc_mount()
+    runs = iter(range(100))
+
+    def run_client(args):
+        return containerd.ctr("run", "--rm", "--runc-binary", tool("flexai-runtime"), "--env", "FLEXAI_FRACTION=0.25",
+                              "--mount", f"type=bind,src={host},dst={inside},options=rbind:ro",
+                              cs.CLIENT_IMAGE_REF, f"cdi{next(runs)}", "/bin/flexai_client", *args)
+
+    cs.check_engine(run_client, containerd.root.parent / "runtime.json", daemon, tmp_path)

@@ -8,8 +8,10 @@ import subprocess
 
 import pytest
 
+import cdi_support as cs
 import engines_support as es
 from conftest import GIB, tool
+from libflexai_support import client, libs  # noqa: F401
 
 # What a container can see of itself, minus what differs between any two containers.
 VIEW = ("busybox awk '{print $5, $6}' /proc/self/mountinfo | sort; ls -la /dev /run | busybox awk '{print $1, $NF}'; "
@@ -243,3 +245,23 @@ def test_default_chains_to_the_default_it_replaced_and_uninstall_puts_it_back(en
         path.write_text(before)
         dockerd.reload()
         _wait_runtimes(dockerd, lambda r: "flexai" in r)
+
+
+def test_the_driver_comes_from_the_cdi_spec_alone(engine, client, tmp_path):  # noqa: F811
+    """docker run --runtime=flexai with the simulated cards' CDI spec in the format nvidia-ctk
+    writes: mounts, device nodes and a createContainer hook reach the container through flexai."""
+    dockerd, daemon = engine
+    if not cs.host_has_glibc_layout():
+        pytest.skip("the client image borrows the host's x86_64 Debian-style glibc")
+    from flexai_hook.oci.image import image_archive
+
+    rootfs = cs.client_rootfs(tmp_path / "rootfs", client)
+    loaded = dockerd.docker("load", "-i", image_archive(rootfs, tmp_path / "client.tar", cs.CLIENT_IMAGE))
+    assert loaded.returncode == 0, loaded.stderr
+    host, inside = cs.glibc_mount()
+
+    def run_client(args):
+        return dockerd.docker("run", "--rm", "--network", "none", "--runtime=flexai", "-e", "FLEXAI_FRACTION=0.25",
+                              "-v", f"{host}:{inside}:ro", cs.CLIENT_IMAGE, "/bin/flexai_client", *args)
+
+    cs.check_engine(run_client, dockerd.root.parent / "runtime.json", daemon, tmp_path)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+import cdi_support as cs
 import engines_support as es
 from conftest import GIB, tool
+from libflexai_support import client, libs  # noqa: F401
 from flexai_hook.engines import podman as podman_engine
 
 VIEW = ("busybox awk '{print $5, $6}' /proc/self/mountinfo | sort; ls -la /dev /run | busybox awk '{print $1, $NF}'; "
@@ -204,3 +206,23 @@ def test_install_without_hooks_dir_slices_where_podman_reads_hooks(engine, tmp_p
         es.unmount_under(tmp_path)
     assert not Path("/usr/share/containers/oci/hooks.d/flexai.json").exists()
     assert not Path("/etc/containers/oci/hooks.d/flexai.json").exists()
+
+
+def test_the_driver_comes_from_the_cdi_spec_alone(engine, client, tmp_path):  # noqa: F811
+    """podman run --runtime flexai with the simulated cards' CDI spec in the format nvidia-ctk
+    writes: mounts, device nodes and a createContainer hook reach the container through flexai."""
+    podman, daemon = engine
+    if not cs.host_has_glibc_layout():
+        pytest.skip("the client image borrows the host's x86_64 Debian-style glibc")
+    from flexai_hook.oci.image import image_archive
+
+    rootfs = cs.client_rootfs(tmp_path / "rootfs", client)
+    loaded = podman.podman("load", "-i", image_archive(rootfs, tmp_path / "client.tar", cs.CLIENT_IMAGE))
+    assert loaded.returncode == 0, loaded.stderr
+    host, inside = cs.glibc_mount()
+
+    def run_client(args):
+        return podman.podman("run", "--rm", "--network", "none", "--runtime", "flexai", "-e", "FLEXAI_FRACTION=0.25",
+                             "-v", f"{host}:{inside}:ro", cs.CLIENT_IMAGE, "/bin/flexai_client", *args)
+
+    cs.check_engine(run_client, podman.root.parent / "runtime.json", daemon, tmp_path)

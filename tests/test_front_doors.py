@@ -410,6 +410,47 @@ def test_help_and_version_are_answered_by_flexai_not_the_real_runtime(bindir, tm
         assert passed == [str(bindir / "fake-runc"), *args] and not record.exists()
 
 
+def test_a_notice_is_said_and_a_chained_runtime_runs_instead(bindir, tmp_path):
+    """flexaid's answer when no CDI spec has the card (flexai_hook/oci/driver.py): the line to say,
+    and the vendor runtime to run (the runtime config's chain_without_cdi), before the spec."""
+    vendor = bindir / "vendor-runtime"
+    vendor.write_text('#!/bin/sh\nprintf "%s\\n" "$0" "$@" > "$FAKE_ARGV"\n')
+    vendor.chmod(0o755)
+    notice = 'no CDI spec for nvidia.com/gpu in /etc/cdi: run `nvidia-ctk ...` (or set "chain_without_cdi")'
+    edited = {**SLICED, "annotations": {"edited": "by flexaid"}}
+    reply = json.dumps({"ok": True, "notice": notice, "runtime": "vendor-runtime", "spec": edited},
+                       separators=(",", ":")).encode() + b"\n"
+    daemon = FakeDaemon(tmp_path / "d.sock", reply)
+    b = sliced_bundle(tmp_path)
+    try:
+        out, passed = run_front(bindir, ["create", "--bundle", str(b), "c6"], tmp_path,
+                                env={"FLEXAI_SOCKET": str(tmp_path / "d.sock"), "PATH": f"{bindir}:/usr/bin:/bin"})
+    finally:
+        daemon.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.decode().splitlines() == [f"flexai: {notice}"]
+    assert passed == [str(vendor), "create", "--bundle", str(b), "c6"]  # found on PATH, argv unchanged
+    assert json.loads((b / "config.json").read_text()) == edited
+
+
+@pytest.mark.parametrize("reply", [
+    {"ok": True, "runtime": "no-such-runtime", "spec": SLICED},  # Python says it is not installed
+    {"ok": True, "later": "a field this front door does not know", "spec": SLICED},
+    {"ok": True, "notice": 7, "spec": SLICED},
+])
+def test_an_answer_it_cannot_follow_goes_to_python(bindir, tmp_path, reply):
+    daemon = FakeDaemon(tmp_path / "d.sock", json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+    b = sliced_bundle(tmp_path)
+    before = (b / "config.json").read_text()
+    try:
+        out, passed = run_front(bindir, ["create", "--bundle", str(b), "c7"], tmp_path,
+                                env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert passed is None and b"flexai-runtime-py" in out.stderr
+    assert (b / "config.json").read_text() == before
+
+
 def test_no_daemon_goes_to_python(bindir, tmp_path):
     b = sliced_bundle(tmp_path)
     out, passed = run_front(bindir, ["create", "--bundle", str(b), "c4"], tmp_path)

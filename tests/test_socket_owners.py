@@ -304,3 +304,23 @@ def test_old_ledger_entries_are_root_owned_and_unnamed_uids_show_as_numbers():
     assert access.change_refused(1234, "release", "c1", 1234) is None
     assert access.change_refused(99, "update", "c1", 1234) == (
         "permission denied: uid 99 may not update container c1: the slice of c1 belongs to uid 1234")
+
+
+def test_a_member_cannot_make_flexaid_read_spec_directories_for_it(group_daemon, member, tmp_path):
+    """flexaid reads CDI spec directories as root: a member's prepare may not name them (its own
+    flexai-runtime reads them itself, with its own rights); root's may."""
+    daemon = group_daemon()
+    secret = tmp_path / "root-only"  # pytest's tmp dirs are 0700: the member cannot read this
+    secret.mkdir()
+    uuid = daemon.cards[0]["uuid"]
+    (secret / "x.yaml").write_text(f"cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: {uuid}\n"
+                                   "  containerEdits:\n    env: [SECRET=only-root-may-read-this]\n")
+    message = {"op": "prepare", "container_id": "m1", "hook": "/usr/bin/flexai-hook", "runtime": {"binary": RUNC},
+               "settings": {"cdi_spec_dirs": str(secret)},
+               "spec": {"ociVersion": "1.0.2", "process": {"args": ["true"], "env": ["FLEXAI_FRACTION=0.2"]}}}
+    reply = member.call(daemon.socket, message)
+    assert reply == {"ok": False, "error": "cdi_spec_dirs in the runtime config is honoured for root's requests "
+                                           "only; the Python runtime reads the spec directories itself"}
+    assert _held(daemon) == {}
+    reply = daemon.call({**message, "container_id": "r1"})
+    assert reply["ok"] and "SECRET=only-root-may-read-this" in reply["spec"]["process"]["env"]

@@ -306,18 +306,34 @@ class Service:
             log.debug("no slice for %s: %s", container_id, prepare.no_request_reason(spec),
                       extra=supervisor.fields(container_id))
             return {"ok": True, **said, "spec": None}
+        settings = message.get("settings") or {}
+        if uid != access.ROOT_UID and "cdi_spec_dirs" in settings:
+            # flexaid reads those files as root and would show what is in them; a user's own
+            # flexai-runtime (the Python path) reads them with the user's rights instead
+            return self._refuse(container_id, metrics.INVALID_REQUEST,
+                                "cdi_spec_dirs in the runtime config is honoured for root's requests "
+                                "only; the Python runtime reads the spec directories itself")
         reply = self._reserve(container_id, request, message["runtime"], uid, pod=prepare.pod_of(spec))
         if not reply["ok"]:
             return reply
         try:
             reservation = self.ledger.reservations[container_id]
-            edited = prepare.sliced_spec(spec, reservation, message["hook"], message.get("socket"),
-                                         message.get("settings"))
+            prepared = prepare.prepare_container(spec, reservation, message["hook"], message.get("socket"),
+                                                 settings, runtime_binary=message["runtime"].get("binary", ""))
         except (OSError, prepare.PrepareError) as exc:
             self._release(container_id, "could not prepare; released")
             return self._refuse(container_id, metrics.PREPARE_FAILED,
                                 f"could not prepare {container_id} for its slice: {exc}")
-        return {"ok": True, **said, "spec": edited}
+        answer: dict = {"ok": True, **said}
+        # before "spec": the front door reads these plain strings, then the spec to the end
+        if prepared.notice:
+            log.warning("%s", prepared.notice, extra=supervisor.fields(container_id, reservation.slice_id,
+                                                                       reservation.card_uuid))
+            answer["notice"] = prepared.notice
+        if prepared.runtime:
+            answer["runtime"] = prepared.runtime
+        answer["spec"] = prepared.spec
+        return answer
 
     def _update(self, container_id: str, compute: int | None, paused: bool | None) -> dict:
         """Change a running slice's compute share and/or pause it: the ledger (so placement

@@ -15,6 +15,7 @@ import struct
 from typing import Mapping
 
 from flexai_hook import kube
+from flexai_hook.record import record
 from flexai_hook.request import Request, env_warnings, from_container
 from flexai_hook.reservation import Reservation
 
@@ -64,20 +65,58 @@ def pod_of(spec: object) -> dict[str, str]:
     return kube.pod_of(annotations) if isinstance(annotations, dict) else {}
 
 
-def sliced_spec(spec: dict, reservation: Reservation, hook_path: str, socket: str | None,
-                settings: Mapping | None) -> dict:
-    """config.json with the reservation's card, slice files, library and poststop hook (the hook
-    told the daemon's socket when one is configured). Reads the card's device nodes."""
+@record
+class Prepared:
+    """A sliced config.json and what the runtime does besides writing it."""
+
+    spec: dict
+    notice: str = ""  # one line for stderr (the container still starts): the driver is missing
+    runtime: str = ""  # run this runtime instead of the configured one (driver.py's chaining)
+
+
+def prepare_container(spec: dict, reservation: Reservation, hook_path: str, socket: str | None,
+                      settings: Mapping | None, runtime_binary: str = "") -> Prepared:
+    """config.json with the card's driver (its CDI device, flexai_hook/oci/driver.py) and on top the
+    reservation's card, slice files, library and poststop hook (the hook told the daemon's socket
+    when one is configured). Reads the CDI spec directories and the device nodes. The one
+    function both start paths go through: flexaid's prepare (the C front door) and runtime.py."""
+    from . import cdi, cdi_store, driver
+
+    settings = dict(settings or {})
+    try:
+        wanted = driver.settings_of(settings)
+    except driver.DriverConfigError as exc:
+        raise PrepareError(f"runtime config: {exc}") from None
+    loaded = cdi_store.load(wanted.cdi_spec_dirs)
+    try:
+        plan = driver.plan(reservation, loaded.specs, loaded.errors, wanted, runtime_binary)
+        if plan.cdi is not None:
+            edits = plan.cdi.edits()
+            spec = cdi.apply(spec, edits, cdi_store.host_nodes(cdi.host_paths(edits)), source=plan.cdi.spec.path)
+    except cdi.CdiError as exc:
+        raise PrepareError(str(exc)) from None
     nodes = tuple(device_node(path) for path in reservation.device_paths)
     hook_env = (f"FLEXAI_SOCKET={socket}",) if socket else ()
     hook = spec_mod.Hook(path=hook_path, args=("flexai-hook", "poststop"), env=hook_env)
     try:
-        injection = spec_mod.injection_for(reservation, nodes, hook, settings=dict(settings or {}))
+        injection = spec_mod.injection_for(reservation, nodes, hook, settings=settings,
+                                           sim_libraries=plan.sim_libraries)
     except ValueError as exc:  # mps.MpsConfigError: the runtime config asks for the impossible
         raise PrepareError(f"runtime config: {exc}") from None
-    if settings and settings.get("compute_backend") == "mps":
+    if plan.env:
+        names = {name for name, _ in injection.env}
+        injection = spec_mod.Injection(devices=injection.devices, mounts=injection.mounts,
+                                       env=tuple(e for e in plan.env if e[0] not in names) + injection.env,
+                                       poststop=injection.poststop)
+    if settings.get("compute_backend") == "mps":
         mark_compute_by_mps(reservation.slice_dir)
-    return spec_mod.apply(spec, injection)
+    return Prepared(spec=spec_mod.apply(spec, injection), notice=plan.notice, runtime=plan.runtime)
+
+
+def sliced_spec(spec: dict, reservation: Reservation, hook_path: str, socket: str | None,
+                settings: Mapping | None) -> dict:
+    """prepare_container's config.json alone."""
+    return prepare_container(spec, reservation, hook_path, socket, settings).spec
 
 
 # struct flexai_limits (libflexai/flexai_region.h): the offset of `flags` and the MPS bit.

@@ -77,7 +77,8 @@ def resolve_binary(name: str) -> str:
 
 
 def report(invocation: argv_mod.Invocation, message: str, level: str = "error") -> None:
-    """Tell the user why the container did not start: on stderr and in the engine's --log file.
+    """Tell the user why the container did not start (or, at level "warning", what it lacks):
+    on stderr and in the engine's --log file.
     At level "debug" (why a container passes through) only in the log, and only when the engine
     ran the runtime with --debug."""
     import json
@@ -168,9 +169,10 @@ def handed_refusal(value: str | None, container_id: str | None) -> str | None:
 def slice_container(
     invocation: argv_mod.Invocation, config_path: str, raw: bytes, settings: dict, binary: str,
     refused: str | None = None,
-) -> bool:
-    """Reserve and inject a slice if config.json asks for one. False: no request, pass through.
-    `refused`: flexaid's refusal of this container, already known (handed_refusal)."""
+):
+    """Reserve and inject a slice if config.json asks for one: the prepare.Prepared written, or
+    None (no request: pass through). `refused`: flexaid's refusal of this container, already
+    known (handed_refusal)."""
     import json
 
     from flexai_hook import client
@@ -182,7 +184,7 @@ def slice_container(
     try:
         spec = json.loads(raw)
     except ValueError:
-        return False  # not ours to judge: the real runtime reports a broken config.json
+        return None  # not ours to judge: the real runtime reports a broken config.json
     except RecursionError:
         # valid JSON perhaps, but nested past what Python's parser takes: its request cannot be
         # read, and a container that asks for a slice must not start without one
@@ -196,7 +198,7 @@ def slice_container(
         raise Failure(str(exc)) from None
     if request is None:
         report(invocation, f"no slice for {invocation.container_id}: {prepare.no_request_reason(spec)}", "debug")
-        return False
+        return None
     if refused is not None:
         if refused.startswith("could not prepare "):  # flexaid's prepare reserved, then failed
             raise Failure(refused)
@@ -219,17 +221,25 @@ def slice_container(
         raise Failure(f"flexaid could not reserve a slice for {invocation.container_id}: {exc}") from None
     try:
         reservation = Reservation.from_json(reply["reservation"])
-        edited = prepare.sliced_spec(spec, reservation, hook_binary(), socket, settings)
+        prepared = prepare.prepare_container(spec, reservation, hook_binary(), socket, settings,
+                                             runtime_binary=os.path.abspath(binary))
+        if prepared.runtime:  # before config.json changes: a missing one stops the container here
+            try:
+                resolve_binary(prepared.runtime)
+            except Failure:
+                raise Failure(f"no CDI spec has the card, and chain_without_cdi names {prepared.runtime!r}, "
+                              "which is not installed: install it, or generate a CDI spec "
+                              "(nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml)") from None
         from flexai_hook.atomicfile import write_atomically
 
         st = os.stat(config_path)
         # no fsync: after a host crash the container is gone, and so is any use of its bundle
-        write_atomically(config_path, json.dumps(edited, indent=2).encode(), mode=st.st_mode & 0o7777,
+        write_atomically(config_path, json.dumps(prepared.spec, indent=2).encode(), mode=st.st_mode & 0o7777,
                          owner=(st.st_uid, st.st_gid), sync=False)
     except (OSError, Failure, prepare.PrepareError) as exc:
         _release(invocation.container_id, socket)
         raise Failure(f"could not prepare {invocation.container_id} for its slice: {exc}") from None
-    return True
+    return prepared
 
 
 def hook_binary() -> str:
@@ -311,13 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     if not any(marker in raw for marker in _REQUEST_MARKERS):
         os.execv(binary, [binary] + args)
     try:
-        sliced = slice_container(invocation, config_path, raw, settings, binary,
-                                 handed_refusal(handed, invocation.container_id))
+        prepared = slice_container(invocation, config_path, raw, settings, binary,
+                                   handed_refusal(handed, invocation.container_id))
     except Failure as exc:
         report(invocation, str(exc))
         return 1
-    if not sliced:
+    if prepared is None:
         os.execv(binary, [binary] + args)
+    if prepared.notice:
+        report(invocation, prepared.notice, "warning")
+    if prepared.runtime:  # no CDI spec for the card: the vendor's runtime adds the driver
+        binary = resolve_binary(prepared.runtime)
     status = run_child(binary, args)
     if status != 0:
         # The container did not start or ended in error; poststop may not have run (runc skips

@@ -54,15 +54,19 @@ def board_name(card_uuid: str, card_index: int) -> str:
 
 def injection_for(
     reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None = None,
-    settings: dict | None = None,
+    settings: dict | None = None, sim_libraries: bool | None = None,
 ) -> Injection:
     """What a reservation puts into the container: its card, its slice files, the preload
     library with the /etc/ld.so.preload that names it, the slice's region, the card boards,
     its release hook; on a simulated backend also the simulated driver libraries where the
     NVIDIA toolkit puts the real ones. `lib` overrides the library's host path (default: the
     built one). `settings` is the runtime config (/etc/flexai/runtime.json): with
-    `"compute_backend": "mps"` the compute share is handed to NVIDIA MPS (flexai_hook/oci/mps.py)."""
-    injection = _injection(reservation, devices, hook, lib)
+    `"compute_backend": "mps"` the compute share is handed to NVIDIA MPS (flexai_hook/oci/mps.py).
+    `sim_libraries`: mount the simulated driver libraries (default: on a simulated card;
+    flexai_hook/oci/driver.py decides otherwise when a CDI spec brings the driver)."""
+    if sim_libraries is None:
+        sim_libraries = reservation.backend == "simulated"
+    injection = _injection(reservation, devices, hook, lib, sim_libraries)
     if settings:
         from . import mps
 
@@ -73,7 +77,7 @@ def injection_for(
 
 
 def _injection(
-    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None
+    reservation: Reservation, devices: tuple[DeviceNode, ...], hook: Hook, lib: str | None, sim_libraries: bool
 ) -> Injection:
     slice_dir = reservation.slice_dir
     mounts = [
@@ -101,10 +105,11 @@ def _injection(
     slot = slot_name(slice_key(reservation.slice_id))
     mounts.append(Mount(host_card, f"{BOARD_DIR_IN_CONTAINER}/{card}"))
     mounts.append(Mount(f"{host_card}/{slot}", f"{BOARD_DIR_IN_CONTAINER}/{card}/{slot}", read_only=False))
-    if reservation.backend == "simulated":
+    if sim_libraries:
         driver_dir = library.driver_dir_in_container()
         for name in library.SIM_LIBRARIES:
             mounts.append(Mount(str(library.sim_library_path(name)), f"{driver_dir}/{name}"))
+    if reservation.backend == "simulated":  # the simulated cards themselves, whoever brings the driver
         sim_dir = library.sim_dir_for(os.path.dirname(slice_dir))
         mounts.append(Mount(sim_dir, library.SIM_DIR_IN_CONTAINER, read_only=False))
         env.append(("FLEXAI_SIM_DIR", library.SIM_DIR_IN_CONTAINER))

@@ -242,7 +242,7 @@ char *flexai_daemon_call_ms(const char *path, const char *msg, size_t len, int t
 
 int flexai_real_runtime(char *out, size_t cap)
 {
-    char name[PATH_MAX] = "runc", self[PATH_MAX];
+    char name[PATH_MAX] = "runc";
     const char *env = getenv("FLEXAI_RUNTIME");
     if (env && *env) {
         if (strlen(env) >= sizeof name)
@@ -260,6 +260,12 @@ int flexai_real_runtime(char *out, size_t cap)
             return -1;
         }
     }
+    return flexai_resolve_runtime(name, out, cap);
+}
+
+int flexai_resolve_runtime(const char *name, char *out, size_t cap)
+{
+    char self[PATH_MAX];
     if (self_path(self, sizeof self) != 0)
         return -1;
     if (strchr(name, '/')) {

@@ -22,6 +22,10 @@ int flexai_file_mentions_flexai(const char *path);
  * else runc, searched on PATH, never this program). -1 when unsure: Python must decide. */
 int flexai_real_runtime(char *out, size_t cap);
 
+/* Absolute path of runtime `name` (a path, or a name searched on PATH; never this program).
+ * 0, or -1 when it is not found. */
+int flexai_resolve_runtime(const char *name, char *out, size_t cap);
+
 /* write() until all of buf is written: 0, or -1 (errno set). */
 int flexai_write_all(int fd, const char *buf, size_t len);
 

@@ -127,6 +127,53 @@ static int put_json_line(struct buf *b, const char *text, size_t len)
     return 0;
 }
 
+/* A JSON string at p (simple escapes; \\u only below 0x80) copied to out: the text after
+ * it, or NULL when it is not one or does not fit. */
+static const char *json_string(const char *p, char *out, size_t cap)
+{
+    if (*p++ != '"')
+        return NULL;
+    size_t n = 0;
+    for (; *p && *p != '"'; p++) {
+        char c = *p;
+        if (c == '\\') {
+            switch (*++p) {
+            case '"': case '\\': case '/': c = *p; break;
+            case 'n': c = '\n'; break;
+            case 't': c = '\t'; break;
+            case 'r': c = '\r'; break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'u': {
+                unsigned v = 0;
+                for (int i = 1; i <= 4; i++) {
+                    char h = p[i];
+                    int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                          : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+                    if (d < 0)
+                        return NULL;
+                    v = v * 16 + (unsigned)d;
+                }
+                if (v == 0 || v >= 0x80)
+                    return NULL;
+                c = (char)v;
+                p += 4;
+                break;
+            }
+            default:
+                return NULL;
+            }
+        }
+        if (n + 1 >= cap)
+            return NULL;
+        out[n++] = c;
+    }
+    if (*p != '"')
+        return NULL;
+    out[n] = 0;
+    return p + 1;
+}
+
 static int absolute(const char *path, char *out, size_t cap)
 {
     if (path[0] == '/')
@@ -316,7 +363,7 @@ void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, 
     free(m.p);
     if (!reply)
         return;
-    static const char none[] = "{\"ok\":true,\"spec\":null}", edited[] = "{\"ok\":true,\"spec\":";
+    static const char none[] = "{\"ok\":true,\"spec\":null}", ok[] = "{\"ok\":true,";
     if (strcmp(reply, none) == 0) { /* no request after all (e.g. FLEXAI_ in a comment-like value) */
         free(reply);
         argv[0] = (char *)real;
@@ -324,21 +371,45 @@ void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, 
         return;
     }
     size_t len = strlen(reply);
-    if (strncmp(reply, edited, sizeof edited - 1) != 0 || len < sizeof edited || reply[len - 1] != '}') {
-        /* a refusal: Python says why, in the engine's log too; anything else (an answer with
-         * warnings: {"ok":true,"warnings":[...],"spec":...}) Python redoes and shows */
+    if (strncmp(reply, ok, sizeof ok - 1) != 0 || reply[len - 1] != '}') {
+        /* a refusal: Python says why, in the engine's log too */
         if (is_refusal(reply))
             hand_over_refusal(id, reply);
         free(reply);
         return;
     }
-    const char *text = reply + sizeof edited - 1;
-    size_t text_len = len - (sizeof edited - 1) - 1; /* without the reply's closing brace */
+    /* flexaid's answer: "notice" and "runtime" (strings, both optional), then "spec" to the end */
+    char notice[2048] = "", chain[PATH_MAX] = "", chained[PATH_MAX];
+    const char *p = reply + sizeof ok - 1;
+    for (;;) {
+        if (strncmp(p, "\"notice\":", 9) == 0)
+            p = json_string(p + 9, notice, sizeof notice);
+        else if (strncmp(p, "\"runtime\":", 10) == 0)
+            p = json_string(p + 10, chain, sizeof chain);
+        else
+            break;
+        if (!p || *p++ != ',') {
+            free(reply);
+            return; /* not an answer this file knows: Python redoes it */
+        }
+    }
+    static const char spec_key[] = "\"spec\":";
+    if (strncmp(p, spec_key, sizeof spec_key - 1) != 0 || (chain[0] && flexai_resolve_runtime(chain, chained,
+                                                                                          sizeof chained) != 0)) {
+        free(reply);
+        return; /* Python reports a chained runtime that is not there */
+    }
+    const char *text = p + sizeof spec_key - 1;
+    size_t text_len = (size_t)(reply + len - 1 - text); /* without the reply's closing brace */
     if (write_config(config, text, text_len) != 0) {
         free(reply);
         return; /* Python reserves again (the same slice) and reports what fails */
     }
     free(reply);
+    if (notice[0]) /* the container starts, without its card's driver: say what to run */
+        fprintf(stderr, "flexai: %s\n", notice);
+    if (chain[0]) /* no CDI spec for the card: the vendor's runtime adds the driver */
+        real = chained;
     int status = run_child(real, argv);
     if (status != 0) {
         /* the container did not start or ended in error; poststop may not have run (runc skips
