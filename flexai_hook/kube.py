@@ -1,6 +1,6 @@
 """What Kubernetes' container runtimes write into an OCI spec that flexai must understand.
 
-Two things, both read from the spec's annotations:
+Three things, all read from the spec's annotations:
 
 - a CRI pod sandbox (the pause container) is not a workload: containerd's CRI plugin copies the
   pod's `pod_annotations` (and so `flexai.io/*`) onto the sandbox's spec too, and marks it
@@ -8,6 +8,10 @@ Two things, both read from the spec's annotations:
   `io.kubernetes.cri-o.ContainerType: sandbox`. A sandbox never gets a slice.
 - the pod a container belongs to (name and namespace), recorded with its slice for status and
   metrics.
+- which containers of a pod a pod annotation is for: the CRI copies a pod's `flexai.io/*`
+  annotations onto every container of the pod, sidecars and init containers too. With
+  `flexai.io/containers: "model,worker"` only the containers of those names (the name the
+  runtime writes into each container's spec) take the pod's request.
 
 Pure functions, standard library only: this runs on every container start.
 """
@@ -40,6 +44,43 @@ _CRIO_LABELS_MAX = 64 * 1024  # a labels object larger than this is not parsed
 # status lines and Prometheus labels.
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", re.ASCII)
 NAME_MAX = {"name": 253, "namespace": 63}
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", re.ASCII)  # a container name: a DNS label
+
+
+# Where each runtime writes the container's name within its pod (the pod spec's container name).
+CONTAINER_NAME_KEYS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
+CONTAINERS_ANNOTATION = "flexai.io/containers"
+_CONTAINERS_MAX = 4096
+
+
+def container_name(annotations: Mapping[str, object]) -> str | None:
+    """The container's name within its Kubernetes pod, or None outside Kubernetes."""
+    for key in CONTAINER_NAME_KEYS:
+        value = annotations.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def parse_containers(value: object) -> tuple[str, ...] | None:
+    """The names of flexai.io/containers ("a,b" or "a b"), or None when the value is not a list
+    of container names (DNS labels, as Kubernetes requires of them)."""
+    if not isinstance(value, str) or len(value) > _CONTAINERS_MAX:
+        return None
+    names = tuple(n for n in value.replace(",", " ").split() if n)
+    if not names or any(len(n) > NAME_MAX["namespace"] or _LABEL.fullmatch(n) is None for n in names):
+        return None
+    return names
+
+
+def not_listed_reason(annotations: Mapping[str, object], names: tuple[str, ...]) -> str | None:
+    """Why the pod's flexai.io/* annotations are not this container's (one line), or None when
+    they are: the container is named in `names`, or its name is unknown (outside Kubernetes)."""
+    name = container_name(annotations)
+    if name is None or name in names:
+        return None
+    return (f"{CONTAINERS_ANNOTATION} names {', '.join(names)}; this container is {name}, "
+            "so the pod's flexai.io/* annotations are not for it")
 
 
 def sandbox_reason(annotations: Mapping[str, object]) -> str | None:

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from .kube import sandbox_reason
+from .kube import CONTAINERS_ANNOTATION, not_listed_reason, parse_containers, sandbox_reason
 from .record import fields, record
 
 ENV_PREFIX = "FLEXAI_"
@@ -287,8 +287,9 @@ def env_warnings(env: Iterable[str]) -> list[str]:
 
 def unknown_annotation(key: str, value: str) -> RequestError:
     """The error for a flexai.io/* key flexai does not know, with the key it most likely means."""
-    guess = closest(key, ANNOTATION_NAMES, ANNOTATION_PREFIX)
-    known = ", ".join(sorted(ANNOTATION_NAMES))
+    keys = [*ANNOTATION_NAMES, CONTAINERS_ANNOTATION]
+    guess = closest(key, keys, ANNOTATION_PREFIX)
+    known = ", ".join(sorted(keys))
     hint = f"; did you mean {guess}?" if guess else ""
     return RequestError(f"annotation {key}", value, f"a known annotation key ({known}){hint}")
 
@@ -302,9 +303,19 @@ def from_container(env: Iterable[str], annotations: Mapping[str, str]) -> Reques
     may carry them: `env_warnings` names the unknown ones for the caller to print.
     A Kubernetes pod sandbox has no request whatever it carries (kube.sandbox_reason): the CRI
     copies the pod's flexai.io/* annotations onto it too, and its slice would be held twice.
+    With flexai.io/containers, a container not named there ignores the flexai.io/* annotations
+    the CRI copied onto it from the pod (kube.not_listed_reason); its own env still counts.
     """
     if sandbox_reason(annotations) is not None:
         return None
+    pod_request = True  # the flexai.io/* annotations are this container's
+    if CONTAINERS_ANNOTATION in annotations:
+        names = parse_containers(annotations[CONTAINERS_ANNOTATION])
+        if names is None:
+            raise RequestError(f"annotation {CONTAINERS_ANNOTATION}", str(annotations[CONTAINERS_ANNOTATION]),
+                               "the names of the pod's containers that take its flexai.io/* request, "
+                               "separated by commas")
+        pod_request = not_listed_reason(annotations, names) is None
     fields: dict[str, str] = {}
     sources: dict[str, str] = {}
     seen_env: set[str] = set()
@@ -320,11 +331,13 @@ def from_container(env: Iterable[str], annotations: Mapping[str, str]) -> Reques
         fields[rule.name] = value
         sources[rule.name] = name
     for key, value in annotations.items():
-        if not key.startswith(ANNOTATION_PREFIX):
+        if not key.startswith(ANNOTATION_PREFIX) or key == CONTAINERS_ANNOTATION:
             continue
         rule = ANNOTATION_NAMES.get(key)
         if rule is None:
             raise unknown_annotation(key, value)
+        if not pod_request:
+            continue  # another container's (flexai.io/containers); its own env may still ask
         fields[rule.name] = value
         sources[rule.name] = f"annotation {key}"
     if not fields:

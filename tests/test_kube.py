@@ -60,6 +60,40 @@ def test_the_reason_names_the_marker_for_the_debug_line():
     assert "no FLEXAI_* env" in prepare.no_request_reason(["not", "a", "spec"])
 
 
+POD = {"flexai.io/fraction": "0.3", "flexai.io/containers": "model, worker"}
+
+
+@pytest.mark.parametrize("name_key", ["io.kubernetes.cri.container-name", "io.kubernetes.container.name"])
+def test_flexai_io_containers_gives_the_pods_request_to_the_named_containers_only(name_key):
+    assert from_container([], {**POD, name_key: "model"}) == Request(fraction=30)
+    assert from_container([], {**POD, name_key: "worker"}) == Request(fraction=30)
+    assert from_container([], {**POD, name_key: "istio-proxy"}) is None
+    # a container not named may still ask for itself, in its own env
+    assert from_container(["FLEXAI_FRACTION=0.1"], {**POD, name_key: "istio-proxy"}) == Request(fraction=10)
+    reason = prepare.no_request_reason({"annotations": {**POD, name_key: "istio-proxy"}})
+    assert reason == ("flexai.io/containers names model, worker; this container is istio-proxy, "
+                      "so the pod's flexai.io/* annotations are not for it")
+
+
+def test_flexai_io_containers_outside_kubernetes_and_on_the_sandbox():
+    assert from_container([], POD) == Request(fraction=30)  # no container name: nothing to filter by
+    sandbox = {**POD, "io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.container-name": "model"}
+    assert from_container([], sandbox) is None
+
+
+@pytest.mark.parametrize("value", ["", " , ", "Model", "a_b", "x" * 64, "ok," + "y" * 5000, "model;rm"])
+def test_a_bad_flexai_io_containers_is_refused_in_one_line(value):
+    with pytest.raises(RequestError) as err:
+        from_container([], {"flexai.io/fraction": "0.3", "flexai.io/containers": value,
+                            "io.kubernetes.cri.container-name": "model"})
+    assert "\n" not in str(err.value) and "flexai.io/containers" in str(err.value)
+
+
+def test_a_misspelled_containers_annotation_gets_a_hint():
+    with pytest.raises(RequestError, match="did you mean flexai.io/containers"):
+        from_container([], {"flexai.io/fraction": "0.3", "flexai.io/container": "model"})
+
+
 @pytest.mark.parametrize("annotations, pod", [
     (CONTAINERD_CONTAINER, {"name": "web-0", "namespace": "ml"}),
     ({"io.kubernetes.pod.name": "a.b-1", "io.kubernetes.pod.namespace": "default",

@@ -362,6 +362,26 @@ def test_a_pod_annotation_slices_each_container_once_and_never_the_sandbox(node)
     assert node.cri.rt("ListContainers", filter=node.cri.pb.ContainerFilter(pod_sandbox_id=pod.id)).containers == []
 
 
+def test_flexai_io_containers_keeps_the_pods_request_off_its_sidecars(node):
+    """The CRI copies the pod's flexai.io/* annotations onto every container; with
+    flexai.io/containers naming the model container, the sidecar (an Istio proxy, say) runs
+    without a slice and without the driver, and the model container has the only slice."""
+    limit = 16 * GIB * 20 // 100
+    pod = run_pod(node, "serve-0", "ml-team", {"flexai.io/fraction": "0.2", "flexai.io/containers": "model"})
+    try:
+        model = start_container(node, pod, "model", view(GIB, limit))
+        proxy = start_container(node, pod, "proxy", view(GIB, limit))
+        assert spec_annotations(node, pod, "proxy")["flexai.io/containers"] == "model"  # it has them too
+        (slice_,) = node.daemon.slices()
+        assert slice_["container_id"] == model and slice_["memory_bytes"] == limit
+        assert proxy not in slices_by_container(node)
+        assert f"memory_limit={limit}" in output(node, pod, "model")
+        assert output(node, pod, "proxy")[:3] == ["NOSLICE", "nodriver", "client=3"]
+    finally:
+        remove_pod(node, pod)
+    assert node.daemon.slices() == []
+
+
 def test_a_container_annotation_slices_only_the_container_that_asks(node):
     limit = 16 * GIB * 25 // 100
     pod = run_pod(node, "worker-0", "batch")

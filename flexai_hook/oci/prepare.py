@@ -56,7 +56,10 @@ def annotations_of(spec: object) -> dict[str, str]:
 
 def no_request_reason(spec: object) -> str:
     """Why a spec that mentions flexai gets no slice, for a debug line."""
-    return kube.sandbox_reason(annotations_of(spec)) or "no FLEXAI_* env or flexai.io/* annotation asks for a slice"
+    annotations = annotations_of(spec)
+    names = kube.parse_containers(annotations.get(kube.CONTAINERS_ANNOTATION))
+    return (kube.sandbox_reason(annotations) or (names and kube.not_listed_reason(annotations, names))
+            or "no FLEXAI_* env or flexai.io/* annotation asks for a slice")
 
 
 def pod_of(spec: object) -> dict[str, str]:
