@@ -17,6 +17,7 @@ import pytest
 import dra_support as ds
 import engines_support as es
 from conftest import GIB, tool
+from libflexai_support import client, libs  # noqa: F401
 from flexai_hook.dra import cdi, claim as claim_mod
 from flexai_hook.oci import spec as spec_mod
 from flexai_hook.oci.injection import DeviceNode, Hook
@@ -273,3 +274,69 @@ def test_the_api_server_sees_the_service_account_token(node, agent, tmp_path):
         assert node["api"].requests == before + 1
     finally:
         node["token_file"].write_text(node["api"].token + "\n")
+
+
+# --- the claim's CDI spec applied by a real engine: Podman ---------------------------------
+
+def podman_in(cdi_dir, podman, work):
+    """podman with `cdi_dir` as /etc/cdi: Podman 4.3 reads CDI specs only from /etc/cdi and
+    /var/run/cdi (no cdi_spec_dirs, no --cdi-spec-dir), and the host's are not the test's to
+    touch, so podman runs in a private mount namespace where /etc is an overlay with the test's
+    folder at /etc/cdi. The host's /etc is never written."""
+    for d in ("upper", "work"):
+        (work / d).mkdir(exist_ok=True)
+    script = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={work}/upper,workdir={work}/work /etc && "
+              f"mkdir -p /etc/cdi && mount --bind {cdi_dir} /etc/cdi && exec podman \"$@\"")
+
+    def run(*args, timeout=120):
+        return es.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "podman", *args],
+                      timeout=timeout, env=podman.env())
+    return run
+
+
+@pytest.fixture(scope="module")
+def podman_engine(tmp_path_factory):
+    es.need("podman", "podman")
+    es.need("unshare", "util-linux")
+    if not os.path.exists("/lib64/ld-linux-x86-64.so.2") or not os.path.isdir("/lib/x86_64-linux-gnu"):
+        pytest.skip("this test runs the host's glibc programs in a busybox image (x86_64 Debian-style host)")
+    root = tmp_path_factory.mktemp("dra-podman")
+    podman = es.Podman(root / "podman").setup()
+    try:
+        rootfs = es.make_rootfs(root / "rootfs")
+        loaded = podman.podman("load", "-i", es.image_archive(rootfs, root / "image.tar"))
+        if loaded.returncode != 0:
+            pytest.skip(f"podman cannot load an image here: {loaded.stderr.strip()[-500:]}")
+        yield podman, root
+    finally:
+        podman.teardown()
+
+
+def test_podman_applies_the_claims_cdi_spec_and_the_slice_holds(node, agent, podman_engine, client):
+    a, kubelet = agent
+    podman, root = podman_engine
+    peer = kubelet.dra(kubelet.register().endpoint)
+    ref = new_claim(node, "podman", [{"device": "gpu-0", "consumed": {"memory": "4Gi", "compute": "25"}}])
+    out = peer.prepare(ref)[ref[2]]
+    assert out.error == "", out.error
+    (cdi_id,) = out.devices[0].cdi_device_ids
+    run = podman_in(a.cdi_dir, podman, root)
+    # a --ulimit replaces containers.conf's default_ulimits, and Podman's own nproc default is
+    # above this host's hard limit: name both
+    ran = run("run", "--rm", "--network", "none", "--runtime", "runc", "--ulimit", "nofile=20000:20000",
+              "--ulimit", "nproc=4096:4096",
+              "--device", cdi_id, "-v", "/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro", "-v", "/lib64:/lib64:ro",
+              "-v", f"{client}:/bin/flexai_client:ro", es.IMAGE, "sh", "-c",
+              f"test -c {node['daemon'].cards[0]['device']} && cat /run/flexai/slice.conf && "
+              f"/bin/flexai_client info alloc mem {3 * GIB} alloc mem {GIB}")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    lines = ran.stdout.strip().splitlines()
+    assert f"memory_limit={4 * GIB}" in lines and "compute_limit=25" in lines
+    from libflexai_support import info
+    seen = info(lines[-3])
+    assert seen["count"] == 1 and seen["total"] == 4 * GIB and seen["uuid"] == node["daemon"].cards[0]["uuid"]
+    # 4 GiB less the simulator's 300 MiB context: 3 GiB fits, one more GiB is refused
+    assert lines[-2].startswith("ok ") and lines[-1] == "oom", ran.stdout
+    assert len(dra_slices(node)) == 1  # the container's stop does not release the claim's slice
+    assert peer.unprepare(ref)[ref[2]].error == "" and dra_slices(node) == []
+    assert not os.path.exists("/etc/cdi")
