@@ -340,3 +340,26 @@ def test_podman_applies_the_claims_cdi_spec_and_the_slice_holds(node, agent, pod
     assert len(dra_slices(node)) == 1  # the container's stop does not release the claim's slice
     assert peer.unprepare(ref)[ref[2]].error == "" and dra_slices(node) == []
     assert not os.path.exists("/etc/cdi")
+
+
+# --- pure: this node's cards → its ResourceSlice ------------------------------------------
+
+def test_resource_slice_round_trips_through_the_kubernetes_models(node):
+    from kubernetes import client as k
+
+    from flexai_hook.dra import slices
+
+    status = node["daemon"].status()
+    data = slices.resource_slice("node-a", status, generation=3)
+    api = k.ApiClient()
+    parsed = api._ApiClient__deserialize(data, "V1ResourceSlice")
+    assert api.sanitize_for_serialization(parsed) == data  # every field is one the API knows
+    (dev,) = parsed.spec.devices
+    card = status["cards"][0]
+    assert (parsed.spec.pool.name, parsed.spec.pool.generation, parsed.spec.node_name) == ("node-a", 3, "node-a")
+    assert dev.name == "gpu-0" and dev.allow_multiple_allocations is True
+    assert dev.attributes["uuid"].string == card["uuid"] and dev.attributes["index"].int == 0
+    assert dev.capacity["memory"].value == str(16 * GIB) and dev.capacity["compute"].value == "100"
+    assert dev.capacity["compute"].request_policy.valid_range.step == "1"
+    # what the publish side names, the prepare side maps back
+    assert claim_mod.card_index(dev.name) == card["index"]
