@@ -20,10 +20,11 @@ from .claim import COMPUTE, DEVICE_PREFIX, DRIVER, MEMORY
 MIB = 1 << 20
 
 
-def vendor_of(card: Mapping, backend: str) -> str:
-    if backend == "simulated":
-        return "simulated"
-    return "huawei" if str(card.get("uuid", "")).startswith("ascend") or backend == "ascend" else "nvidia"
+VENDORS = {"nvml": "nvidia", "ascend": "huawei"}  # flexaid's device backend -> the card's vendor
+
+
+def vendor_of(backend: str) -> str:
+    return VENDORS.get(backend, backend)  # "simulated" stays itself
 
 
 def device(card: Mapping, backend: str) -> dict:
@@ -35,7 +36,7 @@ def device(card: Mapping, backend: str) -> dict:
             "index": {"int": int(card["index"])},
             "uuid": {"string": str(card["uuid"])},
             "model": {"string": str(card.get("name", ""))},
-            "vendor": {"string": vendor_of(card, backend)},
+            "vendor": {"string": vendor_of(backend)},
             "backend": {"string": backend},
         },
         "capacity": {
