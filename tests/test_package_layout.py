@@ -19,7 +19,8 @@ ALLOWED = {
     "daemon": {"top", "devices", "oci", "placement", "daemon"},
     "engines": {"top", "devices", "engines"},
     "install": {"install"},
-    "cli": {"top", "devices", "oci", "placement", "daemon", "engines", "install", "cli"},
+    "dra": {"top", "devices", "oci", "dra"},
+    "cli": {"top", "devices", "oci", "placement", "daemon", "engines", "install", "dra", "cli"},
 }
 
 

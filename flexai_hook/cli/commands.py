@@ -209,6 +209,43 @@ def library_path() -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.command("dra")
+@click.option("--registry-dir", default="/var/lib/kubelet/plugins_registry", show_default=True,
+              help="The kubelet's plugin registration directory.")
+@click.option("--plugin-dir", default="/var/lib/kubelet/plugins/gpu.flexai.io", show_default=True,
+              help="Where the DRA service's socket goes.")
+@click.option("--cdi-dir", default="/var/run/cdi", show_default=True, help="Where claims' CDI specs are written.")
+@click.option("--node", envvar="NODE_NAME", default=None,
+              help="This node's name, the pool its claims are allocated from (env NODE_NAME; default: any pool).")
+@click.option("--kube-api", default=None, help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")
+@click.option("--token-file", default=None, help="Bearer token file for --kube-api.")
+@click.option("--ca-file", default=None, help="CA bundle for --kube-api.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug lines.")
+@_socket_option
+def dra(registry_dir: str, plugin_dir: str, cdi_dir: str, node: str | None, kube_api: str | None,
+        token_file: str | None, ca_file: str | None, verbose: bool, socket: str) -> None:
+    """Run the Kubernetes DRA kubelet plugin (driver gpu.flexai.io) in the foreground until
+    SIGTERM: claims allocated on this node become flexaid slices and CDI specs
+    (docs/kubernetes.md)."""
+    import logging
+
+    from flexai_hook.dra import agent
+    from flexai_hook.dra.apiserver import ApiError, ApiServer
+    from flexai_hook.dra.plugin import Sockets
+    from flexai_hook.dra.protos import ProtoUnavailable
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        api = ApiServer(kube_api, token_file, ca_file) if kube_api else ApiServer.in_cluster()
+        options = agent.Options(sockets=Sockets.under(registry_dir, plugin_dir), cdi_dir=cdi_dir, socket=socket,
+                                api=api, node=node)
+        code = agent.run(options)
+    except (ApiError, ProtoUnavailable, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
 main.add_command(install)
 main.add_command(uninstall)
 main.add_command(doctor)

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The DRA kubelet plugin's latency as the kubelet sees it: NodePrepareResources (first and
+repeated) and NodeUnprepareResources through a gRPC peer over the plugin's unix socket, with
+`flexai dra` as a process, a private flexaid on simulated cards and a local fake API server
+(tests/dra_support.py; needs the test extra: grpcio-tools, kubernetes). Each prepare is a GET
+of the claim, flexaid's status and reserve, the CDI spec written and fsync'd.
+Numbers, not pass/fail; --json for machine-readable output.
+
+    python bench/dra.py --claims 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+import dra_support as ds  # noqa: E402
+from flexai_hook import client  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def start_flexaid(tmp: Path, cards: int) -> tuple[subprocess.Popen, str]:
+    described = [{"memory": "80GiB", "device": f"/dev/flexai-drabench{i}"} for i in range(cards)]
+    config = {"socket": str(tmp / "flexaid.sock"), "socket_group": "root", "state_dir": str(tmp / "state"),
+              "slices_dir": str(tmp / "slices"), "backend": "simulated", "simulated": {"cards": described},
+              "reconcile": {"interval": 0}}
+    (tmp / "flexaid.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([str(BIN / "flexaid"), "--config", str(tmp / "flexaid.json"), "--log-level", "error"])
+    for _ in range(200):
+        try:
+            client.call({"op": "status"}, config["socket"], timeout=1)
+            return proc, config["socket"]
+        except client.DaemonUnavailable:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise SystemExit("flexaid did not start")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--cards", type=int, default=8)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flexai-dra-bench-") as d:
+        tmp = Path(d)
+        flexaid, socket = start_flexaid(tmp, args.cards)
+        token = secrets.token_hex(8)
+        (tmp / "token").write_text(token)
+        api = ds.FakeApiServer(token)
+        agent = ds.Agent(str(BIN / "flexai"), tmp / "agent", socket, api, tmp / "token")
+        (tmp / "agent").mkdir()
+        kubelet = None
+        try:
+            agent.start()
+            kubelet = ds.Kubelet(ds.compile_stubs(tmp / "stubs"), str(agent.registration_socket))
+            peer = kubelet.dra(kubelet.register().endpoint)
+            times: dict[str, list[float]] = {"prepare": [], "prepare again": [], "unprepare": []}
+            for i in range(args.claims):
+                uid = str(uuid.uuid4())
+                api.put(ds.resource_claim("bench", f"c{i}", uid, [
+                    {"device": f"gpu-{i % args.cards}", "consumed": {"memory": "8Gi", "compute": "10"}}]))
+                ref = ("bench", f"c{i}", uid)
+                for op, call in (("prepare", peer.prepare), ("prepare again", peer.prepare),
+                                 ("unprepare", peer.unprepare)):
+                    t0 = time.perf_counter()
+                    out = call(ref)[uid]
+                    times[op].append((time.perf_counter() - t0) * 1000)
+                    if out.error:
+                        raise SystemExit(f"{op} failed: {out.error}")
+        finally:
+            if kubelet is not None:
+                kubelet.close()
+            agent.stop()
+            api.close()
+            flexaid.terminate()
+            flexaid.wait(10)
+    rows = {op: {"p50_ms": round(statistics.median(v), 2), "p99_ms": round(pct(v, 99), 2), "n": len(v)}
+            for op, v in times.items()}
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"DRA plugin latency through the gRPC peer ({args.claims} claims, {args.cards} simulated cards)")
+    print(f"{'call':<16}{'p50 ms':>10}{'p99 ms':>10}")
+    for op, r in rows.items():
+        print(f"{op:<16}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

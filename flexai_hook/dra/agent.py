@@ -1,0 +1,58 @@
+"""`flexai dra`: the node agent in the foreground until SIGTERM/SIGINT, then a clean stop
+(sockets removed, so the kubelet deregisters the plugin)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from flexai_hook import client
+
+from .apiserver import ApiServer
+from .driver import Driver
+from .plugin import Plugin, Sockets
+
+log = logging.getLogger("flexai.dra")
+
+
+@dataclass(frozen=True)
+class Options:
+    sockets: Sockets
+    cdi_dir: str
+    socket: str  # flexaid's
+    api: ApiServer
+    node: str | None = None  # this node's pool name; None: any
+    lib: str | None = None
+
+
+def run(options: Options, ready: threading.Event | None = None) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    driver = Driver.with_api(options.cdi_dir, options.socket, options.api, pool=options.node, lib=options.lib)
+    try:
+        found = driver.recover()
+    except (client.DaemonUnavailable, client.DaemonRefused) as exc:
+        log.error("%s", exc)
+        return 1
+    plugin = Plugin(driver, options.sockets)
+    plugin.start()
+    log.info("serving %s (registration %s); %d claim(s) held, %d stale CDI spec(s) removed; CDI specs in %s",
+             options.sockets.plugin, options.sockets.registration, found["claims"], found["stale_specs_removed"],
+             options.cdi_dir)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.wait(1.0):  # wakes for signals on every Python
+            pass
+    finally:
+        plugin.stop()
+        log.info("stopped; sockets removed")
+    return 0
