@@ -55,7 +55,12 @@ from flexai_hook.placement import (  # noqa: E402
 DATA = REPO / ".." / "shared" / "data" / "openb"  # ../shared/data/openb from the repository root
 NODES_CSV = DATA / "openb_node_list_gpu_node.csv"
 PODS_CSV = DATA / "openb_pod_list_default.csv"
-POLICIES = ("random", "best-fit", "fgd", "flexai")
+# EXTENDER: kube-scheduler with a scheduler extender whose filter verb keeps only the node
+# choose_node(flexai) picks, then the stock allocator's first fit on that node's
+# ResourceSlice published most-used first (docs/placement.md, "With Kubernetes DRA").
+EXTENDER = "extender+most-used"
+POLICIES = ("random", "best-fit", "fgd", "flexai", "dra-first-fit", "dra-most-used-first", EXTENDER)
+SECTIONS = ("arrivals", "rounded", "departures", "whole", "latency")
 PUBLISHED_130 = {"random": 87.5, "best-fit": 93.1, "fgd": 95.4}  # paper, 10 seeds, openb
 UNIT = 1 << 20  # bytes per thousandth of a card: every simulated card has 1000 * UNIT bytes
 RATIO = 1.3  # arrived demand / GPU capacity at the end of an arrivals-only replay
@@ -95,7 +100,8 @@ def load_nodes(path: Path) -> list[Node]:
                 CardState.empty(i, f"{row['sn']}-gpu{i}", row["model"], 1000 * UNIT)
                 for i in range(int(row["gpu"]))
             )
-            nodes.append(Node(row["sn"], int(row["cpu_milli"]), cards))
+            cpu = int(row["cpu_milli"])
+            nodes.append(Node(row["sn"], cpu, cards, cpu_milli_total=cpu))
     return nodes
 
 
@@ -145,7 +151,7 @@ def renamed(nodes: Sequence[Node], seed: int) -> list[Node]:
     """
     rank = list(range(len(nodes)))
     random.Random(seed).shuffle(rank)
-    return [Node(f"{r:04d}-{n.name}", n.cpu_milli_free, n.cards) for r, n in zip(rank, nodes)]
+    return [replace(n, name=f"{r:04d}-{n.name}") for r, n in zip(rank, nodes)]
 
 
 def arrival_sequence(pods: Sequence[Pod], cap: int, seed: int, ratio: float = RATIO) -> list[Pod]:
@@ -193,7 +199,7 @@ class Cluster:
                 compute_free=compute,
                 whole_free=memory == card.memory_total and compute == 1000,
             )
-        self.nodes[i] = Node(node.name, node.cpu_milli_free - sign * pod.cpu, tuple(cards))
+        self.nodes[i] = replace(node, cpu_milli_free=node.cpu_milli_free - sign * pod.cpu, cards=tuple(cards))
         self.allocated += sign * pod.gpu_total
 
     def place(self, choice: Choice, pod: Pod) -> None:
@@ -241,6 +247,14 @@ def decider(policy: str, workload: Workload, seed: int, timings: dict | None = N
     if policy == "random":
         rng = random.Random(seed)
         return lambda nodes, pod: random_choice(nodes, pod, rng)
+    if policy == EXTENDER:
+        def extender(nodes: Sequence[Node], pod: Pod) -> Choice | None:
+            picked = choose_node(nodes, pod.demand, pod.cpu, "flexai", workload)
+            if picked is None:
+                return None
+            cards = next(n.cards for n in nodes if n.name == picked[0])
+            return picked[0], choose(cards, pod.demand, "dra-most-used-first", workload)
+        return extender
     calls = 0
 
     def decide(nodes: Sequence[Node], pod: Pod) -> Choice | None:
@@ -252,7 +266,7 @@ def decider(policy: str, workload: Workload, seed: int, timings: dict | None = N
             return chosen
         timings.setdefault("replay", []).append(time.perf_counter() - start)
         if calls % 100 == 0:
-            fresh = [Node(n.name, n.cpu_milli_free, n.cards) for n in nodes]
+            fresh = [replace(n) for n in nodes]
             start = time.perf_counter()
             again = choose_node(fresh, pod.demand, pod.cpu, policy, workload)
             timings.setdefault("rebuilt", []).append(time.perf_counter() - start)
@@ -265,25 +279,49 @@ def decider(policy: str, workload: Workload, seed: int, timings: dict | None = N
 # --- replays ---------------------------------------------------------------------------------
 
 
-def replay_arrivals(nodes: Sequence[Node], sequence: Sequence[Pod], decide: Decide) -> dict:
-    """Arrivals only; a pod that does not fit is dropped. Percentages of GPU capacity."""
+def whole_card(pod: Pod) -> Pod:
+    """The pod as a cluster without fractions runs it: a fractional request takes a whole card."""
+    return replace(pod, gpu_milli=1000) if pod.gpus == 1 else pod
+
+
+def replay_arrivals(
+    nodes: Sequence[Node], sequence: Sequence[Pod], decide: Decide, whole_cards: bool = False
+) -> dict:
+    """Arrivals only; a pod that does not fit is dropped. Percentages of GPU capacity.
+
+    With `whole_cards`, each fractional pod holds a whole card: "alloc" is then the cards
+    held, "asked" what the placed pods asked for (with fractions the two are equal), and
+    demand still counts what the pods asked, so both clusters see the same arrivals.
+    """
     cluster = Cluster(nodes)
     cap = capacity(nodes)
-    arrived, at_100, first_failure, failed = 0, None, None, 0
+    arrived, asked, placed = 0, 0, 0
+    first_failure, failed = None, 0
+    at_100: tuple[int, int, int] | None = None  # (allocated, asked, placed) at 100 % demand
     for pod in sequence:
         arrived += pod.gpu_total
-        chosen = decide(cluster.nodes, pod)
+        runs_as = whole_card(pod) if whole_cards else pod
+        chosen = decide(cluster.nodes, runs_as)
         if chosen is None:
             failed += 1
             if first_failure is None:
                 first_failure = arrived - pod.gpu_total
         else:
-            cluster.place(chosen, pod)
+            cluster.place(chosen, runs_as)
+            asked += pod.gpu_total
+            placed += 1
         if at_100 is None and arrived >= cap:
-            at_100 = cluster.allocated
+            at_100 = (cluster.allocated, asked, placed)
+    if at_100 is None:
+        at_100 = (cluster.allocated, asked, placed)
     return {
-        "alloc_100": 100 * (cluster.allocated if at_100 is None else at_100) / cap,
+        "alloc_100": 100 * at_100[0] / cap,
         "alloc_130": 100 * cluster.allocated / cap,
+        "asked_100": 100 * at_100[1] / cap,
+        "asked_130": 100 * asked / cap,
+        "placed_100": at_100[2],
+        "placed_130": placed,
+        "pods_130": len(sequence),
         "first_failure": 100 * (arrived if first_failure is None else first_failure) / cap,
         "failed_pods": failed,
     }
@@ -306,6 +344,10 @@ def stretch_for_load(pods: Sequence[Pod], cap: int, span: int, longest: int, loa
     return high
 
 
+class NoTimes(ValueError):
+    """The pod list lacks the creation/deletion times the departures replay needs."""
+
+
 def replay_departures(
     nodes: Sequence[Node], pods: Sequence[Pod], decide: Decide, load: float, loops: int = 4
 ) -> dict:
@@ -322,6 +364,9 @@ def replay_departures(
     cap = capacity(nodes)
     timed = sorted((p for p in pods if p.deleted is not None), key=lambda p: (p.created, p.name))
     timed = timed[len(timed) // 20 :]
+    if len(timed) < 2 or timed[-1].created == timed[0].created or all(p.deleted <= p.created for p in timed):
+        raise NoTimes(f"{len(timed)} pods with creation and deletion times after the first 5 %, "
+                      "no span of arrival times or no lifetimes")
     start, span = timed[0].created, timed[-1].created - timed[0].created + 1
     longest = 2 * span
     factor = stretch_for_load(timed, cap, span, longest, load)
@@ -404,9 +449,10 @@ def mean(runs: Sequence[dict], key: str) -> float:
     return sum(r[key] for r in runs) / len(runs)
 
 
-def arrivals_section(nodes, pods, seeds, policies, timings=None) -> dict:
+def arrivals_section(nodes, pods, seeds, policies, timings=None, whole_cards=False) -> dict:
     cap = capacity(nodes)
-    workload = workload_of(pods)
+    # the typical workload is what the cluster runs: whole cards, in a cluster without fractions
+    workload = workload_of([whole_card(p) for p in pods] if whole_cards else pods)
     out = {}
     for policy in policies:
         runs = []
@@ -418,6 +464,7 @@ def arrivals_section(nodes, pods, seeds, policies, timings=None) -> dict:
                     renamed(nodes, seed),
                     arrival_sequence(pods, cap, seed),
                     decider(policy, workload, seed, t),
+                    whole_cards,
                 )
             )
             runs[-1]["seconds"] = time.perf_counter() - start
@@ -427,17 +474,45 @@ def arrivals_section(nodes, pods, seeds, policies, timings=None) -> dict:
             "alloc_130": mean(runs, "alloc_130"),
             "first_failure": mean(runs, "first_failure"),
             "per_seed_130": [round(r["alloc_130"], 2) for r in runs],
+            **{k: mean(runs, k) for k in ("asked_100", "asked_130", "placed_100", "placed_130", "pods_130")},
         }
     return out
 
 
+def whole_section(nodes, pods, seeds, policies) -> dict:
+    """The utilization claim: the same arrivals on whole cards and on fractions, same policy."""
+    return {
+        "whole": arrivals_section(nodes, pods, seeds, policies, whole_cards=True),
+        "fractions": arrivals_section(nodes, pods, seeds, policies),
+    }
+
+
+def print_whole(results: dict) -> None:
+    print("\nWhole cards (every fractional pod takes a card) vs fractions, same arrivals and policy")
+    print("  placed = GPU the placed pods asked for; held = cards held; % of GPU capacity")
+    print(f"  {'policy':<20} {'cluster':<10} {'pods@100%':>10} {'placed@100%':>12} {'held@100%':>10}"
+          f" {'pods@130%':>10} {'placed@130%':>12} {'held@130%':>10}")
+    for policy in results["whole"]:
+        for kind in ("whole", "fractions"):
+            r = results[kind][policy]
+            print(f"  {policy:<20} {kind:<10} {r['placed_100']:>10.0f} {r['asked_100']:>11.2f}% "
+                  f"{r['alloc_100']:>9.2f}% {r['placed_130']:>10.0f} {r['asked_130']:>11.2f}% "
+                  f"{r['alloc_130']:>9.2f}%")
+        w, f = results["whole"][policy], results["fractions"][policy]
+        print(f"  {policy:<20} {'gain':<10} {100 * (f['placed_100'] / w['placed_100'] - 1):>+9.1f}% "
+              f"{100 * (f['asked_100'] / w['asked_100'] - 1):>+11.1f}% {'':>10} "
+              f"{100 * (f['placed_130'] / w['placed_130'] - 1):>+9.1f}% "
+              f"{100 * (f['asked_130'] / w['asked_130'] - 1):>+11.1f}%")
+
+
 def print_arrivals(title: str, results: dict, published: bool) -> None:
     print(title)
-    head = f"  {'policy':<9} {'alloc@100%':>11} {'alloc@130%':>11} {'1st failure':>12}"
+    width = max(9, *(len(p) for p in results))
+    head = f"  {'policy':<{width}} {'alloc@100%':>11} {'alloc@130%':>11} {'1st failure':>12}"
     print(head + ("  paper@130%" if published else ""))
     for policy, r in results.items():
         line = (
-            f"  {policy:<9} {r['alloc_100']:>10.2f}% {r['alloc_130']:>10.2f}% "
+            f"  {policy:<{width}} {r['alloc_100']:>10.2f}% {r['alloc_130']:>10.2f}% "
             f"{r['first_failure']:>11.2f}%"
         )
         if published:
@@ -452,65 +527,91 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default 42,43,44)")
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--load", type=float, default=1.2, help="offered load of the departures replay")
-    ap.add_argument("--quick", action="store_true", help="seed 42; no rounded/departures sections")
+    ap.add_argument("--quick", action="store_true", help="seed 42; sections arrivals and latency")
+    ap.add_argument("--sections", default=None,
+                    help=f"comma-separated, of {','.join(SECTIONS)} (default: all; --quick: arrivals,latency)")
+    ap.add_argument("--whole-policies", default="flexai,dra-first-fit",
+                    help="policies of the whole-cards section (default flexai,dra-first-fit)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = ap.parse_args(argv)
     seeds = [42] if args.quick else [int(s) for s in args.seeds.split(",")]
     policies = [p for p in args.policies.split(",") if p]
+    sections = args.sections or ("arrivals,latency" if args.quick else ",".join(SECTIONS))
+    wanted = [x for x in sections.split(",") if x]
+    if unknown := [x for x in wanted if x not in SECTIONS]:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
     nodes, pods = load_nodes(args.nodes), load_pods(args.pods)
     report: dict = {
         "trace": {"nodes": len(nodes), "gpus": capacity(nodes) // 1000, "pods": len(pods)},
         "seeds": seeds,
         "machine": f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}",
     }
+    notes: list[str] = []
     total_start = time.perf_counter()
-
-    print("[1/4] arrivals", file=sys.stderr)
     timings: dict[str, dict[str, list[float]]] = {}
-    report["arrivals"] = arrivals_section(nodes, pods, seeds, policies, timings)
-    if not args.quick:
-        print("[2/4] arrivals, 10 % slices", file=sys.stderr)
+    if "arrivals" in wanted:
+        print("[arrivals]", file=sys.stderr)
+        report["arrivals"] = arrivals_section(nodes, pods, seeds, policies, timings)
+    if "rounded" in wanted:
+        print("[arrivals, 10 % slices]", file=sys.stderr)
         report["rounded"] = arrivals_section(nodes, round_up_to_slices(pods), seeds, policies)
-        print("[3/4] departures", file=sys.stderr)
+    if "departures" in wanted:
+        print("[departures]", file=sys.stderr)
         workload = workload_of(pods)
-        report["departures"] = {
-            p: replay_departures(renamed(nodes, seeds[0]), pods, decider(p, workload, seeds[0]), args.load)
+        try:
+            report["departures"] = {
+                p: replay_departures(renamed(nodes, seeds[0]), pods, decider(p, workload, seeds[0]), args.load)
+                for p in policies
+            }
+        except NoTimes as e:  # e.g. a pod list without creation/deletion times
+            notes.append(f"departures skipped: {e}")
+            print(f"note: {notes[-1]}", file=sys.stderr)
+    if "whole" in wanted:
+        print("[whole cards vs fractions]", file=sys.stderr)
+        report["whole_cards"] = whole_section(
+            nodes, pods, seeds, [p for p in args.whole_policies.split(",") if p])
+    if "latency" in wanted:
+        print("[latency]", file=sys.stderr)
+        report["latency_ms"] = {
+            p: {
+                "cluster_replay_median": 1e3 * statistics.median(timings[p]["replay"]),
+                "cluster_rebuilt_median": 1e3 * statistics.median(timings[p]["rebuilt"]),
+                "node8_median": 1e3 * node_latency(p, None, pods),
+            }
             for p in policies
+            if timings.get(p, {}).get("rebuilt")
         }
-    print("[4/4] latency", file=sys.stderr)
-    report["latency_ms"] = {
-        p: {
-            "cluster_replay_median": 1e3 * statistics.median(timings[p]["replay"]),
-            "cluster_rebuilt_median": 1e3 * statistics.median(timings[p]["rebuilt"]),
-            "node8_median": 1e3 * node_latency(p, None, pods),
-        }
-        for p in policies
-        if timings.get(p)
-    }
+    report["notes"] = notes
     report["seconds"] = time.perf_counter() - total_start
 
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     t = report["trace"]
-    print(f"openb: {t['nodes']} nodes, {t['gpus']} GPUs, {t['pods']} pods; seeds {seeds}; "
+    print(f"trace: {t['nodes']} nodes, {t['gpus']} GPUs, {t['pods']} pods; seeds {seeds}; "
           f"{report['machine']}")
-    print_arrivals("\nGPU allocation, arrivals only, demand resampled to 130 % of capacity",
-                   report["arrivals"], published=args.nodes == NODES_CSV)
+    if "arrivals" in report:
+        print_arrivals("\nGPU allocation, arrivals only, demand resampled to 130 % of capacity",
+                       report["arrivals"], published=args.nodes == NODES_CSV)
     if "rounded" in report:
         print_arrivals("\nSame, requests rounded up to 10 % slices", report["rounded"], False)
     if "departures" in report:
         factor = next(iter(report["departures"].values()))["lifetime_factor"]
         print(f"\nWith departures (trace times, lifetimes x{factor:.0f} for an offered load of "
               f"{args.load:.2f} x capacity; seed {seeds[0]})")
-        print(f"  {'policy':<9} {'time-avg alloc':>15} {'GPU demand refused':>19}")
+        print(f"  {'policy':<20} {'time-avg alloc':>15} {'GPU demand refused':>19}")
         for p, r in report["departures"].items():
-            print(f"  {p:<9} {r['time_avg_alloc']:>14.2f}% {r['refused_gpu']:>18.2f}%")
-    print("\nDecision latency, median (ms)")
-    print(f"  {'policy':<9} {'cluster (1213 nodes)':>21} {'nodes rebuilt':>14} {'8-card node':>12}")
-    for p, r in report["latency_ms"].items():
-        print(f"  {p:<9} {r['cluster_replay_median']:>21.3f} {r['cluster_rebuilt_median']:>14.3f} "
-              f"{r['node8_median']:>12.4f}")
+            print(f"  {p:<20} {r['time_avg_alloc']:>14.2f}% {r['refused_gpu']:>18.2f}%")
+    if "whole_cards" in report:
+        print_whole(report["whole_cards"])
+    if report.get("latency_ms"):
+        print("\nDecision latency, median (ms)")
+        print(f"  {'policy':<20} {'cluster':>10} {'nodes rebuilt':>14} {'8-card node':>12}")
+        for p, r in report["latency_ms"].items():
+            print(f"  {p:<20} {r['cluster_replay_median']:>10.3f} {r['cluster_rebuilt_median']:>14.3f} "
+                  f"{r['node8_median']:>12.4f}")
+    for note in notes:
+        print(f"\nnote: {note}")
     print(f"\n({report['seconds']:.0f} s)")
     return 0
 

@@ -48,7 +48,7 @@ def only(milli: int) -> Workload:
 
 
 def test_policy_names():
-    assert POLICIES == ("best-fit", "fgd", "flexai")
+    assert POLICIES == ("best-fit", "fgd", "flexai", "dra-first-fit", "dra-most-used-first")
     assert DEFAULT_POLICY == "flexai"
 
 
@@ -201,6 +201,70 @@ def test_flexai_breaks_fgd_ties_by_what_the_typical_mix_can_still_pack():
     assert choose(cards, share(200), "flexai", only(300)) == (1,)
 
 
+# --- the stock Kubernetes DRA allocator's rule (docs/placement.md, "With Kubernetes DRA") -------
+
+
+def test_dra_first_fit_takes_the_first_card_in_slice_order_that_fits():
+    # the slice lists cards by index: 0 is too full for 400, 1 is the first that fits
+    # (best-fit would take 2, whose 500 is the tightest fit)
+    cards = [card(0, 300), card(1), card(2, 500)]
+    assert choose(cards, share(400), "dra-first-fit") == (1,)
+    assert choose(cards, share(250), "dra-first-fit") == (0,)
+    assert choose(list(reversed(cards)), share(400), "dra-first-fit") == (1,)
+    assert choose(cards, share(400), "best-fit") == (2,)
+    # both capacities are checked, as CmpRequestOverCapacity does for each one
+    assert choose([card(0, 900, compute=100), card(1)], Demand(memory=300, compute=300), "dra-first-fit") == (1,)
+
+
+def test_dra_most_used_first_is_first_fit_on_a_slice_listed_fullest_first():
+    # listed by free share: 2 (500 left), 3 (600), 0 and 1 empty; 0 has 300 and cannot hold 400
+    cards = [card(0, 300), card(1), card(2, 500), card(3, 600)]
+    assert choose(cards, share(400), "dra-most-used-first") == (2,)
+    assert choose(cards, share(550), "dra-most-used-first") == (3,)
+    assert choose(cards, share(250), "dra-most-used-first") == (0,)
+
+
+def test_dra_first_fit_strands_what_flexai_keeps_usable():
+    # One half-used card and one empty card; typical requests are halves and whole cards.
+    # First fit puts the next half on the empty card 0, leaving two half cards: the whole-card
+    # request that follows fits nowhere. flexai fills card 1 and keeps card 0 whole.
+    typical = Workload.from_demands([share(500), share(1000)])
+    cards = [card(0), card(1, 500)]
+
+    def place(policy: str) -> list[CardState]:
+        chosen = choose(cards, share(500), policy, typical)
+        assert chosen is not None
+        return [card(c.index, c.memory_free - 500) if c.index == chosen[0] else c for c in cards]
+
+    assert choose(place("dra-first-fit"), share(1000), "dra-first-fit", typical) is None
+    assert choose(place("flexai"), share(1000), "flexai", typical) == (0,)
+
+
+def test_dra_node_choice_is_the_schedulers_least_allocated_not_the_cards():
+    # kube-scheduler does not score DRA capacity: it takes the node with the most CPU left
+    # as a share of its allocatable CPU (LeastAllocated), here "b" (60 of 64 cores free,
+    # 56 after the pod) over "a" (28 of 64 after), although "a" has the card that keeps
+    # "b"'s two cards whole. flexai packs "a".
+    a = Node("a", 32000, (card(0), card(1, 400)), cpu_milli_total=64000)
+    b = Node("b", 60000, (card(0), card(1)), cpu_milli_total=64000)
+    for policy in ("dra-first-fit", "dra-most-used-first"):
+        assert choose_node([a, b], share(300), 4000, policy) == ("b", (0,))
+    assert choose_node([a, b], share(300), 4000, "flexai") == ("a", (1,))
+    # the score is an integer percentage: 56.25 % and 56.56 % left tie, and ties go to the name
+    c = Node("c", 40000, (card(0),), cpu_milli_total=64000)
+    d = Node("d", 40200, (card(0),), cpu_milli_total=64000)
+    assert choose_node([d, c], share(300), 4000, "dra-first-fit") == ("c", (0,))
+    # the slice order still decides the card on the chosen node
+    e = Node("e", 60000, (card(0, 200), card(1), card(2, 500)), cpu_milli_total=64000)
+    assert choose_node([a, e], share(300), 4000, "dra-first-fit") == ("e", (1,))
+    assert choose_node([a, e], share(300), 4000, "dra-most-used-first") == ("e", (2,))
+
+
+def test_dra_node_choice_without_a_cpu_total_compares_free_cpu():
+    nodes = [node("a", 8000, 1000), node("b", 12000, 1000)]
+    assert choose_node(nodes, share(300), 1000, "dra-first-fit") == ("b", (0,))
+
+
 def test_fgd_with_no_history_uses_the_default_mix():
     cards = [card(0, 800), card(1)]
     assert len(Workload()) == 0
@@ -336,3 +400,58 @@ def test_a_refresh_that_finds_the_same_mix_keeps_the_compiled_workload_and_its_m
     for policy in ("fgd", "flexai"):
         for demand in (share(100), share(300), share(600)):
             assert choose(cards, demand, policy, w) == choose(cards, demand, policy, fresh)
+
+
+# --- the openb replay (bench/placement.py) on hand-made traces -----------------------------------
+
+
+def _bench():
+    """bench/placement.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "bench_placement" in sys.modules:
+        return sys.modules["bench_placement"]
+    path = Path(__file__).resolve().parent.parent / "bench" / "placement.py"
+    spec = importlib.util.spec_from_file_location("bench_placement", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_placement"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trace(tmp_path, pods: list[str], header: str):
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("sn,cpu_milli,memory_mib,gpu,model\nn0,32000,65536,2,V100M16\nn1,32000,65536,2,V100M16\n")
+    pod_list = tmp_path / "pods.csv"
+    pod_list.write_text(header + "\n" + "\n".join(pods) + "\n")
+    return nodes, pod_list
+
+
+def test_bench_skips_departures_on_a_trace_without_times(tmp_path, capsys):
+    bench = _bench()
+    nodes, pods = _trace(tmp_path, [f"p{i},1000,1024,1,500," for i in range(6)],
+                         "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec")
+    assert bench.main(["--nodes", str(nodes), "--pods", str(pods), "--seeds", "1",
+                       "--policies", "best-fit,dra-first-fit",
+                       "--sections", "arrivals,departures,whole"]) == 0
+    out = capsys.readouterr().out
+    assert "note: departures skipped" in out
+    assert "GPU allocation, arrivals only" in out and "Whole cards" in out
+
+
+def test_bench_whole_cards_hold_a_card_per_fractional_pod(tmp_path):
+    bench = _bench()
+    nodes_csv, pods_csv = _trace(tmp_path, [f"p{i},1000,1024,1,500,,LS,Running,0,10" for i in range(8)],
+                                 "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,"
+                                 "creation_time,deletion_time")
+    nodes, pods = bench.load_nodes(nodes_csv), bench.load_pods(pods_csv)
+    decide = bench.decider("flexai", bench.workload_of(pods), 1)
+    # 8 half-card pods on 4 cards: fractions place all 8, whole cards only 4
+    fractions = bench.replay_arrivals(nodes, pods, decide)
+    whole = bench.replay_arrivals(nodes, pods, decide, whole_cards=True)
+    assert (fractions["placed_130"], fractions["asked_130"], fractions["alloc_130"]) == (8, 100.0, 100.0)
+    assert (whole["placed_130"], whole["asked_130"], whole["alloc_130"]) == (4, 50.0, 100.0)
+    # at 100 % demand (4000 milli asked of 4000): the same, as all pods have arrived by then
+    assert whole["placed_100"] == 4 and fractions["placed_100"] == 8

@@ -2,7 +2,10 @@
 
 Pure functions over immutable state (no I/O): `choose()` picks cards on one node for the daemon,
 `choose_node()` picks a node and its cards across a cluster for a scheduler extender.
-Policies: best-fit, fgd (Weng et al., USENIX ATC'23) and flexai (the default); see
+Policies: best-fit, fgd (Weng et al., USENIX ATC'23) and flexai (the default), and two
+baselines modelling stock Kubernetes DRA: dra-first-fit (the structured allocator's first
+device that fits, on the node kube-scheduler's LeastAllocated score picks) and
+dra-most-used-first (the same, on a ResourceSlice listed fullest card first); see
 docs/placement.md for how each works and how they compare on the Alibaba openb trace.
 
 May import: nothing else of flexai_hook: it is pure, and the openb replay uses it alone.

@@ -102,6 +102,9 @@ class Node:
     name: str
     cpu_milli_free: int
     cards: tuple[CardState, ...]
+    # the node's allocatable CPU; only the stock-scheduler baselines (dra-*) read it, for
+    # kube-scheduler's LeastAllocated score (0: unknown, free CPU is compared as it is)
+    cpu_milli_total: int = 0
     # per-node memo of scores; not part of the node's value
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 

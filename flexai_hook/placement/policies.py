@@ -9,8 +9,14 @@ from typing import Callable, Sequence
 from .model import MILLI, CardState, Demand, Node
 from .workload import Workload, _Compiled, default_workload
 
-POLICIES: tuple[str, ...] = ("best-fit", "fgd", "flexai")
+POLICIES: tuple[str, ...] = ("best-fit", "fgd", "flexai", "dra-first-fit", "dra-most-used-first")
 DEFAULT_POLICY = "flexai"
+# Baselines that model stock Kubernetes DRA (docs/placement.md, "With Kubernetes DRA"): the
+# node is kube-scheduler's choice, which does not look at device capacity, and the card is
+# the structured allocator's first device in ResourceSlice order that fits.
+STOCK_NODE_CHOICE: frozenset[str] = frozenset({"dra-first-fit", "dra-most-used-first"})
+# kube-scheduler's NodeResourcesFit scores 0..MaxNodeScore (100), in integers
+MAX_NODE_SCORE = 100
 
 # Best-fit weighs free CPU against free cards as the FGD paper's baseline does
 # (0.5/128 cores : 0.5/8 GPUs, i.e. 16 cores count as much as one card).
@@ -82,6 +88,7 @@ def choose_node(
             compiled.demand_ids.clear()
         did = compiled.demand_ids[shape] = next(_demand_ids)
     shared = compiled.node_results
+    stock = policy in STOCK_NODE_CHOICE
     best_key: tuple | None = None
     best_name = ""
     for node in nodes:
@@ -106,7 +113,10 @@ def choose_node(
             memo[did] = found
         if found is _NOTHING:
             continue
-        key = (found[0], node.name, found[1])
+        if stock:  # kube-scheduler picks the node; the allocator's card choice rides along
+            key = (_least_allocated(node, cpu_milli), node.name, found[1])
+        else:
+            key = (found[0], node.name, found[1])
         if best_key is None or key < best_key:
             best_key, best_name = key, node.name
     if best_key is None:
@@ -296,7 +306,53 @@ def _flexai(choices: _Choices) -> list[tuple]:
     return [(f, p, *b) for f, p, b in zip(fgd, packing, fit)]
 
 
-_SCORERS: dict[str, Scorer] = {"best-fit": _best_fit, "fgd": _fgd, "flexai": _flexai}
+def _first_fit(choices: _Choices) -> list[tuple]:
+    """Stock DRA allocator: the first device in ResourceSlice order whose capacity fits.
+
+    k8s.io/dynamic-resource-allocation/structured (allocateOne) walks pools, slices and
+    devices in order and keeps the first device that passes the selectors and
+    CmpRequestOverCapacity; there is no device scoring. flexai's agent publishes a node's
+    cards in index order, so "first in the slice" is the lowest index: every choice ties
+    here and _best_on_node's index tie-break is the allocator's order.
+    """
+    return [() for _ in choices.candidates]
+
+
+def _most_used_first(choices: _Choices) -> list[tuple]:
+    """The same first-fit allocator over a ResourceSlice whose devices are listed fullest first.
+
+    Needs no scheduler change: the node agent republishes its slice, devices ordered by free
+    share (least first, then index), whenever a reservation changes it; the allocator's
+    first fit is then the fullest card that fits, i.e. best-fit on the card.
+    """
+    cards = choices.cards
+    return [(min(cards[i].free_share for i in positions),) if positions else ()
+            for _, positions in choices.candidates]
+
+
+def _least_allocated(node: Node, cpu_demand: int) -> tuple[int, int]:
+    """kube-scheduler's default node score as this model sees it, negated (smaller is better).
+
+    NodeResourcesFit's default strategy, LeastAllocated, scores a node
+    (allocatable - requested) * 100 // allocatable per resource, the pod included, and
+    DynamicResources scores 0 unless a claim uses firstAvailable subrequests; equal scores
+    are broken at random by the scheduler (here: lowest node name, which the openb replay
+    randomises per seed). Only CPU is modelled (Node carries no host memory). Without
+    `cpu_milli_total` the free CPU left is compared as it is.
+    """
+    left = node.cpu_milli_free - cpu_demand
+    if node.cpu_milli_total > 0:
+        return (-(left * MAX_NODE_SCORE // node.cpu_milli_total), 0)
+    return (0, -left)
+
+
+_SCORERS: dict[str, Scorer] = {
+    "best-fit": _best_fit,
+    "fgd": _fgd,
+    "flexai": _flexai,
+    "dra-first-fit": _first_fit,
+    "dra-most-used-first": _most_used_first,
+}
 
 
 def _scorer(policy: str) -> Scorer:
