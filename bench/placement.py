@@ -9,12 +9,18 @@ total GPU request is 1.3 x the cluster's GPU capacity, place the pods one at a t
 (allocated milli-GPU / capacity) as demand arrives. CPU, GPU count, gpu_milli and gpu_spec
 (allowed models) constrain each pod; the typical workload FGD needs is the whole trace.
 
-Prints, per policy (random, best-fit, fgd, flexai), as means over the seeds:
+Prints, per policy (random, best-fit, fgd, flexai; the stock Kubernetes DRA baselines
+dra-first-fit and dra-most-used-first; extender+most-used, see docs/placement.md "With
+Kubernetes DRA"), as means over the seeds (sections chosen with --sections):
   1. allocation at 100 % and 130 % arrived demand, and arrived demand at the first failure;
   2. the same with fractional requests rounded up to 10 % slices (100-milli steps);
   3. a replay with departures in trace time (creation/deletion times; lifetimes stretched
      so that the offered GPU load is --load x capacity, since the raw trace never fills
-     the cluster): time-averaged allocation and the share of GPU demand turned away;
+     the cluster): time-averaged allocation and the share of GPU demand turned away
+     (skipped with a note when the pod list has no creation/deletion times);
+  whole. the utilization claim: the same arrivals on a cluster without fractions (every
+     fractional pod takes a whole card) and with them, same policy: pods placed, GPU the
+     placed pods asked for, cards held, at 100 % and 130 % demand;
   4. decision latency, medians: choose_node over the whole cluster during the replay (each
      Node keeps its memo until it changes), the same on freshly built Node objects (as an
      extender that rebuilds its node list per call), and choose() on one 8-card node.
