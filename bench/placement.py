@@ -27,7 +27,7 @@ Kubernetes DRA"), as means over the seeds (sections chosen with --sections):
 
 Numbers, not pass/fail: exits 0. From the repository root:
     python bench/placement.py              # seeds 42,43,44, all sections: a few minutes
-    python bench/placement.py --quick      # seed 42, sections 1 and 4 (~15 s)
+    python bench/placement.py --quick      # seed 42, sections 1 and 4 (about a minute: 7 policies)
     python bench/placement.py --json       # one JSON object on stdout
 """
 
