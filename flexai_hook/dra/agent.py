@@ -1,5 +1,5 @@
 """`flexai dra`: the node agent in the foreground until SIGTERM/SIGINT, then a clean stop
-(sockets removed, so the kubelet deregisters the plugin)."""
+(the node's ResourceSlice deleted, sockets removed so the kubelet deregisters the plugin)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flexai_hook import client
 from .apiserver import ApiServer
 from .driver import Driver
 from .plugin import Plugin, Sockets
+from .publish import Publisher
 
 log = logging.getLogger("flexai.dra")
 
@@ -25,6 +26,8 @@ class Options:
     api: ApiServer
     node: str | None = None  # this node's pool name; None: any
     lib: str | None = None
+    publish_interval: float = 10.0  # seconds between polls of flexaid's cards; 0: do not publish
+    publish_max_backoff: float = 60.0
 
 
 def run(options: Options, ready: threading.Event | None = None) -> int:
@@ -47,12 +50,22 @@ def run(options: Options, ready: threading.Event | None = None) -> int:
     log.info("serving %s (registration %s); %d claim(s) held, %d stale CDI spec(s) removed; CDI specs in %s",
              options.sockets.plugin, options.sockets.registration, found["claims"], found["stale_specs_removed"],
              options.cdi_dir)
+    publisher = None
+    if options.node and options.publish_interval > 0:
+        # after the sockets: a slice the scheduler allocates from must have a plugin to prepare it
+        publisher = Publisher(options.api, options.node, lambda: client.call({"op": "status"}, options.socket)["status"],
+                              options.publish_interval, options.publish_max_backoff)
+        publisher.start()
+    else:
+        log.warning("no --node (env NODE_NAME) or --publish-interval 0: this node's ResourceSlice is not published")
     if ready is not None:
         ready.set()
     try:
         while not stop.wait(1.0):  # wakes for signals on every Python
             pass
     finally:
+        if publisher is not None:
+            publisher.stop()
         plugin.stop()
         log.info("stopped; sockets removed")
     return 0
