@@ -101,10 +101,11 @@ class DraPeer:
 # --- the API server's side ---------------------------------------------------------------
 
 def resource_claim(namespace: str, name: str, uid: str, results: list[dict], pool: str = "node-a",
-                   requests: dict | None = None) -> dict:
+                   requests: dict | None = None, pods: tuple[str, ...] = ()) -> dict:
     """A ResourceClaim in resource.k8s.io/v1 shape, built with the kubernetes client's models
     (so the JSON is what the API server sends) and returned as that JSON. `results`: dicts of
-    device (gpu-N), consumed ({"memory": "4Gi", ...}), optional request and share_id."""
+    device (gpu-N), consumed ({"memory": "4Gi", ...}), optional request and share_id; `pods`:
+    the pods it is reserved for (status.reservedFor)."""
     from kubernetes import client as k
 
     allocation = k.V1AllocationResult(devices=k.V1DeviceAllocationResult(results=[
@@ -118,7 +119,8 @@ def resource_claim(namespace: str, name: str, uid: str, results: list[dict], poo
         spec=k.V1ResourceClaimSpec(devices=k.V1DeviceClaim(requests=[k.V1DeviceRequest(
             name="gpu", exactly=k.V1ExactDeviceRequest(
                 device_class_name=DRIVER, capacity=k.V1CapacityRequirements(requests=requests or {})))])),
-        status=k.V1ResourceClaimStatus(allocation=allocation))
+        status=k.V1ResourceClaimStatus(allocation=allocation, reserved_for=[
+            k.V1ResourceClaimConsumerReference(resource="pods", name=p, uid=f"pod-uid-{p}") for p in pods] or None))
     return k.ApiClient().sanitize_for_serialization(claim)
 
 

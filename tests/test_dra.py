@@ -590,3 +590,93 @@ def test_without_the_api_server_the_agent_serves_and_retries_publishing(own_node
         if kubelet is not None:
             kubelet.close()
         a.stop()
+
+
+# --- metrics (pure) and the agent's /healthz and /metrics ---------------------------------
+
+def test_metrics_label_claims_with_their_pods_and_read_as_prometheus_does():
+    import prom_support
+    from flexai_hook.dra import metrics
+
+    claim = ds.resource_claim("team", "shared", "u-1", [{"device": "gpu-0"}], pods=("web-1", "web-0"))
+    info = metrics.claim_info(claim)
+    assert info == metrics.ClaimInfo("team", "shared", ("web-0", "web-1"))
+    stats = metrics.Stats()
+    stats.remember("u-1", info)
+    stats.observe("prepare", 0.004, failed=False)
+    stats.observe("prepare", 0.2, failed=True)
+    status = {"cards": [{"index": 0, "slices": [
+        {"container_id": "dra-u-1-gpu-0", "memory_bytes": 4 * GIB, "compute": 30},
+        {"container_id": "dra-u-2-gpu-0", "memory_bytes": GIB, "compute": 5},  # prepared before a restart
+        {"container_id": "abc123", "memory_bytes": GIB, "compute": 10}]}]}  # not a claim's
+    fams = prom_support.parse(metrics.render(status, stats, metrics.Publishing(3, 1, 2)))
+    assert fams["flexai_dra_prepared_claims"].value() == 2
+    mem = fams["flexai_dra_claim_memory_limit_bytes"]
+    assert mem.value(namespace="team", claim="shared", uid="u-1", device="gpu-0", gpu="0") == 4 * GIB
+    assert mem.value(uid="u-2", claim="") == GIB
+    assert fams["flexai_dra_claim_compute_limit_ratio"].value(uid="u-1") == 0.3  # a ratio, not percent
+    assert {l["pod"] for _, l, _ in fams["flexai_dra_claim_pod_info"].samples} == {"web-0", "web-1"}
+    assert fams["flexai_dra_claims_total"].value(op="prepare") == 2
+    assert fams["flexai_dra_claim_errors_total"].value(op="prepare") == 1
+    assert fams["flexai_dra_claim_errors_total"].value(op="unprepare") == 0
+    hist = fams["flexai_dra_claim_duration_seconds"]
+    assert hist.value("flexai_dra_claim_duration_seconds_bucket", op="prepare", le="0.005") == 1
+    assert hist.value("flexai_dra_claim_duration_seconds_count", op="prepare") == 2
+    assert fams["flexai_dra_resourceslice_pool_generation"].value() == 2
+    assert fams["flexai_dra_flexaid_up"].value() == 1
+    down = prom_support.parse(metrics.render(None, stats))
+    assert down["flexai_dra_flexaid_up"].value() == 0 and "flexai_dra_claim_memory_limit_bytes" not in down
+
+
+def http_get(url):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_agent_serves_healthz_and_metrics(own_node, tmp_path):
+    import re
+
+    import prom_support
+
+    daemon, api, token_file = own_node
+    a = ds.Agent(tool("flexai"), tmp_path / "agent", daemon.socket, api, token_file,
+                 extra=("--publish-interval", "0.2", "--http-listen", "127.0.0.1:0"))
+    kubelet = None
+    try:
+        a.start()
+        wait_for(lambda: "serving /healthz and /metrics on" in a.log(), "the HTTP listener", a)
+        base = re.search(r"serving /healthz and /metrics on (http://\S+)", a.log()).group(1)
+        assert http_get(base + "/healthz") == (200, "ok\n")
+        kubelet = ds.Kubelet(ds.compile_stubs(tmp_path / "stubs"), str(a.registration_socket))
+        peer = kubelet.dra(kubelet.register().endpoint)
+        ref = new_claim({"api": api}, "shared", [{"device": "gpu-0", "consumed": {"memory": "4Gi", "compute": "30"}}],
+                        pods=("web-0", "web-1"))
+        assert peer.prepare(ref)[ref[2]].error == ""
+        assert peer.prepare(("team", "ghost", "u-x"))["u-x"].error
+        wait_for(lambda: SLICE in api.slices, "the ResourceSlice", a)
+        code, text = http_get(base + "/metrics")
+        fams = prom_support.parse(text)
+        assert code == 200
+        assert fams["flexai_dra_claim_memory_limit_bytes"].value(namespace="team", claim="shared", uid=ref[2]) == 4 * GIB
+        assert sorted(l["pod"] for _, l, _ in fams["flexai_dra_claim_pod_info"].samples) == ["web-0", "web-1"]
+        assert fams["flexai_dra_claims_total"].value(op="prepare") == 2
+        assert fams["flexai_dra_claim_errors_total"].value(op="prepare") == 1
+        assert fams["flexai_dra_resourceslice_pool_generation"].value() == 1
+        assert peer.unprepare(ref)[ref[2]].error == ""
+        fams = prom_support.parse(http_get(base + "/metrics")[1])
+        assert fams["flexai_dra_prepared_claims"].value() == 0 and fams["flexai_dra_claim_pod_info"].samples == []
+        daemon.stop()
+        code, text = http_get(base + "/healthz")
+        assert code == 503 and text.startswith("flexaid does not answer on ") and text.count("\n") == 1
+        daemon.start()
+        assert http_get(base + "/healthz")[0] == 200
+    finally:
+        if kubelet is not None:
+            kubelet.close()
+        a.stop()
