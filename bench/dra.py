@@ -4,9 +4,14 @@ repeated) and NodeUnprepareResources through a gRPC peer over the plugin's unix 
 `flexai dra` as a process, a private flexaid on simulated cards and a local fake API server
 (tests/dra_support.py; needs the test extra: grpcio-tools, kubernetes). Each prepare is a GET
 of the claim, flexaid's status and reserve, the CDI spec written and fsync'd.
+With --publish: the node's ResourceSlice published by the agent's publisher (in process)
+against the fake API server (its strict model check off, so the figure is the agent's side and
+the HTTP round trips): create, a poll with nothing changed, a republish after a card change
+(list + conditional PUT), delete; for 8 and 64 simulated cards by default.
 Numbers, not pass/fail; --json for machine-readable output.
 
     python bench/dra.py --claims 200
+    python bench/dra.py --publish --cards 8 --cards 64
 """
 
 from __future__ import annotations
@@ -57,9 +62,14 @@ def pct(values: list[float], p: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claims", type=int, default=200)
-    parser.add_argument("--cards", type=int, default=8)
+    parser.add_argument("--cards", type=int, action="append", help="simulated cards (repeatable with --publish)")
+    parser.add_argument("--publish", action="store_true", help="measure ResourceSlice publishing instead")
+    parser.add_argument("--rounds", type=int, default=30, help="with --publish: repetitions of each step")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.publish:
+        return publish_bench(args.cards or [8, 64], args.rounds, args.json)
+    args.cards = (args.cards or [8])[0]
     with tempfile.TemporaryDirectory(prefix="flexai-dra-bench-") as d:
         tmp = Path(d)
         flexaid, socket = start_flexaid(tmp, args.cards)
@@ -102,6 +112,62 @@ def main() -> int:
     print(f"{'call':<16}{'p50 ms':>10}{'p99 ms':>10}")
     for op, r in rows.items():
         print(f"{op:<16}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+    return 0
+
+
+def publish_bench(card_counts: list[int], rounds: int, as_json: bool) -> int:
+    from flexai_hook.dra import publish
+    from flexai_hook.dra.apiserver import ApiServer
+
+    rows = {}
+    for cards in card_counts:
+        with tempfile.TemporaryDirectory(prefix="flexai-dra-bench-") as d:
+            tmp = Path(d)
+            flexaid, socket = start_flexaid(tmp, cards)
+            token = secrets.token_hex(8)
+            (tmp / "token").write_text(token)
+            fake = ds.FakeApiServer(token)
+            fake.strict = False
+            api = ApiServer(fake.url, str(tmp / "token"))
+            times: dict[str, list[float]] = {"create": [], "poll, no change": [], "republish": [], "delete": []}
+            try:
+                changed = {"on": False}
+
+                def status() -> dict:
+                    s = client.call({"op": "status"}, socket)["status"]
+                    if changed["on"]:  # a card's memory changed: what a new flexaid config would give
+                        s["cards"][0]["memory"] -= 1 << 30
+                    return s
+                for _ in range(rounds):
+                    pub = publish.Publisher(api, "bench-node", status)
+                    changed["on"] = False
+                    for step, prep in (("create", None), ("poll, no change", None), ("republish", True)):
+                        if prep:
+                            changed["on"] = True
+                        t0 = time.perf_counter()
+                        pub.sync()
+                        times[step].append((time.perf_counter() - t0) * 1000)
+                    t0 = time.perf_counter()
+                    pub.stop()
+                    times["delete"].append((time.perf_counter() - t0) * 1000)
+                body = len(json.dumps(next(iter(fake.slices.values()), None) or pub.desired()))
+            finally:
+                fake.close()
+                flexaid.terminate()
+                flexaid.wait(10)
+        rows[cards] = {step: {"p50_ms": round(statistics.median(v), 2), "p99_ms": round(pct(v, 99), 2), "n": len(v)}
+                       for step, v in times.items()}
+        rows[cards]["slice_bytes"] = body
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"ResourceSlice publishing against the fake API server ({rounds} rounds each)")
+    print(f"{'cards':>6} {'step':<18}{'p50 ms':>10}{'p99 ms':>10}")
+    for cards, r in rows.items():
+        for step, v in r.items():
+            if step != "slice_bytes":
+                print(f"{cards:>6} {step:<18}{v['p50_ms']:>10.2f}{v['p99_ms']:>10.2f}")
+        print(f"{cards:>6} {'(slice JSON bytes)':<18}{r['slice_bytes']:>10}")
     return 0
 
 

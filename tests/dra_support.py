@@ -8,14 +8,17 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 PROTO_DIR = Path(__file__).resolve().parent.parent / "flexai_hook" / "dra" / "proto"
 DRIVER = "gpu.flexai.io"
@@ -98,10 +101,11 @@ class DraPeer:
 # --- the API server's side ---------------------------------------------------------------
 
 def resource_claim(namespace: str, name: str, uid: str, results: list[dict], pool: str = "node-a",
-                   requests: dict | None = None) -> dict:
+                   requests: dict | None = None, pods: tuple[str, ...] = ()) -> dict:
     """A ResourceClaim in resource.k8s.io/v1 shape, built with the kubernetes client's models
     (so the JSON is what the API server sends) and returned as that JSON. `results`: dicts of
-    device (gpu-N), consumed ({"memory": "4Gi", ...}), optional request and share_id."""
+    device (gpu-N), consumed ({"memory": "4Gi", ...}), optional request and share_id; `pods`:
+    the pods it is reserved for (status.reservedFor)."""
     from kubernetes import client as k
 
     allocation = k.V1AllocationResult(devices=k.V1DeviceAllocationResult(results=[
@@ -115,7 +119,8 @@ def resource_claim(namespace: str, name: str, uid: str, results: list[dict], poo
         spec=k.V1ResourceClaimSpec(devices=k.V1DeviceClaim(requests=[k.V1DeviceRequest(
             name="gpu", exactly=k.V1ExactDeviceRequest(
                 device_class_name=DRIVER, capacity=k.V1CapacityRequirements(requests=requests or {})))])),
-        status=k.V1ResourceClaimStatus(allocation=allocation))
+        status=k.V1ResourceClaimStatus(allocation=allocation, reserved_for=[
+            k.V1ResourceClaimConsumerReference(resource="pods", name=p, uid=f"pod-uid-{p}") for p in pods] or None))
     return k.ApiClient().sanitize_for_serialization(claim)
 
 
@@ -126,29 +131,161 @@ def parse_claim(data: dict):
     return k.ApiClient()._ApiClient__deserialize(data, "ResourceV1ResourceClaim")
 
 
+SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+# the field labels the real API server selects ResourceSlices by (metadata.name is generic)
+SLICE_FIELDS = {"metadata.name": lambda o: o["metadata"]["name"], "spec.nodeName": lambda o: o["spec"].get("nodeName", ""),
+                "spec.driver": lambda o: o["spec"].get("driver", "")}
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_DEVICES = 128  # resource.k8s.io/v1 ResourceSliceMaxDevices
+
+
+def parse_slice(data: dict):
+    from kubernetes import client as k
+
+    return k.ApiClient()._ApiClient__deserialize(data, "V1ResourceSlice")
+
+
+class ApiStatus(Exception):
+    def __init__(self, code: int, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def _strict(data: dict, model: str) -> None:
+    """Refuse what the kubernetes models do not know: the real API server with
+    fieldValidation=Strict answers 400 for an unknown field."""
+    from kubernetes import client as k
+
+    api = k.ApiClient()
+    back = api.sanitize_for_serialization(api._ApiClient__deserialize(data, model))
+    if back != data:
+        raise ApiStatus(400, "BadRequest", f"strict decoding error: {model} does not round-trip: "
+                                           f"unknown or malformed field(s)")
+
+
+def validate_slice(obj: dict, strict: bool = True) -> None:
+    """What the real API server checks of a ResourceSlice that a driver could get wrong."""
+    if obj.get("apiVersion") != "resource.k8s.io/v1" or obj.get("kind") != "ResourceSlice":
+        raise ApiStatus(400, "BadRequest", f"expected resource.k8s.io/v1 ResourceSlice, got {obj.get('apiVersion')} "
+                                           f"{obj.get('kind')}")
+    name = (obj.get("metadata") or {}).get("name", "")
+    problems = []
+    if not name or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain must consist of ...")
+    spec = obj.get("spec") or {}
+    pool = spec.get("pool") or {}
+    if not spec.get("driver") or not _DNS_SUBDOMAIN.match(spec.get("driver", "")):
+        problems.append("spec.driver: Required value")
+    if not spec.get("nodeName"):
+        problems.append("spec.nodeName: Required value (this test's driver is node-local)")
+    if not pool.get("name"):
+        problems.append("spec.pool.name: Required value")
+    if not isinstance(pool.get("generation"), int) or pool["generation"] < 0:
+        problems.append("spec.pool.generation: Invalid value: must be greater than or equal to 0")
+    if not isinstance(pool.get("resourceSliceCount"), int) or pool["resourceSliceCount"] < 1:
+        problems.append("spec.pool.resourceSliceCount: Invalid value: must be greater than 0")
+    devices = spec.get("devices") or []
+    if len(devices) > MAX_DEVICES:
+        problems.append(f"spec.devices: Too many: {len(devices)}: must have at most {MAX_DEVICES} items")
+    names = [d.get("name", "") for d in devices]
+    if len(set(names)) != len(names) or not all(_DNS_LABEL.match(n) for n in names):
+        problems.append("spec.devices[].name: Invalid value: must be unique DNS labels")
+    if problems:
+        raise ApiStatus(422, "Invalid", f"ResourceSlice.resource.k8s.io \"{name}\" is invalid: {'; '.join(problems)}")
+    if strict:
+        _strict(obj, "V1ResourceSlice")
+
+
+def _selector(text: str, known: dict | None) -> list[tuple[str, str, str]]:
+    """"a=b,c!=d,e" as (key, op, value); with `known`, only those keys (field labels)."""
+    out = []
+    for term in filter(None, text.split(",")):
+        match = re.match(r"^([^=!]+?)(==|=|!=)(.*)$", term)
+        key, op, value = (match.groups() if match else (term, "exists", ""))
+        if known is not None and (key not in known or op == "exists"):
+            raise ApiStatus(400, "BadRequest", f"field label not supported: {key}")
+        out.append((key, "=" if op == "==" else op, value))
+    return out
+
+
+def _matches(terms, get) -> bool:
+    for key, op, value in terms:
+        have = get(key)
+        if (op == "=" and have != value) or (op == "!=" and have == value) or (op == "exists" and have is None):
+            return False
+    return True
+
+
 class FakeApiServer:
-    """GET /apis/resource.k8s.io/v1/namespaces/NS/resourceclaims/NAME from `claims`, only with
-    the bearer token; 404 (a Status object) for others. Counts requests."""
+    """The parts of the API server flexai's agent uses, with the real one's rules: GET
+    ResourceClaims from `claims`; ResourceSlices stored in `slices` with list (fieldSelector on
+    the real field labels, labelSelector), get, create (no resourceVersion, a DNS-subdomain
+    name, strict fields, 409 AlreadyExists), update (needs metadata.resourceVersion; stale:
+    409 Conflict), delete (404, uid preconditions). Only with the bearer token; errors are
+    Status objects. `calls` records (method, path, query); `down()`/`up()` close and reopen
+    the port, state kept."""
 
     def __init__(self, token: str):
         self.token = token
         self.claims: dict[tuple[str, str], dict] = {}
+        self.slices: dict[str, dict] = {}
+        self.calls: list[tuple[str, str, dict]] = []
         self.requests = 0
+        self.version = 100
+        self.lock = threading.Lock()
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+        self.before: Callable[[str, str], None] | None = None  # called (method, path) before each request
+        self.strict = True  # round-trip bodies through the kubernetes models (bench/dra.py turns it off)
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
-            def do_GET(self):
+            def _serve(self, method):
+                from urllib.parse import parse_qs, urlsplit
+
                 outer.requests += 1
-                if self.headers.get("Authorization") != f"Bearer {outer.token}":
-                    return self._send(401, {"kind": "Status", "message": "Unauthorized"})
-                parts = self.path.strip("/").split("/")
-                if len(parts) == 7 and parts[:4] == ["apis", "resource.k8s.io", "v1", "namespaces"] \
-                        and parts[5] == "resourceclaims" and (parts[4], parts[6]) in outer.claims:
-                    return self._send(200, outer.claims[(parts[4], parts[6])])
-                self._send(404, {"kind": "Status", "message": f"resourceclaims \"{parts[-1]}\" not found"})
+                split = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(split.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                with outer.lock:
+                    outer.calls.append((method, split.path, query))
+                    try:
+                        if outer.before is not None:
+                            outer.before(method, split.path)
+                        if self.headers.get("Authorization") != f"Bearer {outer.token}":
+                            raise ApiStatus(401, "Unauthorized", "Unauthorized")
+                        body = json.loads(raw) if raw else None
+                        code, reply = outer.handle(method, split.path, query, body)
+                    except ApiStatus as exc:
+                        code, reply = exc.code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                 "message": exc.message, "reason": exc.reason, "code": exc.code}
+                    except ValueError:
+                        code, reply = 400, {"kind": "Status", "message": "the body is not JSON", "reason": "BadRequest"}
+                self._send(code, reply)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_PUT(self):
+                self._serve("PUT")
+
+            def do_DELETE(self):
+                self._serve("DELETE")
 
             def _send(self, code, body):
                 data = json.dumps(body).encode()
@@ -158,18 +295,91 @@ class FakeApiServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        """Close the port: the agent sees connection refused, as with an API server that is down."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def handle(self, method: str, path: str, query: dict, body) -> tuple[int, dict]:
+        parts = path.strip("/").split("/")
+        if method == "GET" and len(parts) == 7 and parts[:4] == ["apis", "resource.k8s.io", "v1", "namespaces"] \
+                and parts[5] == "resourceclaims":
+            if (parts[4], parts[6]) in self.claims:
+                return 200, self.claims[(parts[4], parts[6])]
+            raise ApiStatus(404, "NotFound", f"resourceclaims.resource.k8s.io \"{parts[6]}\" not found")
+        if path == SLICES and method == "GET":
+            fields = _selector(query.get("fieldSelector", ""), SLICE_FIELDS)
+            labels = _selector(query.get("labelSelector", ""), None)
+            items = [o for o in self.slices.values()
+                     if _matches(fields, lambda k, o=o: SLICE_FIELDS[k](o))
+                     and _matches(labels, lambda k, o=o: (o["metadata"].get("labels") or {}).get(k))]
+            return 200, {"kind": "ResourceSliceList", "apiVersion": "resource.k8s.io/v1",
+                         "metadata": {"resourceVersion": str(self.version)},
+                         "items": [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]}
+        if path == SLICES and method == "POST":
+            meta = (body or {}).get("metadata") or {}
+            if meta.get("resourceVersion"):
+                raise ApiStatus(400, "BadRequest", "resourceVersion should not be set on objects to be created")
+            validate_slice(body, self.strict)
+            if meta["name"] in self.slices:
+                raise ApiStatus(409, "AlreadyExists", f"resourceslices.resource.k8s.io \"{meta['name']}\" already exists")
+            return 201, self._store(body, uid=str(uuid.uuid4()))
+        if path.startswith(SLICES + "/") and len(parts) == 5:
+            name = parts[4]
+            have = self.slices.get(name)
+            if method == "GET":
+                if have is None:
+                    raise ApiStatus(404, "NotFound", f"resourceslices.resource.k8s.io \"{name}\" not found")
+                return 200, have
+            if method == "PUT":
+                meta = (body or {}).get("metadata") or {}
+                if meta.get("name") != name:
+                    raise ApiStatus(400, "BadRequest", "the name of the object does not match the name on the URL")
+                if have is None:
+                    raise ApiStatus(404, "NotFound", f"resourceslices.resource.k8s.io \"{name}\" not found")
+                if not meta.get("resourceVersion"):
+                    raise ApiStatus(422, "Invalid", f"ResourceSlice.resource.k8s.io \"{name}\" is invalid: "
+                                                    f"metadata.resourceVersion: Invalid value: 0x0: must be specified for an update")
+                if meta["resourceVersion"] != have["metadata"]["resourceVersion"]:
+                    raise ApiStatus(409, "Conflict", f"Operation cannot be fulfilled on resourceslices.resource.k8s.io "
+                                                     f"\"{name}\": the object has been modified; please apply your "
+                                                     f"changes to the latest version and try again")
+                if meta.get("uid") not in (None, have["metadata"]["uid"]):
+                    raise ApiStatus(409, "Conflict", "Precondition failed: UID in object meta does not match")
+                validate_slice({**body, "metadata": {k: v for k, v in meta.items() if k == "name"}}, self.strict)
+                return 200, self._store(body, uid=have["metadata"]["uid"], created=have["metadata"]["creationTimestamp"])
+            if method == "DELETE":
+                if have is None:
+                    raise ApiStatus(404, "NotFound", f"resourceslices.resource.k8s.io \"{name}\" not found")
+                want = ((body or {}).get("preconditions") or {}).get("uid")
+                if want and want != have["metadata"]["uid"]:
+                    raise ApiStatus(409, "Conflict", f"Precondition failed: UID in precondition: {want}, "
+                                                     f"UID in object meta: {have['metadata']['uid']}")
+                del self.slices[name]
+                return 200, have
+        raise ApiStatus(404, "NotFound", f"the server could not find the requested resource ({method} {path})")
+
+    def _store(self, body: dict, uid: str, created: str | None = None) -> dict:
+        self.version += 1
+        obj = json.loads(json.dumps(body))
+        obj["metadata"].update(uid=uid, resourceVersion=str(self.version),
+                               creationTimestamp=created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.slices[obj["metadata"]["name"]] = obj
+        return obj
 
     def put(self, claim: dict) -> None:
         meta = claim["metadata"]
         self.claims[(meta["namespace"], meta["name"])] = claim
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.down()
 
 
 # --- the agent ---------------------------------------------------------------------------
@@ -178,7 +388,9 @@ class Agent:
     """`flexai dra` as a child process; stop() by its pid."""
 
     def __init__(self, flexai: str, root: Path, socket: str, api: FakeApiServer, token_file: Path,
-                 node: str = "node-a"):
+                 node: str = "node-a", extra: tuple[str, ...] = ("--publish-interval", "0")):
+        """`extra`: more options; by default the node's ResourceSlice is not published (the tests
+        of publishing name --publish-interval)."""
         self.root = root
         self.registry_dir, self.plugin_dir, self.cdi_dir = root / "registry", root / "plugins" / DRIVER, root / "cdi"
         self.registration_socket = self.registry_dir / f"{DRIVER}-reg.sock"
@@ -186,10 +398,11 @@ class Agent:
         self.log_path = root / "agent.log"
         self.cmd = [flexai, "dra", "--registry-dir", str(self.registry_dir), "--plugin-dir", str(self.plugin_dir),
                     "--cdi-dir", str(self.cdi_dir), "--kube-api", api.url, "--token-file", str(token_file),
-                    "--socket", socket, "--node", node, "-v"]
+                    "--socket", socket, "--node", node, "-v", *extra]
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> "Agent":
+        self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log)
         log.close()

@@ -363,3 +363,320 @@ def test_resource_slice_round_trips_through_the_kubernetes_models(node):
     assert dev.capacity["compute"].request_policy.valid_range.step == "1"
     # what the publish side names, the prepare side maps back
     assert claim_mod.card_index(dev.name) == card["index"]
+
+
+# --- pure: whether and how to (re)publish the node's ResourceSlice ------------------------
+
+def status_of(*memories, backend="simulated"):
+    """flexaid's status reply, the parts slices.py reads."""
+    return {"backend": backend, "cards": [{"index": i, "uuid": f"GPU-{i}", "name": f"sim-{i}", "memory": m}
+                                          for i, m in enumerate(memories)]}
+
+
+def stored(obj, generation, version="7", uid="uid-1"):
+    """`obj` as the API server holds it: metadata filled in, quantities in its canonical form."""
+    out = json.loads(json.dumps(obj))
+    out["metadata"].update(uid=uid, resourceVersion=version)
+    out["spec"]["pool"]["generation"] = generation
+    for dev in out["spec"]["devices"]:
+        dev["capacity"]["memory"]["requestPolicy"]["validRange"] = {"min": "1Mi", "step": "1Mi"}
+    return out
+
+
+def test_a_new_node_creates_its_slice_at_generation_1():
+    from flexai_hook.dra import publish, slices
+
+    desired = slices.resource_slice("node-a", status_of(16 * GIB))
+    step = publish.plan(desired, [])
+    assert step.replace is None and step.delete == ()
+    assert step.create["spec"]["pool"] == {"name": "node-a", "generation": 1, "resourceSliceCount": 1}
+    assert "resourceVersion" not in step.create["metadata"]
+
+
+def test_the_same_cards_are_no_change_whatever_the_generation_or_quantity_form():
+    from flexai_hook.dra import publish, slices
+
+    desired = slices.resource_slice("node-a", status_of(16 * GIB, 16 * GIB))
+    held = stored(desired, generation=4)
+    assert publish.same_devices(held["spec"], desired["spec"])
+    assert publish.plan(desired, [held]).nothing
+
+
+@pytest.mark.parametrize("now", [status_of(16 * GIB, 16 * GIB, 16 * GIB), status_of(16 * GIB),
+                                 status_of(16 * GIB, 24 * GIB), status_of(16 * GIB, 16 * GIB, backend="nvml")])
+def test_changed_cards_replace_the_slice_at_the_next_generation(now):
+    from flexai_hook.dra import publish, slices
+
+    held = stored(slices.resource_slice("node-a", status_of(16 * GIB, 16 * GIB)), generation=4)
+    step = publish.plan(slices.resource_slice("node-a", now), [held])
+    assert step.create is None and step.delete == ()
+    assert step.replace["metadata"]["resourceVersion"] == "7"  # a conditional update: 409 if someone wrote since
+    assert step.replace["spec"]["pool"]["generation"] == 5
+    assert step.replace["spec"]["devices"] == slices.resource_slice("node-a", now)["spec"]["devices"]
+
+
+def test_another_slice_of_this_node_and_driver_goes_and_the_generation_passes_it():
+    from flexai_hook.dra import publish, slices
+
+    desired = slices.resource_slice("node-a", status_of(16 * GIB))
+    stray = stored({**desired, "metadata": {"name": "node-a-gpu.flexai.io-x7k2p"}}, generation=9, uid="uid-old")
+    step = publish.plan(desired, [stray])
+    assert step.delete == (("node-a-gpu.flexai.io-x7k2p", "uid-old"),)
+    assert step.create["spec"]["pool"]["generation"] == 10
+    assert publish.field_selector("node-a") == "spec.nodeName=node-a,spec.driver=gpu.flexai.io"
+
+
+# --- the publisher against the fake API server, in process --------------------------------
+
+@pytest.fixture
+def fake_api(tmp_path):
+    token = secrets.token_hex(8)
+    (tmp_path / "token").write_text(token)
+    api = ds.FakeApiServer(token)
+    try:
+        yield api, tmp_path / "token"
+    finally:
+        api.close()
+
+
+def test_publisher_creates_updates_and_deletes_with_the_verbs_the_api_takes(fake_api):
+    from flexai_hook.dra import publish
+    from flexai_hook.dra.apiserver import ApiServer
+
+    fake, token_file = fake_api
+    cards = {"now": status_of(16 * GIB)}
+    pub = publish.Publisher(ApiServer(fake.url, str(token_file)), "node-a", lambda: cards["now"], interval=0.1)
+    assert pub.sync() == "created"
+    (obj,) = fake.slices.values()
+    assert obj["metadata"]["name"] == "node-a-gpu.flexai.io" and obj["spec"]["pool"]["generation"] == 1
+    assert [(m, q) for m, _, q in fake.calls] == [
+        ("GET", {"fieldSelector": "spec.nodeName=node-a,spec.driver=gpu.flexai.io"}),
+        ("POST", {"fieldValidation": "Strict"})]
+    fake.calls.clear()
+    assert pub.sync() == "unchanged" and fake.calls == []  # no traffic while nothing changes
+    cards["now"] = status_of(16 * GIB, 16 * GIB)
+    # another writer gets in between our read and our write, once: 409, read again, write
+    raced = []
+
+    def race(method, path):
+        if method == "PUT" and not raced:
+            raced.append(path)
+            fake.slices["node-a-gpu.flexai.io"]["metadata"]["resourceVersion"] = "999"
+    fake.before = race
+    assert pub.sync() == "updated" and raced
+    obj = fake.slices["node-a-gpu.flexai.io"]
+    assert obj["spec"]["pool"]["generation"] == 2 and len(obj["spec"]["devices"]) == 2
+    assert [m for m, _, _ in fake.calls] == ["GET", "PUT", "GET", "PUT"]
+    assert pub.stats.published == 2 and pub.stats.generation == 2 and pub.stats.devices == 2
+    pub.stop()
+    assert fake.slices == {} and fake.calls[-1][0] == "DELETE"
+
+
+@pytest.mark.parametrize("change,code,words", [
+    (lambda o: o["metadata"].pop("resourceVersion"), 422, "must be specified for an update"),
+    (lambda o: o["metadata"].update(name="Node_A"), 422, "RFC 1123 subdomain"),
+    (lambda o: o["spec"].update(colour="blue"), 400, "strict decoding error"),
+])
+def test_the_fake_api_server_refuses_what_the_real_one_does(fake_api, change, code, words):
+    from flexai_hook.dra import slices
+    from flexai_hook.dra.apiserver import ApiError, ApiServer
+
+    fake, token_file = fake_api
+    api = ApiServer(fake.url, str(token_file))
+    created = api.create_slice(slices.resource_slice("node-a", status_of(16 * GIB)))
+    change(created)
+    with pytest.raises(ApiError) as err:
+        if created["metadata"]["name"] == "Node_A":
+            created["metadata"].pop("resourceVersion")
+            del created["metadata"]["uid"], created["metadata"]["creationTimestamp"]
+            api.create_slice(created)
+        else:
+            api.replace_slice(created)
+    assert err.value.code == code and words in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ApiError, match="field label not supported: spec.pool.name"):
+        api.list_slices("spec.pool.name=node-a")
+    assert api.list_slices(label_selector="app=none")["items"] == []
+
+
+# --- `flexai dra` publishing: flexaid's cards change, the API server goes away ------------
+
+def wait_for(predicate, what, agent=None, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{agent.log() if agent else ''}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def own_node(tmp_path):
+    """A flexaid of its own (its cards change in the test) and a fake API server of its own."""
+    daemon = es.start_flexaid(tmp_path / "flexaid", memories=("16GiB",))
+    token = secrets.token_hex(8)
+    (tmp_path / "token").write_text(token)
+    api = ds.FakeApiServer(token)
+    try:
+        yield daemon, api, tmp_path / "token"
+    finally:
+        api.close()
+        es.stop_flexaid(daemon)
+
+
+def add_card(daemon, memory="24GiB"):
+    config = json.loads(daemon.config_path.read_text())
+    card = dict(config["simulated"]["cards"][0], name=f"sim-{len(daemon.cards)}", memory=memory,
+                uuid=f"GPU-00000000-0000-4000-8000-{secrets.token_hex(6)}",
+                device=config["simulated"]["cards"][0]["device"][:-1] + str(len(daemon.cards)))
+    config["simulated"]["cards"].append(card)
+    daemon.config_path.write_text(json.dumps(config))
+    daemon.cards.append(card)
+    daemon.restart()
+
+
+SLICE = "node-a-gpu.flexai.io"
+
+
+def test_agent_publishes_republishes_on_card_changes_and_deletes_at_stop(own_node, tmp_path):
+    daemon, api, token_file = own_node
+    a = ds.Agent(tool("flexai"), tmp_path / "agent", daemon.socket, api, token_file,
+                 extra=("--publish-interval", "0.2"))
+    try:
+        a.start()
+        wait_for(lambda: SLICE in api.slices, "the ResourceSlice", a)
+        first = api.slices[SLICE]
+        assert first["spec"]["pool"]["generation"] == 1 and [d["name"] for d in first["spec"]["devices"]] == ["gpu-0"]
+        ds.parse_slice(first)  # what the API server holds parses as a V1ResourceSlice
+        add_card(daemon)
+        wait_for(lambda: len(api.slices[SLICE]["spec"]["devices"]) == 2, "the republished slice", a)
+        second = api.slices[SLICE]
+        assert second["spec"]["pool"]["generation"] == 2 and second["metadata"]["uid"] == first["metadata"]["uid"]
+        assert second["spec"]["devices"][1]["capacity"]["memory"]["value"] == str(24 * GIB)
+        assert ("PUT", f"{ds.SLICES}/{SLICE}") in [(m, p) for m, p, _ in api.calls]
+        assert a.stop() == 0
+        assert api.slices == {}
+        assert api.calls[-1][:2] == ("DELETE", f"{ds.SLICES}/{SLICE}")
+        assert "ResourceSlice node-a-gpu.flexai.io deleted" in a.log()
+    finally:
+        a.stop()
+
+
+def test_without_the_api_server_the_agent_serves_and_retries_publishing(own_node, tmp_path):
+    daemon, api, token_file = own_node
+    stubs = ds.compile_stubs(tmp_path / "stubs")
+    api.down()
+    a = ds.Agent(tool("flexai"), tmp_path / "agent", daemon.socket, api, token_file,
+                 extra=("--publish-interval", "0.2", "--publish-backoff-max", "0.4"))
+    kubelet = None
+    try:
+        a.start()  # registers although the API server is down
+        kubelet = ds.Kubelet(stubs, str(a.registration_socket))
+        peer = kubelet.dra(kubelet.register().endpoint)
+        ref = ("team", "early", str(uuid.uuid4()))
+        out = peer.prepare(ref)[ref[2]]
+        assert "is not reachable" in out.error and "\n" not in out.error and a.proc.poll() is None
+        wait_for(lambda: a.log().count("ResourceSlice publish attempt") >= 3, "three retries", a)
+        assert a.log().count("cannot publish this node's ResourceSlice") == 1  # one line per outage
+        api.up()
+        ref = new_claim({"api": api}, "late", [{"device": "gpu-0", "consumed": {"memory": "4Gi", "compute": "25"}}])
+        assert peer.prepare(ref)[ref[2]].error == ""
+        wait_for(lambda: SLICE in api.slices, "the ResourceSlice after the outage", a)
+        assert "ResourceSlice published again after" in a.log()
+        api.down()
+        assert peer.unprepare(ref)[ref[2]].error == ""  # unprepare needs no API server
+        assert [s for s in daemon.slices() if s["container_id"].startswith("dra-")] == []
+    finally:
+        if kubelet is not None:
+            kubelet.close()
+        a.stop()
+
+
+# --- metrics (pure) and the agent's /healthz and /metrics ---------------------------------
+
+def test_metrics_label_claims_with_their_pods_and_read_as_prometheus_does():
+    import prom_support
+    from flexai_hook.dra import metrics
+
+    claim = ds.resource_claim("team", "shared", "u-1", [{"device": "gpu-0"}], pods=("web-1", "web-0"))
+    info = metrics.claim_info(claim)
+    assert info == metrics.ClaimInfo("team", "shared", ("web-0", "web-1"))
+    stats = metrics.Stats()
+    stats.remember("u-1", info)
+    stats.observe("prepare", 0.004, failed=False)
+    stats.observe("prepare", 0.2, failed=True)
+    status = {"cards": [{"index": 0, "slices": [
+        {"container_id": "dra-u-1-gpu-0", "memory_bytes": 4 * GIB, "compute": 30},
+        {"container_id": "dra-u-2-gpu-0", "memory_bytes": GIB, "compute": 5},  # prepared before a restart
+        {"container_id": "abc123", "memory_bytes": GIB, "compute": 10}]}]}  # not a claim's
+    fams = prom_support.parse(metrics.render(status, stats, metrics.Publishing(3, 1, 2)))
+    assert fams["flexai_dra_prepared_claims"].value() == 2
+    mem = fams["flexai_dra_claim_memory_limit_bytes"]
+    assert mem.value(namespace="team", claim="shared", uid="u-1", device="gpu-0", gpu="0") == 4 * GIB
+    assert mem.value(uid="u-2", claim="") == GIB
+    assert fams["flexai_dra_claim_compute_limit_ratio"].value(uid="u-1") == 0.3  # a ratio, not percent
+    assert {l["pod"] for _, l, _ in fams["flexai_dra_claim_pod_info"].samples} == {"web-0", "web-1"}
+    assert fams["flexai_dra_claims_total"].value(op="prepare") == 2
+    assert fams["flexai_dra_claim_errors_total"].value(op="prepare") == 1
+    assert fams["flexai_dra_claim_errors_total"].value(op="unprepare") == 0
+    hist = fams["flexai_dra_claim_duration_seconds"]
+    assert hist.value("flexai_dra_claim_duration_seconds_bucket", op="prepare", le="0.005") == 1
+    assert hist.value("flexai_dra_claim_duration_seconds_count", op="prepare") == 2
+    assert fams["flexai_dra_resourceslice_pool_generation"].value() == 2
+    assert fams["flexai_dra_flexaid_up"].value() == 1
+    down = prom_support.parse(metrics.render(None, stats))
+    assert down["flexai_dra_flexaid_up"].value() == 0 and "flexai_dra_claim_memory_limit_bytes" not in down
+
+
+def http_get(url):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_agent_serves_healthz_and_metrics(own_node, tmp_path):
+    import re
+
+    import prom_support
+
+    daemon, api, token_file = own_node
+    a = ds.Agent(tool("flexai"), tmp_path / "agent", daemon.socket, api, token_file,
+                 extra=("--publish-interval", "0.2", "--http-listen", "127.0.0.1:0"))
+    kubelet = None
+    try:
+        a.start()
+        wait_for(lambda: "serving /healthz and /metrics on" in a.log(), "the HTTP listener", a)
+        base = re.search(r"serving /healthz and /metrics on (http://\S+)", a.log()).group(1)
+        assert http_get(base + "/healthz") == (200, "ok\n")
+        kubelet = ds.Kubelet(ds.compile_stubs(tmp_path / "stubs"), str(a.registration_socket))
+        peer = kubelet.dra(kubelet.register().endpoint)
+        ref = new_claim({"api": api}, "shared", [{"device": "gpu-0", "consumed": {"memory": "4Gi", "compute": "30"}}],
+                        pods=("web-0", "web-1"))
+        assert peer.prepare(ref)[ref[2]].error == ""
+        assert peer.prepare(("team", "ghost", "u-x"))["u-x"].error
+        wait_for(lambda: SLICE in api.slices, "the ResourceSlice", a)
+        code, text = http_get(base + "/metrics")
+        fams = prom_support.parse(text)
+        assert code == 200
+        assert fams["flexai_dra_claim_memory_limit_bytes"].value(namespace="team", claim="shared", uid=ref[2]) == 4 * GIB
+        assert sorted(l["pod"] for _, l, _ in fams["flexai_dra_claim_pod_info"].samples) == ["web-0", "web-1"]
+        assert fams["flexai_dra_claims_total"].value(op="prepare") == 2
+        assert fams["flexai_dra_claim_errors_total"].value(op="prepare") == 1
+        assert fams["flexai_dra_resourceslice_pool_generation"].value() == 1
+        assert peer.unprepare(ref)[ref[2]].error == ""
+        fams = prom_support.parse(http_get(base + "/metrics")[1])
+        assert fams["flexai_dra_prepared_claims"].value() == 0 and fams["flexai_dra_claim_pod_info"].samples == []
+        daemon.stop()
+        code, text = http_get(base + "/healthz")
+        assert code == 503 and text.startswith("flexaid does not answer on ") and text.count("\n") == 1
+        daemon.start()
+        assert http_get(base + "/healthz")[0] == 200
+    finally:
+        if kubelet is not None:
+            kubelet.close()
+        a.stop()

@@ -220,10 +220,17 @@ def library_path() -> None:
 @click.option("--kube-api", default=None, help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")
 @click.option("--token-file", default=None, help="Bearer token file for --kube-api.")
 @click.option("--ca-file", default=None, help="CA bundle for --kube-api.")
+@click.option("--publish-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds between checks of flexaid's cards for the node's ResourceSlice (0: do not publish).")
+@click.option("--publish-backoff-max", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Longest wait between retries when the API server cannot be reached.")
+@click.option("--http-listen", default=None, metavar="HOST:PORT",
+              help="Serve /healthz and /metrics (Prometheus) over HTTP here, e.g. :9402 (default: off).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug lines.")
 @_socket_option
 def dra(registry_dir: str, plugin_dir: str, cdi_dir: str, node: str | None, kube_api: str | None,
-        token_file: str | None, ca_file: str | None, verbose: bool, socket: str) -> None:
+        token_file: str | None, ca_file: str | None, publish_interval: float, publish_backoff_max: float,
+        http_listen: str | None, verbose: bool, socket: str) -> None:
     """Run the Kubernetes DRA kubelet plugin (driver gpu.flexai.io) in the foreground until
     SIGTERM: claims allocated on this node become flexaid slices and CDI specs
     (docs/kubernetes.md)."""
@@ -239,7 +246,8 @@ def dra(registry_dir: str, plugin_dir: str, cdi_dir: str, node: str | None, kube
     try:
         api = ApiServer(kube_api, token_file, ca_file) if kube_api else ApiServer.in_cluster()
         options = agent.Options(sockets=Sockets.under(registry_dir, plugin_dir), cdi_dir=cdi_dir, socket=socket,
-                                api=api, node=node)
+                                api=api, node=node, publish_interval=publish_interval,
+                                publish_max_backoff=publish_backoff_max, http_listen=http_listen)
         code = agent.run(options)
     except (ApiError, ProtoUnavailable, OSError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +23,7 @@ from flexai_hook.reservation import Reservation
 
 from . import cdi
 from . import claim as claim_mod
+from . import metrics
 from .apiserver import ApiError, ApiServer
 
 log = logging.getLogger("flexai.dra")
@@ -61,6 +63,7 @@ class Driver:
     pool: str | None = None  # this node's pool; None: accept any
     lib: str | None = None  # libflexai's host path (default: the built one)
     lock: threading.Lock = field(default_factory=threading.Lock)  # the kubelet may call concurrently
+    stats: metrics.Stats = field(default_factory=metrics.Stats)
 
     @classmethod
     def with_api(cls, cdi_dir: str, socket: str, api: ApiServer, **kw) -> "Driver":
@@ -69,19 +72,23 @@ class Driver:
     # --- prepare ----------------------------------------------------------------------------
 
     def prepare(self, ref: ClaimRef) -> Prepared:
+        started = time.monotonic()
         with self.lock:
             try:
-                return self._prepare(ref)
+                out = self._prepare(ref)
             except (claim_mod.ClaimError, ApiError, client.DaemonUnavailable, client.DaemonRefused,
                     PrepareError, OSError, ValueError) as exc:
                 line = f"claim {ref.namespace}/{ref.name} ({ref.uid}): {_one_line(exc)}"
                 log.warning("prepare failed: %s", line)
-                return Prepared(error=line)
+                out = Prepared(error=line)
+        self.stats.observe("prepare", time.monotonic() - started, bool(out.error))
+        return out
 
     def _prepare(self, ref: ClaimRef) -> Prepared:
         if not ref.uid:
             raise claim_mod.ClaimError("the kubelet named no claim UID")
-        claim = claim_mod.from_json(self.fetch_claim(ref.namespace, ref.name), uid=ref.uid, pool=self.pool)
+        obj = self.fetch_claim(ref.namespace, ref.name)
+        claim = claim_mod.from_json(obj, uid=ref.uid, pool=self.pool)
         before = set(self.held().get(claim.uid, ()))
         held: list[tuple[claim_mod.Share, Reservation]] = []
         try:
@@ -109,6 +116,7 @@ class Driver:
             except (client.DaemonUnavailable, client.DaemonRefused, OSError) as exc:
                 log.error("claim %s: could not give back what a failed prepare reserved: %s", claim.uid, exc)
             raise
+        self.stats.remember(claim.uid, metrics.claim_info(obj))
         for share, r in held:
             log.info("prepared claim %s/%s (%s): slice %s on card %d, %d bytes, %d%% compute",
                      claim.namespace, claim.name, claim.uid, r.slice_id, r.card_index, r.memory_bytes, r.compute)
@@ -133,6 +141,14 @@ class Driver:
 
     def unprepare(self, ref: ClaimRef) -> str:
         """"" when the claim holds nothing any more, else the error line."""
+        started = time.monotonic()
+        line = self._unprepare(ref)
+        self.stats.observe("unprepare", time.monotonic() - started, bool(line))
+        if not line:
+            self.stats.forget(ref.uid)
+        return line
+
+    def _unprepare(self, ref: ClaimRef) -> str:
         with self.lock:
             try:
                 released = self._release_claim(ref.uid)

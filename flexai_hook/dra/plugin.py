@@ -96,6 +96,7 @@ class Plugin:
         import grpc
 
         self.sockets = sockets
+        self.serving = False  # between start() and stop(): what /healthz reports
         self.dra = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
         for version in protos.DRA_VERSIONS:
             services, servicer = _dra_servicer(version, driver)
@@ -109,9 +110,20 @@ class Plugin:
         self.dra.start()
         _bind(self.registration, self.sockets.registration)
         self.registration.start()
+        self.serving = True
+
+    def unhealthy(self) -> str:
+        """"" while both servers serve and their sockets exist, else why not."""
+        if not self.serving:
+            return "the gRPC servers are not started"
+        for path in (self.sockets.plugin, self.sockets.registration):
+            if not os.path.exists(path):
+                return f"socket {path} is gone (removed from outside?): restart the agent"
+        return ""
 
     def stop(self, grace: float = 5.0) -> None:
         # registration first: the kubelet deregisters a plugin whose socket is gone
+        self.serving = False
         self.registration.stop(None).wait()
         _remove(self.sockets.registration)
         self.dra.stop(grace).wait()

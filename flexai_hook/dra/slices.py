@@ -8,7 +8,7 @@ the per-card arithmetic (consumable capacity, KEP-5075) and flexai enforces it.
 A capacity a claim does not name is consumed at its requestPolicy default, decided by the
 scheduler, which cannot express flexai's "follow the other part's share": the defaults here
 are the whole capacity, so a claim should name both (docs/kubernetes.md).
-Publishing this object (create/update/delete against the API server) is not built yet.
+Publishing it (create/update on card changes, delete at stop) is publish.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,117 @@
+"""runtime-config/kubernetes/: every object parses as YAML and round-trips unchanged through
+the official `kubernetes` client's models (a field the API does not know, or one in the wrong
+place, does not survive the round trip), and the objects agree with each other and with the
+driver (names, CEL attributes, capacities). tests/k8s/e2e.sh refuses to run without a cluster.
+No cluster is used here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flexai_hook.dra import claim as claim_mod, slices
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFESTS = REPO / "runtime-config" / "kubernetes"
+MODELS = {
+    ("resource.k8s.io/v1", "DeviceClass"): "V1DeviceClass",
+    ("resource.k8s.io/v1", "ResourceClaimTemplate"): "V1ResourceClaimTemplate",
+    ("resource.k8s.io/v1", "ResourceClaim"): "ResourceV1ResourceClaim",
+    ("apps/v1", "DaemonSet"): "V1DaemonSet",
+    ("v1", "Pod"): "V1Pod",
+    ("v1", "Namespace"): "V1Namespace",
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): "V1ValidatingAdmissionPolicy",
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): "V1ValidatingAdmissionPolicyBinding",
+}
+
+
+def objects() -> dict[tuple[str, str], dict]:
+    """(kind, name) -> object, over every manifest."""
+    found = {}
+    for path in sorted(MANIFESTS.rglob("*.yaml")):
+        for obj in yaml.safe_load_all(path.read_text()):
+            if obj is None:
+                continue
+            key = (obj["kind"], obj["metadata"]["name"])
+            assert key not in found, f"{path}: {key} twice"
+            found[key] = obj
+    return found
+
+
+@pytest.mark.parametrize("key", sorted(objects()), ids=lambda k: f"{k[0]}/{k[1]}")
+def test_each_object_round_trips_through_the_kubernetes_models(key):
+    from kubernetes import client as k
+
+    obj = objects()[key]
+    model = MODELS.get((obj["apiVersion"], obj["kind"]))
+    assert model, f"no model for {obj['apiVersion']} {obj['kind']}: add it to MODELS"
+    api = k.ApiClient()
+    back = api.sanitize_for_serialization(api._ApiClient__deserialize(obj, model))
+    assert back == obj, f"{key} has fields the {model} model does not know (or in the wrong place)"
+
+
+def test_the_objects_agree_with_each_other_and_the_driver():
+    objs = objects()
+    classes = {name: o for (kind, name), o in objs.items() if kind == "DeviceClass"}
+    assert set(classes) == {"gpu.flexai.io", "nvidia.gpu.flexai.io", "ascend.npu.flexai.io"}
+    for name, o in classes.items():
+        cel = " ".join(s["cel"]["expression"] for s in o["spec"]["selectors"])
+        assert f'device.driver == "{claim_mod.DRIVER}"' in cel
+    # the vendor attribute the per-vendor classes select on is what slices.py publishes
+    assert f'.vendor == "{slices.vendor_of("nvml")}"' in classes["nvidia.gpu.flexai.io"]["spec"]["selectors"][0]["cel"]["expression"]
+    assert f'.vendor == "{slices.vendor_of("ascend")}"' in classes["ascend.npu.flexai.io"]["spec"]["selectors"][0]["cel"]["expression"]
+    device = slices.device({"index": 0, "uuid": "GPU-1", "name": "x", "memory": 1 << 34}, "nvml")
+    assert "vendor" in device["attributes"]
+    # claims ask for both capacities by the names the slice declares, from a class that exists
+    template = objs[("ResourceClaimTemplate", "gpu-8gi-30")]["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+    assert template["capacity"]["requests"] == {"memory": "8Gi", "compute": "30"}
+    assert set(template["capacity"]["requests"]) == set(device["capacity"])
+    assert template["deviceClassName"] in classes
+    shared = objs[("ResourceClaim", "shared-gpu")]
+    users = [o for (kind, _), o in objs.items() if kind == "Pod"
+             and any(c.get("resourceClaimName") == "shared-gpu" for c in o["spec"].get("resourceClaims", ()))]
+    assert len(users) == 2 and shared["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] in classes
+    # the DaemonSet: its service account is the bound one, NODE_NAME from the downward API,
+    # the kubelet's folders, flexaid's and the CDI folder mounted at the paths the agent uses
+    ds = objs[("DaemonSet", "flexai-dra")]["spec"]["template"]["spec"]
+    binding = objs[("ClusterRoleBinding", "flexai-dra")]
+    (subject,) = binding["subjects"]
+    assert (subject["name"], subject["namespace"]) == (ds["serviceAccountName"], objs[("DaemonSet", "flexai-dra")]["metadata"]["namespace"])
+    (container,) = ds["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins", "/run/flexai", "/var/run/cdi"} <= mounts
+    hosts = {v["hostPath"]["path"] for v in ds["volumes"]}
+    assert {"/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins", "/run/flexai", "/var/run/cdi"} <= hosts
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" and "--http-listen" in container["command"]
+    rules = {r["resources"][0]: set(r["verbs"]) for r in objs[("ClusterRole", "flexai-dra")]["rules"]}
+    assert {"get", "list", "watch"} <= rules["resourceclaims"]
+    assert {"create", "update", "delete", "list"} <= rules["resourceslices"]
+    policy = objs[("ValidatingAdmissionPolicy", "flexai-dra-resourceslices")]
+    assert f"system:serviceaccount:{subject['namespace']}:{subject['name']}" in policy["spec"]["matchConditions"][0]["expression"]
+
+
+E2E = REPO / "tests" / "k8s" / "e2e.sh"
+
+
+def test_e2e_refuses_without_kubectl(tmp_path):
+    ran = subprocess.run(["bash", str(E2E)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": str(tmp_path)}, executable="/bin/bash")
+    assert ran.returncode == 2 and ran.stdout == "" and ran.stderr.count("\n") == 1 and "kubectl" in ran.stderr
+
+
+def test_e2e_refuses_without_a_cluster(tmp_path):
+    fake = tmp_path / "kubectl"
+    fake.write_text("#!/bin/sh\necho 'The connection to the server localhost:8080 was refused' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    ran = subprocess.run(["/bin/bash", str(E2E)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert ran.returncode == 2 and ran.stderr.count("\n") == 1 and "no cluster" in ran.stderr
