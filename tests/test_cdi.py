@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flexai_hook.oci import cdi
+from flexai_hook.oci import cdi_annotations
 from flexai_hook.oci import cdi_store
 from flexai_hook.oci import driver
 from flexai_hook.oci import prepare
@@ -452,3 +453,130 @@ def test_spec_files_are_read_again_when_they_change(tmp_path):
     (d / "b.json").write_text("{not json")
     (broken,) = cdi_store.load([str(d)]).errors
     assert str(broken).startswith(f"{d / 'b.json'}: not a readable CDI spec") and broken.kind is None
+
+
+# ------------------------------------------------ CDI devices named in cdi.k8s.io/ annotations
+
+
+CLAIM = "flexai.io/gpu=2f1d-uid-gpu-0"
+
+
+@pytest.mark.parametrize("device, parts", [
+    (CLAIM, ("flexai.io/gpu", "2f1d-uid-gpu-0")),
+    ("nvidia.com/gpu=0", ("nvidia.com/gpu", "0")),
+    ("nvidia.com/gpu=GPU-7a3c:mig.1", ("nvidia.com/gpu", "GPU-7a3c:mig.1")),
+    ("a/b=c", ("a/b", "c")),
+    ("vendor_x.io/class.sub=n", ("vendor_x.io/class.sub", "n")),
+    ("nvidia.com/gpu", None),  # no name
+    ("gpu=0", None),  # no vendor
+    ("/dev/nvidia0", None),
+    ("nvidia.com/gpu=", None),
+    ("1nvidia.com/gpu=0", None),  # a vendor starts with a letter
+    ("nvidia.com/gpu-=0", None),  # and a class ends with a letter or digit
+    ("nvidia.com/gpu=-0", None),
+    ("nvidia.com/gpu=0:", None),
+    ("nvidia.com/gpu=a b", None),
+    ("nvidia.com/g/pu=0", None),
+    (" nvidia.com/gpu=0", None),  # no spaces: CDI's ParseAnnotations splits on "," alone
+])
+def test_qualified_names_follow_cdis_rules(device, parts):
+    assert cdi_annotations.qualified(device) == parts
+
+
+def test_annotations_name_devices_in_key_order_each_once():
+    annotations = {"cdi.k8s.io/z-plugin_b": "nvidia.com/gpu=1,nvidia.com/gpu=0",
+                   "cdi.k8s.io/gpu.flexai.io_2f1d-uid": CLAIM,
+                   "cdi.k8s.io/a_dup": "nvidia.com/gpu=0",
+                   "io.kubernetes.cri.container-type": "container", "flexai.io/fraction": "0.5"}
+    got = cdi_annotations.named(annotations)
+    assert [n.qualified for n in got] == ["nvidia.com/gpu=0", CLAIM, "nvidia.com/gpu=1"]
+    assert got[0].annotation == "cdi.k8s.io/a_dup" and got[1].kind == "flexai.io/gpu"
+    assert cdi_annotations.named({"other": "x"}) == () and not cdi_annotations.has_devices({"other": "x"})
+    assert cdi_annotations.has_devices({"cdi.k8s.io/x": "garbage"})
+
+
+@pytest.mark.parametrize("value, bad", [("nvidia.com/gpu", "'nvidia.com/gpu'"), (f"{CLAIM},", "''"),
+                                        (f"{CLAIM}, nvidia.com/gpu=0", "' nvidia.com/gpu=0'"), ("", "''")])
+def test_a_malformed_annotation_is_one_line_naming_it(value, bad):
+    with pytest.raises(cdi.CdiError) as info:
+        cdi_annotations.named({"cdi.k8s.io/plugin_dev": value})
+    message = str(info.value)
+    assert message.startswith(f"annotation cdi.k8s.io/plugin_dev: {bad} is not a fully-qualified CDI device name")
+    assert "\n" not in message
+
+
+def claim_spec(name="2f1d-uid-gpu-0", env="FLEXAI_SLICE_ID=s1"):
+    return json.dumps({"cdiVersion": "0.5.0", "kind": "flexai.io/gpu",
+                       "containerEdits": {"env": ["COMMON=1"]},
+                       "devices": [{"name": name, "containerEdits": {
+                           "env": [env],
+                           "deviceNodes": [{"path": "/dev/flexai-card", "hostPath": "/dev/null"}],
+                           "mounts": [{"hostPath": "/tmp", "containerPath": "/run/flexai/slice.conf",
+                                       "type": "bind", "options": ["rbind", "ro"]}]}},
+                                   {"name": "other", "containerEdits": {"env": ["OTHER=1"]}}]})
+
+
+def test_named_devices_resolve_across_dirs_and_apply_as_cdi_does(tmp_path):
+    early, late = tmp_path / "etc-cdi", tmp_path / "run-cdi"
+    early.mkdir()
+    late.mkdir()
+    (early / "claim.json").write_text(claim_spec(env="FLEXAI_SLICE_ID=hidden"))
+    (late / "claim.json").write_text(claim_spec())  # a later directory wins
+    loaded = cdi_store.load([str(early), str(late)])
+    named = cdi_annotations.named({"cdi.k8s.io/gpu.flexai.io_uid": f"{CLAIM},flexai.io/gpu=other"})
+    resolved = cdi_annotations.resolve(loaded.specs, loaded.errors, named, loaded.dirs)
+    assert [r.spec.path for r in resolved] == [str(late / "claim.json")] * 2
+    edits = cdi_annotations.edits_of(resolved)
+    assert edits.env == ("COMMON=1", "FLEXAI_SLICE_ID=s1", "OTHER=1")  # the spec's common edits once
+
+
+def test_named_devices_spec_applies_them_and_leaves_others_alone(tmp_path):
+    d = tmp_path / "cdi"
+    d.mkdir()
+    (d / "flexai.io-gpu_uid.json").write_text(claim_spec())
+    settings = {"cdi_spec_dirs": str(d)}
+    base = minimal_spec(["sh"], env=["PATH=/bin"])
+    assert prepare.named_devices_spec(base, settings) is None  # nothing named: nothing read
+    base["annotations"] = {"cdi.k8s.io/gpu.flexai.io_uid": CLAIM, "keep": "me"}
+    out = prepare.named_devices_spec(base, settings)
+    assert out["process"]["env"] == base["process"]["env"] + ["COMMON=1", "FLEXAI_SLICE_ID=s1"]
+    assert out["annotations"] == base["annotations"] and "hooks" not in out  # no release hook: not a slice of ours
+    null = os.stat("/dev/null")
+    (node,) = out["linux"]["devices"]
+    assert (node["path"], node["major"], node["minor"]) == ("/dev/flexai-card", os.major(null.st_rdev),
+                                                             os.minor(null.st_rdev))
+    assert {"destination": "/run/flexai/slice.conf", "source": "/tmp", "type": "bind",
+            "options": ["rbind", "ro"]} in out["mounts"]
+    assert prepare.named_devices_spec(out, settings) == out  # applied again: nothing more
+
+
+def test_a_device_in_no_spec_dir_is_one_line_naming_it_and_the_dirs(tmp_path):
+    d = tmp_path / "cdi"
+    d.mkdir()
+    (d / "claim.json").write_text(claim_spec())
+    base = minimal_spec(["sh"], env=[])
+    base["annotations"] = {"cdi.k8s.io/gpu.flexai.io_gone": "flexai.io/gpu=gone-gpu-0"}
+    with pytest.raises(prepare.PrepareError) as info:
+        prepare.named_devices_spec(base, {"cdi_spec_dirs": f"{d}:{tmp_path / 'missing'}"})
+    assert str(info.value) == (f"unresolvable CDI device flexai.io/gpu=gone-gpu-0 (annotation "
+                               f"cdi.k8s.io/gpu.flexai.io_gone): no spec in {d}, {tmp_path / 'missing'} has it")
+    (d / "broken.json").write_text('{"cdiVersion": "0.5.0", "kind": "flexai.io/gpu", "devices": []}')
+    with pytest.raises(prepare.PrepareError) as info:
+        prepare.named_devices_spec(base, {"cdi_spec_dirs": str(d)})
+    assert f"a spec that may have it is broken: {d / 'broken.json'}: devices" in str(info.value)
+    base["annotations"] = {"cdi.k8s.io/x": "not-a-device"}
+    with pytest.raises(prepare.PrepareError, match="^annotation cdi.k8s.io/x: 'not-a-device' is not"):
+        prepare.named_devices_spec(base, {"cdi_spec_dirs": str(d)})
+
+
+def test_a_sliced_container_gets_its_named_devices_under_the_slice(tmp_path, slice_dir):
+    d = tmp_path / "cdi"
+    d.mkdir()
+    (d / "claim.json").write_text(claim_spec(env="FLEXAI_SLICE_FILE=/from-annotation"))
+    res = reservation(backend="simulated", uuid=SIM_UUID, paths=("/dev/null",), slice_dir=str(slice_dir))
+    base = minimal_spec(["sh"], env=["FLEXAI_FRACTION=0.25"])
+    base["annotations"] = {"cdi.k8s.io/gpu.flexai.io_uid": CLAIM}
+    spec = prepare.prepare_container(base, res, "/bin/flexai-hook", None, {"cdi_spec_dirs": str(d)}).spec
+    env = spec["process"]["env"]
+    assert "COMMON=1" in env and "FLEXAI_SLICE_FILE=/run/flexai/slice.conf" in env  # the slice wins
+    assert "FLEXAI_SLICE_FILE=/from-annotation" not in env

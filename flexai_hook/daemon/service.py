@@ -288,7 +288,7 @@ class Service:
     def _prepare(self, message: dict, uid: int = access.ROOT_UID) -> dict:
         """reserve + the config.json edits, for flexai-runtime's C front door (flexai_hook/oci/prepare.py
         has the rules; runtime.py applies the same ones when Python starts the container)."""
-        from flexai_hook.oci import prepare
+        from flexai_hook.oci import cdi_annotations, prepare
         from flexai_hook.request import RequestError
 
         container_id, spec = message["container_id"], message["spec"]
@@ -302,17 +302,27 @@ class Service:
         for line in warnings:
             log.warning("container %s: %s", container_id, line, extra=supervisor.fields(container_id))
         said = {"warnings": warnings} if warnings else {}
+        settings = message.get("settings") or {}
         if request is None:
             log.debug("no slice for %s: %s", container_id, prepare.no_request_reason(spec),
                       extra=supervisor.fields(container_id))
-            return {"ok": True, **said, "spec": None}
-        settings = message.get("settings") or {}
+            if not cdi_annotations.has_devices(prepare.annotations_of(spec)):
+                return {"ok": True, **said, "spec": None}
         if uid != access.ROOT_UID and "cdi_spec_dirs" in settings:
             # flexaid reads those files as root and would show what is in them; a user's own
             # flexai-runtime (the Python path) reads them with the user's rights instead
             return self._refuse(container_id, metrics.INVALID_REQUEST,
                                 "cdi_spec_dirs in the runtime config is honoured for root's requests "
                                 "only; the Python runtime reads the spec directories itself")
+        if request is None:
+            # CDI devices named in cdi.k8s.io/ annotations (a DRA claim's): applied, no slice
+            try:
+                edited = prepare.named_devices_spec(spec, settings)
+            except (OSError, prepare.PrepareError) as exc:
+                return self._refuse(container_id, metrics.PREPARE_FAILED,
+                                    prepare.named_devices_failure(container_id, exc))
+            # "slice" before "spec": the front door then runs the real runtime in its place
+            return {"ok": True, **said, "slice": "none", "spec": edited}
         reply = self._reserve(container_id, request, message["runtime"], uid, pod=prepare.pod_of(spec))
         if not reply["ok"]:
             return reply

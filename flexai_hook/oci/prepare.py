@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from flexai_hook import kube
 from flexai_hook.record import record
@@ -20,6 +20,9 @@ from flexai_hook.request import Request, env_warnings, from_container
 from flexai_hook.reservation import Reservation
 
 from . import spec as spec_mod
+
+if TYPE_CHECKING:  # loaded on the start path only when needed
+    from . import cdi_store, driver
 
 
 class PrepareError(Exception):
@@ -75,6 +78,7 @@ class Prepared:
     spec: dict
     notice: str = ""  # one line for stderr (the container still starts): the driver is missing
     runtime: str = ""  # run this runtime instead of the configured one (driver.py's chaining)
+    sliced: bool = True  # False: only annotated CDI devices applied, no slice of its own to release
 
 
 def prepare_container(spec: dict, reservation: Reservation, hook_path: str, socket: str | None,
@@ -86,12 +90,12 @@ def prepare_container(spec: dict, reservation: Reservation, hook_path: str, sock
     from . import cdi, cdi_store, driver
 
     settings = dict(settings or {})
-    try:
-        wanted = driver.settings_of(settings)
-    except driver.DriverConfigError as exc:
-        raise PrepareError(f"runtime config: {exc}") from None
+    wanted = _driver_settings(settings)
     loaded = cdi_store.load(wanted.cdi_spec_dirs)
     try:
+        # the devices the engine was asked for first, as its own CDI support would have put
+        # them in before the runtime ran; the card's driver and the slice go on top
+        spec = _with_named_devices(spec, loaded)
         plan = driver.plan(reservation, loaded.specs, loaded.errors, wanted, runtime_binary)
         if plan.cdi is not None:
             edits = plan.cdi.edits()
@@ -114,6 +118,51 @@ def prepare_container(spec: dict, reservation: Reservation, hook_path: str, sock
     if settings.get("compute_backend") == "mps":
         mark_compute_by_mps(reservation.slice_dir)
     return Prepared(spec=spec_mod.apply(spec, injection), notice=plan.notice, runtime=plan.runtime)
+
+
+def named_devices_spec(spec: dict, settings: Mapping | None) -> dict | None:
+    """config.json with the CDI devices its `cdi.k8s.io/` annotations name (oci/cdi_annotations.py)
+    applied, for a container without a flexai request -- a DRA claim's: its slice is reserved
+    already and its CDI spec carries the slice's edits. None when it names no device. Reads
+    the CDI spec directories and the device nodes; raises PrepareError, one line."""
+    from . import cdi_annotations, cdi_store
+
+    if not cdi_annotations.has_devices(annotations_of(spec)):
+        return None
+    loaded = cdi_store.load(_driver_settings(dict(settings or {})).cdi_spec_dirs)
+    return _with_named_devices(spec, loaded)
+
+
+def named_devices_failure(container_id: str | None, exc: BaseException) -> str:
+    """The one line for a container whose annotated CDI devices cannot be applied (both start
+    paths say the same)."""
+    return f"could not apply the CDI devices named in {container_id}'s annotations: {exc}"
+
+
+def _driver_settings(settings: Mapping) -> "driver.DriverSettings":
+    from . import driver
+
+    try:
+        return driver.settings_of(settings)
+    except driver.DriverConfigError as exc:
+        raise PrepareError(f"runtime config: {exc}") from None
+
+
+def _with_named_devices(spec: dict, loaded: "cdi_store.Loaded") -> dict:
+    """`spec` with the CDI devices its annotations name applied (unchanged when none)."""
+    from . import cdi, cdi_annotations, cdi_store
+
+    annotations = annotations_of(spec)
+    if not cdi_annotations.has_devices(annotations):
+        return spec
+    try:
+        resolved = cdi_annotations.resolve(loaded.specs, loaded.errors, cdi_annotations.named(annotations),
+                                           loaded.dirs)
+        edits = cdi_annotations.edits_of(resolved)
+        sources = ", ".join(dict.fromkeys(r.spec.path for r in resolved))  # named in apply's messages
+        return cdi.apply(spec, edits, cdi_store.host_nodes(cdi.host_paths(edits)), source=sources)
+    except cdi.CdiError as exc:
+        raise PrepareError(str(exc)) from None
 
 
 def sliced_spec(spec: dict, reservation: Reservation, hook_path: str, socket: str | None,

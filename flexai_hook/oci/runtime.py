@@ -21,8 +21,10 @@ DEFAULT_RUNTIME_CONFIG = "/etc/flexai/runtime.json"
 # (libflexai/launch/prepare.c): reported as it is instead of asking flexaid again, which would
 # log and count the same refusal twice. It can only ever stop a container, never start one.
 REFUSAL_ENV = "FLEXAI_PREPARE_REFUSED"
-# Cheap markers that a config.json may hold a request; without them we never parse it.
-_REQUEST_MARKERS = (b"FLEXAI_", b"flexai.io/")
+# Cheap markers that a config.json may hold a request or name CDI devices in `cdi.k8s.io/`
+# annotations (oci/cdi_annotations.py); without them we never parse it. libflexai/launch/launch.c
+# has the same list.
+_REQUEST_MARKERS = (b"FLEXAI_", b"flexai.io/", b"cdi.k8s.io/")
 
 
 class Failure(Exception):
@@ -198,7 +200,7 @@ def slice_container(
         raise Failure(str(exc)) from None
     if request is None:
         report(invocation, f"no slice for {invocation.container_id}: {prepare.no_request_reason(spec)}", "debug")
-        return None
+        return named_devices(invocation, config_path, spec, settings, refused)
     if refused is not None:
         if refused.startswith("could not prepare "):  # flexaid's prepare reserved, then failed
             raise Failure(refused)
@@ -240,6 +242,32 @@ def slice_container(
         _release(invocation.container_id, socket)
         raise Failure(f"could not prepare {invocation.container_id} for its slice: {exc}") from None
     return prepared
+
+
+def named_devices(invocation: argv_mod.Invocation, config_path: str, spec: dict, settings: dict,
+                  refused: str | None = None):
+    """A container without a request whose `cdi.k8s.io/` annotations name CDI devices (a DRA
+    claim's, when the engine leaves CDI to the runtime): config.json with them applied, as a
+    prepare.Prepared that holds no slice; None when it names none. `refused`: flexaid's
+    refusal of it, already known (the C front door's prepare)."""
+    import json
+
+    from . import prepare
+
+    if refused is not None:
+        raise Failure(refused)
+    try:
+        edited = prepare.named_devices_spec(spec, settings)
+        if edited is None:
+            return None
+        from flexai_hook.atomicfile import write_atomically
+
+        st = os.stat(config_path)
+        write_atomically(config_path, json.dumps(edited, indent=2).encode(), mode=st.st_mode & 0o7777,
+                         owner=(st.st_uid, st.st_gid), sync=False)
+    except (OSError, prepare.PrepareError) as exc:
+        raise Failure(prepare.named_devices_failure(invocation.container_id, exc)) from None
+    return prepare.Prepared(spec=edited, sliced=False)
 
 
 def hook_binary() -> str:
@@ -326,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as exc:
         report(invocation, str(exc))
         return 1
-    if prepared is None:
+    if prepared is None or not prepared.sliced:  # no slice here to release if the start fails
         os.execv(binary, [binary] + args)
     if prepared.notice:
         report(invocation, prepared.notice, "warning")

@@ -88,7 +88,11 @@ int flexai_file_mentions_flexai(const char *path)
     char *raw = flexai_slurp(path, &len);
     if (!raw)
         return -1;
-    int found = memmem(raw, len, "FLEXAI_", 7) || memmem(raw, len, "flexai.io/", 10);
+    /* a request (FLEXAI_* env, flexai.io/ annotations), or CDI devices named in cdi.k8s.io/
+     * annotations, which flexai applies for engines that leave CDI to the runtime (a DRA
+     * claim's); flexai_hook/oci/runtime.py has the same markers */
+    int found = memmem(raw, len, "FLEXAI_", 7) || memmem(raw, len, "flexai.io/", 10) ||
+                memmem(raw, len, "cdi.k8s.io/", 11);
     free(raw);
     return found;
 }

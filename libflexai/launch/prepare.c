@@ -378,14 +378,17 @@ void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, 
         free(reply);
         return;
     }
-    /* flexaid's answer: "notice" and "runtime" (strings, both optional), then "spec" to the end */
-    char notice[2048] = "", chain[PATH_MAX] = "", chained[PATH_MAX];
+    /* flexaid's answer: "notice", "runtime" and "slice" (strings, all optional), then "spec" to
+     * the end */
+    char notice[2048] = "", chain[PATH_MAX] = "", chained[PATH_MAX], slice[16] = "";
     const char *p = reply + sizeof ok - 1;
     for (;;) {
         if (strncmp(p, "\"notice\":", 9) == 0)
             p = json_string(p + 9, notice, sizeof notice);
         else if (strncmp(p, "\"runtime\":", 10) == 0)
             p = json_string(p + 10, chain, sizeof chain);
+        else if (strncmp(p, "\"slice\":", 8) == 0)
+            p = json_string(p + 8, slice, sizeof slice);
         else
             break;
         if (!p || *p++ != ',') {
@@ -394,10 +397,10 @@ void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, 
         }
     }
     static const char spec_key[] = "\"spec\":";
-    if (strncmp(p, spec_key, sizeof spec_key - 1) != 0 || (chain[0] && flexai_resolve_runtime(chain, chained,
-                                                                                          sizeof chained) != 0)) {
+    if (strncmp(p, spec_key, sizeof spec_key - 1) != 0 || (slice[0] && strcmp(slice, "none") != 0) ||
+        (chain[0] && flexai_resolve_runtime(chain, chained, sizeof chained) != 0)) {
         free(reply);
-        return; /* Python reports a chained runtime that is not there */
+        return; /* Python reports a chained runtime that is not there, or what it does not know */
     }
     const char *text = p + sizeof spec_key - 1;
     size_t text_len = (size_t)(reply + len - 1 - text); /* without the reply's closing brace */
@@ -406,6 +409,14 @@ void flexai_prepare_and_run(int argc, char **argv, int sub, const char *bundle, 
         return; /* Python reserves again (the same slice) and reports what fails */
     }
     free(reply);
+    if (strcmp(slice, "none") == 0 && !notice[0] && !chain[0]) {
+        /* only the CDI devices its annotations name (a DRA claim's slice, reserved by the DRA
+         * agent): nothing here to release if the start fails, so the real runtime takes over */
+        argv[0] = (char *)real;
+        execv(real, argv);
+        fprintf(stderr, "flexai: cannot run %s: %s\n", real, strerror(errno));
+        exit(1);
+    }
     if (notice[0]) /* the container starts, without its card's driver: say what to run */
         fprintf(stderr, "flexai: %s\n", notice);
     if (chain[0]) /* no CDI spec for the card: the vendor's runtime adds the driver */
