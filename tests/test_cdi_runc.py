@@ -158,3 +158,118 @@ def test_without_a_spec_the_configured_vendor_runtime_runs_with_the_card(setup, 
     (line,) = out.stderr.splitlines()
     assert out.returncode == 1 and "chain_without_cdi names" in line and "not-installed" in line, out.stderr
     assert daemon.slices() == []
+
+
+# --- a DRA claim's CDI spec named in a cdi.k8s.io/ annotation (no FLEXAI_* request) ----------
+
+def claim_cdi(daemon, cdi_dir, uid="5b0c9d4e-claim"):
+    """A claim prepared as the DRA agent prepares it (flexai_hook/dra/driver.py): its slice
+    reserved in flexaid under the claim's reservation id, its CDI spec written by dra/cdi.py.
+    Returns (the device id the kubelet names, the annotation the kubelet's DRA manager writes)."""
+    from flexai_hook.dra import cdi as dra_cdi
+    from flexai_hook.oci.prepare import device_node
+    from flexai_hook.request import from_container
+    from flexai_hook.reservation import Reservation
+
+    request = from_container(["FLEXAI_MEMORY=4GiB", "FLEXAI_COMPUTE=25"], {})
+    reply = daemon.call({"op": "reserve", "container_id": f"dra-{uid}-gpu-0", "request": request.to_json()})
+    held = Reservation.from_json(reply["reservation"])
+    inj = dra_cdi.injection(held, tuple(device_node(p) for p in held.device_paths))
+    cdi_dir.mkdir(exist_ok=True)
+    (cdi_dir / dra_cdi.file_name(uid)).write_text(json.dumps(dra_cdi.spec_for(uid, [("gpu-0", inj)]), indent=1))
+    return dra_cdi.device_id(uid, "gpu-0"), {f"cdi.k8s.io/gpu.flexai.io_{uid}": dra_cdi.device_id(uid, "gpu-0")}
+
+
+def annotate(bundle, annotations):
+    path = bundle / "config.json"
+    spec = json.loads(path.read_text())
+    spec.setdefault("annotations", {}).update(annotations)
+    path.write_text(json.dumps(spec, indent=2))
+
+
+def c_only(tmp_path):
+    """flexai-runtime's C front door in a folder without the Python implementation beside it:
+    a hand-over to Python shows as a failure to start flexai-runtime-py."""
+    import shutil
+
+    from flexai_hook.install import cbuild
+
+    alone = tmp_path / "c-only"
+    alone.mkdir(exist_ok=True)
+    for name in ("flexai-runtime", "flexai-hook"):
+        shutil.copy2(cbuild.package_lib_dir() / "bin" / name, alone / name)
+    return str(alone / "flexai-runtime")
+
+
+@pytest.mark.parametrize("program", ["flexai-runtime", "flexai-runtime-py"])
+def test_a_claims_cdi_spec_named_in_an_annotation_gives_the_container_its_slice(setup, make_bundle, client,  # noqa: F811
+                                                                                 tmp_path, program):
+    daemon, runc, _, _ = setup
+    tmp = tmp_path
+    claims = tmp / "dra-cdi"
+    device, annotations = claim_cdi(daemon, claims)
+    path = config(tmp, daemon, runc, "runtime-dra.json", cdi_spec_dirs=str(claims))
+    bundle = client_bundle(make_bundle, client, ["info", "alloc", "mem", str(5 * GIB), "alloc", "mem", str(GIB)], [])
+    annotate(bundle, annotations)
+    out = start(runc, path, "run", "--bundle", str(bundle), "claim1", program=program)
+    assert out.returncode == 0, out.stdout + out.stderr + daemon.log()[-2000:]
+    lines = out.stdout.strip().splitlines()
+    seen = info(lines[0])
+    assert seen["count"] == 1 and seen["total"] == 4 * GIB and seen["uuid"] == daemon.cards[0]["uuid"]
+    assert lines[1] == "oom" and lines[2].startswith("ok ")  # past the slice refused, within it granted
+    assert "flexai:" not in out.stderr
+    spec = json.loads((bundle / "config.json").read_text())
+    assert "poststop" not in spec.get("hooks", {})  # the claim is released by the agent, not by a container
+    (held,) = daemon.slices()  # the claim's, still held after its container ended; no slice of its own
+    assert held["container_id"].startswith("dra-") and f"FLEXAI_SLICE_ID={held['slice_id']}" in spec["process"]["env"]
+
+
+def test_both_start_paths_apply_a_claims_annotation_alike_and_the_c_path_needs_no_python(setup, make_bundle,
+                                                                                         tmp_path):
+    daemon, runc, _, _ = setup
+    claims = tmp_path / "dra-cdi"
+    _, annotations = claim_cdi(daemon, claims)
+    path = config(tmp_path, daemon, runc, cdi_spec_dirs=str(claims))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FLEXAI_RUNTIME_CONFIG": str(path)}
+    specs = {}
+    for program, cid in ((c_only(tmp_path), "ann-c"), (tool("flexai-runtime-py"), "ann-py")):
+        bundle = make_bundle(["true"])
+        annotate(bundle, annotations)
+        # created, not started: the runc fixture deletes them
+        out = run_to_files([program, "--root", str(runc.root), "create", "--bundle", str(bundle), cid], env=env,
+                           timeout=60)
+        assert out.returncode == 0, out.stderr
+        specs[cid] = json.loads((bundle / "config.json").read_text().replace(str(bundle), "BUNDLE"))
+    assert specs["ann-c"] == specs["ann-py"]
+    assert any(m["destination"] == "/etc/ld.so.preload" for m in specs["ann-c"]["mounts"])
+    assert [s["container_id"][:4] for s in daemon.slices()] == ["dra-"]  # neither reserved a slice
+
+
+@pytest.mark.parametrize("program", ["flexai-runtime", "flexai-runtime-py"])
+def test_a_device_in_no_spec_dir_stops_the_container_with_one_line(setup, make_bundle, tmp_path, program):
+    daemon, runc, _, _ = setup
+    claims = tmp_path / "dra-cdi"
+    claim_cdi(daemon, claims)
+    path = config(tmp_path, daemon, runc, cdi_spec_dirs=str(claims))
+    bundle = make_bundle(["true"])
+    annotate(bundle, {"cdi.k8s.io/gpu.flexai.io_gone": "flexai.io/gpu=gone-gpu-0"})
+    before = (bundle / "config.json").read_text()
+    out = start(runc, path, "run", "--bundle", str(bundle), "gone1", program=program)
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line == ("flexai: could not apply the CDI devices named in gone1's annotations: unresolvable CDI device "
+                    f"flexai.io/gpu=gone-gpu-0 (annotation cdi.k8s.io/gpu.flexai.io_gone): no spec in {claims} has it")
+    assert (bundle / "config.json").read_text() == before and runc.list_ids() == []
+
+
+def test_a_config_without_cdi_annotations_passes_through_the_c_front_door_untouched(setup, make_bundle, tmp_path):
+    daemon, runc, _, _ = setup
+    path = config(tmp_path, daemon, runc, cdi_spec_dirs=str(tmp_path / "dra-cdi"))
+    bundle = make_bundle(["true"], annotations={"io.kubernetes.cri.container-type": "container"})
+    before = (bundle / "config.json").read_bytes()
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FLEXAI_RUNTIME_CONFIG": str(path)}
+    out = run_to_files([c_only(tmp_path), "--root", str(runc.root), "run", "--bundle", str(bundle), "plain1"], env=env,
+                       timeout=60)
+    # no flexai-runtime-py beside it: had the front door handed over, this would fail
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert (bundle / "config.json").read_bytes() == before and daemon.slices() == []

@@ -319,6 +319,56 @@ def test_sliced_create_is_prepared_by_flexaid_and_run_without_python(bindir, tmp
     assert validation.problem("protocol.schema.json", request, "prepare_message") is None
 
 
+ANNOTATED = {"ociVersion": "1.0.2", "process": {"args": ["true"], "env": ["PATH=/bin"]}, "root": {"path": "rootfs"},
+             "annotations": {"cdi.k8s.io/gpu.flexai.io_uid": "vendor.example/gpu=uid-gpu-0"}}
+
+
+def test_cdi_annotations_without_a_request_are_prepared_by_flexaid_and_run_without_python(bindir, tmp_path):
+    """A DRA claim's container names its CDI device in a cdi.k8s.io/ annotation and asks for no
+    slice: flexaid applies the device ("slice": "none") and the real runtime takes over by exec
+    (no child to watch, no release to send)."""
+    edited = {**ANNOTATED, "process": {"args": ["true"], "env": ["PATH=/bin", "FROM_CDI=1"]}}
+    reply = json.dumps({"ok": True, "slice": "none", "spec": edited}, separators=(",", ":")).encode() + b"\n"
+    daemon = FakeDaemon(tmp_path / "d.sock", reply, b'{"ok":true}\n')
+    b = sliced_bundle(tmp_path, ANNOTATED)
+    (bindir / "fake-runc").write_text('#!/bin/sh\nprintf "%s\\n" "$0" "$@" > "$FAKE_ARGV"\nexit 3\n')
+    args = ["create", "--bundle", str(b), "c6"]
+    try:
+        out, passed = run_front(bindir, args, tmp_path, env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert out.returncode == 3 and b"flexai-runtime-py" not in out.stderr, out.stderr
+    assert passed == [str(bindir / "fake-runc"), *args]
+    assert json.loads((b / "config.json").read_text()) == edited
+    (request,) = [json.loads(line) for line in daemon.received]  # a failed start releases nothing
+    assert request["op"] == "prepare" and request["spec"] == ANNOTATED
+
+
+def test_a_slice_answer_it_does_not_know_goes_to_python(bindir, tmp_path):
+    reply = json.dumps({"ok": True, "slice": "other", "spec": ANNOTATED}, separators=(",", ":")).encode() + b"\n"
+    daemon = FakeDaemon(tmp_path / "d.sock", reply)
+    b = sliced_bundle(tmp_path, ANNOTATED)
+    try:
+        out, passed = run_front(bindir, ["create", "--bundle", str(b), "c7"], tmp_path,
+                                env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert passed is None and b"flexai-runtime-py" in out.stderr
+
+
+def test_other_annotations_pass_through_without_asking_flexaid(bindir, tmp_path):
+    plain = {**ANNOTATED, "annotations": {"io.kubernetes.cri.container-type": "container", "cdi.k8s.io": "x"}}
+    daemon = FakeDaemon(tmp_path / "d.sock", b'{"ok":true,"spec":null}\n')
+    b = sliced_bundle(tmp_path, plain)
+    try:
+        out, passed = run_front(bindir, ["run", "--bundle", str(b), "c8"], tmp_path,
+                                env={"FLEXAI_SOCKET": str(tmp_path / "d.sock")})
+    finally:
+        daemon.close()
+    assert out.returncode == 0 and passed == [str(bindir / "fake-runc"), "run", "--bundle", str(b), "c8"]
+    assert daemon.received == []
+
+
 def test_prepare_request_carries_the_runtime_config_and_its_socket(bindir, tmp_path):
     sock = tmp_path / "d.sock"
     config = tmp_path / "runtime.json"
