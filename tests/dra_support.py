@@ -218,8 +218,8 @@ def _matches(terms, get) -> bool:
 
 
 class FakeApiServer:
-    """The parts of the API server flexai's agent uses, with the real one's rules: GET
-    ResourceClaims from `claims`; ResourceSlices stored in `slices` with list (fieldSelector on
+    """The parts of the API server flexai's agent and extender use, with the real one's rules: GET
+    ResourceClaims from `claims` (one, or all namespaces' as a list); ResourceSlices stored in `slices` with list (fieldSelector on
     the real field labels, labelSelector), get, create (no resourceVersion, a DNS-subdomain
     name, strict fields, 409 AlreadyExists), update (needs metadata.resourceVersion; stale:
     409 Conflict), delete (404, uid preconditions). Only with the bearer token; errors are
@@ -314,6 +314,11 @@ class FakeApiServer:
             if (parts[4], parts[6]) in self.claims:
                 return 200, self.claims[(parts[4], parts[6])]
             raise ApiStatus(404, "NotFound", f"resourceclaims.resource.k8s.io \"{parts[6]}\" not found")
+        if method == "GET" and path == "/apis/resource.k8s.io/v1/resourceclaims":  # every namespace's
+            return 200, {"kind": "ResourceClaimList", "apiVersion": "resource.k8s.io/v1",
+                         "metadata": {"resourceVersion": str(self.version)},
+                         "items": [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")}
+                                   for o in self.claims.values()]}
         if path == SLICES and method == "GET":
             fields = _selector(query.get("fieldSelector", ""), SLICE_FIELDS)
             labels = _selector(query.get("labelSelector", ""), None)

@@ -22,6 +22,8 @@ MODELS = {
     ("resource.k8s.io/v1", "ResourceClaimTemplate"): "V1ResourceClaimTemplate",
     ("resource.k8s.io/v1", "ResourceClaim"): "ResourceV1ResourceClaim",
     ("apps/v1", "DaemonSet"): "V1DaemonSet",
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("v1", "Service"): "V1Service",
     ("v1", "Pod"): "V1Pod",
     ("v1", "Namespace"): "V1Namespace",
     ("v1", "ServiceAccount"): "V1ServiceAccount",
@@ -32,12 +34,15 @@ MODELS = {
 }
 
 
+SCHEDULER_CONFIG = "KubeSchedulerConfiguration"
+
+
 def objects() -> dict[tuple[str, str], dict]:
     """(kind, name) -> object, over every manifest."""
     found = {}
     for path in sorted(MANIFESTS.rglob("*.yaml")):
         for obj in yaml.safe_load_all(path.read_text()):
-            if obj is None:
+            if obj is None or obj.get("kind") == SCHEDULER_CONFIG:  # a file for kube-scheduler, not an API object
                 continue
             key = (obj["kind"], obj["metadata"]["name"])
             assert key not in found, f"{path}: {key} twice"
@@ -115,3 +120,47 @@ def test_e2e_refuses_without_a_cluster(tmp_path):
     ran = subprocess.run(["/bin/bash", str(E2E)], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"})
     assert ran.returncode == 2 and ran.stderr.count("\n") == 1 and "no cluster" in ran.stderr
+
+
+# The fields of KubeSchedulerConfiguration's Extender (k8s.io/kube-scheduler config/v1 types.go,
+# json names), and the top-level fields this example sets
+EXTENDER_FIELDS = {"urlPrefix", "filterVerb", "preemptVerb", "prioritizeVerb", "weight", "bindVerb", "enableHTTPS",
+                   "tlsConfig", "httpTimeout", "nodeCacheCapable", "managedResources", "ignorable"}
+
+
+def test_the_scheduler_configuration_calls_the_extender_as_it_serves():
+    from flexai_hook.extender import server
+
+    (config,) = [o for o in yaml.safe_load_all((MANIFESTS / "scheduler-extender.yaml").read_text()) if o]
+    assert (config["apiVersion"], config["kind"]) == ("kubescheduler.config.k8s.io/v1", SCHEDULER_CONFIG)
+    assert config["percentageOfNodesToScore"] == 100
+    (ext,) = config["extenders"]
+    assert set(ext) <= EXTENDER_FIELDS, f"not Extender fields: {set(ext) - EXTENDER_FIELDS}"
+    assert ext["ignorable"] is True and ext["nodeCacheCapable"] is True and "managedResources" not in ext
+    assert 1 <= ext["weight"] and ext["httpTimeout"].endswith("s")
+    objs = objects()
+    svc, deploy = objs[("Service", "flexai-extender")], objs[("Deployment", "flexai-extender")]
+    host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{svc['spec']['ports'][0]['port']}"
+    assert ext["urlPrefix"] == f"http://{host}"
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["flexai", "extender"]
+    assert container["command"][container["command"].index("--listen") + 1] == f":{container['ports'][0]['containerPort']}"
+    assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    # the verbs are the server's routes: build one and ask it
+    srv = server.Server("127.0.0.1:0", server.Extender(cache=None))  # routes only; no call reaches the cache
+    try:
+        srv.start()
+        import urllib.error
+        import urllib.request
+        for verb in (ext["filterVerb"], ext["prioritizeVerb"]):
+            req = urllib.request.Request(f"http://{srv.address}/{verb}", data=b"{}", method="POST")
+            try:
+                urllib.request.urlopen(req, timeout=30)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 400, f"/{verb} is not a route of the extender"  # 400: the route, an empty body
+    finally:
+        srv.stop()
+    rules = {r["resources"][0]: set(r["verbs"]) for r in objs[("ClusterRole", "flexai-extender")]["rules"]}
+    assert {"list"} <= rules["resourceslices"] and {"get", "list"} <= rules["resourceclaims"]
+    (subject,) = objs[("ClusterRoleBinding", "flexai-extender")]["subjects"]
+    assert subject["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]

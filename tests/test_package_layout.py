@@ -20,7 +20,8 @@ ALLOWED = {
     "engines": {"top", "devices", "engines"},
     "install": {"install"},
     "dra": {"top", "devices", "oci", "dra"},
-    "cli": {"top", "devices", "oci", "placement", "daemon", "engines", "install", "dra", "cli"},
+    "extender": {"top", "placement", "dra", "extender"},
+    "cli": {"top", "devices", "oci", "placement", "daemon", "engines", "install", "dra", "extender", "cli"},
 }
 
 
@@ -117,7 +118,7 @@ def test_every_module_is_in_a_room_with_rules():
     graph = imports(PACKAGE)
     rooms = {room(m, graph) for m in graph if m}
     assert rooms <= set(ALLOWED), f"rooms without rules in ALLOWED: {rooms - set(ALLOWED)}"
-    for name in ("oci", "daemon", "devices", "cli", "install", "placement", "engines"):
+    for name in ("oci", "daemon", "devices", "cli", "install", "placement", "engines", "extender"):
         doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
         assert doc and "import" in doc, f"flexai_hook/{name}/__init__.py must say what it owns and may import"
 
@@ -144,3 +145,15 @@ def test_the_checks_catch_a_cycle_and_a_wrong_way_import(tmp_path):
     graph = imports(pkg)
     assert cycles(graph) == [["daemon.service", "oci.spec"]]
     assert wrong_way(graph) == ["oci.spec (oci) imports daemon.service (daemon)"]
+
+
+# extender/ may use dra/'s pure parts and its API server client, not the kubelet plugin's
+EXTENDER_MAY_USE_OF_DRA = {"dra.claim", "dra.slices", "dra.apiserver"}
+
+
+def test_the_extender_uses_only_dras_pure_parts_and_its_client():
+    graph = imports(PACKAGE)
+    used = {t for m, targets in graph.items() if m.startswith("extender") for t in targets if t.startswith("dra")}
+    assert used <= EXTENDER_MAY_USE_OF_DRA, f"extender/ imports {sorted(used - EXTENDER_MAY_USE_OF_DRA)}"
+    importers = {m for m, targets in graph.items() if any(t.startswith("extender") for t in targets)}
+    assert {room(m, graph) for m in importers} <= {"extender", "cli"}, f"only cli/ may import extender/: {importers}"

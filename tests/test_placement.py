@@ -16,6 +16,7 @@ from flexai_hook.placement import (
     Workload,
     choose,
     choose_node,
+    rank_nodes,
 )
 
 TOTAL = 1000  # card memory in this file's units: memory shares read as thousandths
@@ -308,6 +309,15 @@ def test_choose_node_whole_cards_and_models(policy):
     a10 = Demand(memory=0, compute=0, cards=2, models=("A10",))
     assert choose_node(nodes, a10, 0, policy) == ("b", (0, 1))
     assert choose_node(nodes, Demand(memory=0, compute=0, cards=3), 0, policy) is None
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_rank_nodes_starts_with_choose_nodes_answer_and_leaves_out_what_does_not_fit(policy):
+    nodes = [node("c", 8000, 1000, 200), node("a", 8000, 1000, 1000), node("b", 500, 1000), node("d", 8000, 300)]
+    ranked = rank_nodes(nodes, share(500), 1000, policy)
+    assert ranked[0] == choose_node(nodes, share(500), 1000, policy)
+    assert sorted(name for name, _ in ranked) == ["a", "c"]  # b: too little CPU; d: no card fits
+    assert rank_nodes(nodes, share(500), 10**6, policy) == []
 
 
 def test_best_fit_node_prefers_the_fullest_node():

@@ -254,6 +254,42 @@ def dra(registry_dir: str, plugin_dir: str, cdi_dir: str, node: str | None, kube
     sys.exit(code)
 
 
+@main.command("extender")
+@click.option("--listen", default=":8888", show_default=True, metavar="HOST:PORT",
+              help="Where kube-scheduler reaches the extender (its urlPrefix).")
+@click.option("--policy", type=click.Choice(["flexai", "fgd", "best-fit"]), default="flexai", show_default=True,
+              help="Placement policy filter and prioritize follow (docs/placement.md).")
+@click.option("--kube-api", default=None, help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")
+@click.option("--token-file", default=None, help="Bearer token file for --kube-api.")
+@click.option("--ca-file", default=None, help="CA bundle for --kube-api.")
+@click.option("--relist-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between lists of ResourceSlices and ResourceClaims.")
+@click.option("--max-age", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="While relisting fails, decide on the last view this many seconds, then answer filter with an "
+                   "error (kube-scheduler skips an ignorable extender).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug lines.")
+def extender(listen: str, policy: str, kube_api: str | None, token_file: str | None, ca_file: str | None,
+             relist_interval: float, max_age: float, verbose: bool) -> None:
+    """Run the kube-scheduler extender in the foreground until SIGTERM: pods whose claims ask
+    gpu.flexai.io for part of a card go to the node flexai's placement picks
+    (docs/kubernetes.md, "Scheduler extender")."""
+    import logging
+
+    from flexai_hook.dra.apiserver import ApiError, ApiServer
+    from flexai_hook.extender import server
+    from flexai_hook.extender.cache import Cache
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        api = ApiServer(kube_api, token_file, ca_file) if kube_api else ApiServer.in_cluster()
+        options = server.Options(listen=listen, policy=policy, interval=relist_interval, max_age=max_age)
+        code = server.run(options, Cache(api, relist_interval, max_age))
+    except (ApiError, OSError, ValueError) as exc:
+        raise click.ClickException(f"flexai extender: {exc}") from None
+    sys.exit(code)
+
+
 main.add_command(install)
 main.add_command(uninstall)
 main.add_command(doctor)

@@ -12,7 +12,7 @@ May import: nothing else of flexai_hook: it is pure, and the openb replay uses i
 """
 
 from .model import CardState, Demand, Node
-from .policies import DEFAULT_POLICY, POLICIES, choose, choose_node
+from .policies import DEFAULT_POLICY, POLICIES, choose, choose_node, rank_nodes
 from .workload import TaskType, Workload
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "Workload",
     "choose",
     "choose_node",
+    "rank_nodes",
 ]

@@ -79,6 +79,30 @@ def choose_node(
     Each Node memoises its answer per request shape and workload version, so a replay in
     which one node changes per decision recomputes one node per decision.
     """
+    best = min(_node_keys(nodes, demand, cpu_milli, policy, workload), default=None)
+    return None if best is None else (best[1], best[2])
+
+
+def rank_nodes(
+    nodes: Sequence[Node],
+    demand: Demand,
+    cpu_milli: int = 0,
+    policy: str = DEFAULT_POLICY,
+    workload: Workload | None = None,
+) -> list[tuple[str, tuple[int, ...]]]:
+    """Every node the request fits, best first, with its card indices: the order choose_node
+    picks from (its answer is the first), for a scheduler extender's prioritize verb."""
+    return [(name, cards) for _, name, cards in sorted(_node_keys(nodes, demand, cpu_milli, policy, workload))]
+
+
+def _node_keys(
+    nodes: Sequence[Node],
+    demand: Demand,
+    cpu_milli: int,
+    policy: str,
+    workload: Workload | None,
+) -> list[tuple[tuple, str, tuple[int, ...]]]:
+    """(policy key, node name, card indices) of each node the request fits; smaller is better."""
     scorer = _scorer(policy)
     compiled = (workload or default_workload()).compiled()
     shape = (policy, demand, cpu_milli)
@@ -89,8 +113,7 @@ def choose_node(
         did = compiled.demand_ids[shape] = next(_demand_ids)
     shared = compiled.node_results
     stock = policy in STOCK_NODE_CHOICE
-    best_key: tuple | None = None
-    best_name = ""
+    keys = []
     for node in nodes:
         if node.cpu_milli_free < cpu_milli:
             continue
@@ -114,14 +137,10 @@ def choose_node(
         if found is _NOTHING:
             continue
         if stock:  # kube-scheduler picks the node; the allocator's card choice rides along
-            key = (_least_allocated(node, cpu_milli), node.name, found[1])
+            keys.append((_least_allocated(node, cpu_milli), node.name, found[1]))
         else:
-            key = (found[0], node.name, found[1])
-        if best_key is None or key < best_key:
-            best_key, best_name = key, node.name
-    if best_key is None:
-        return None
-    return best_name, best_key[2]
+            keys.append((found[0], node.name, found[1]))
+    return keys
 
 
 def _cards_state(cards: Sequence[CardState], with_uuid: bool) -> tuple:
