@@ -5,6 +5,7 @@ host's /etc, /run or /opt."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from flexai_hook.devices import library
@@ -149,3 +150,61 @@ def test_containerd_restart_advice_on_a_host_without_systemd(tmp_path):
     proc = fake_proc(tmp_path / "proc", [(130, 1, "containerd", 12 * ticks, ("containerd", "--config", main))])
     (restart,) = [f for f in d.check_containerd(main, dropin, root=str(tmp_path), proc=proc) if "pid 130" in f.message]
     assert restart.level == d.FAIL and "systemctl" not in restart.fix and "`kill 130`" in restart.fix
+
+
+# --- where each card's driver comes from (check_cdi) ---------------------------------------------
+
+NVML_CARD = {"index": 0, "uuid": "GPU-11111111-2222-3333-4444-555555555555", "name": "H200", "memory": 141 << 30,
+             "device_paths": ["/dev/nvidia0"]}
+
+
+def _cdi_setup(tmp_path, spec: str | None = None, **settings) -> str:
+    cdi_dir = tmp_path / "cdi"
+    cdi_dir.mkdir()
+    if spec is not None:
+        (cdi_dir / "nvidia.json").write_text(spec)
+    config = tmp_path / "runtime.json"
+    config.write_text(json.dumps({"cdi_spec_dirs": str(cdi_dir), **settings}))
+    return str(config)
+
+
+SPEC = ('{"cdiVersion": "0.5.0", "kind": "nvidia.com/gpu", "devices": [{"name": "%s", '
+        '"containerEdits": {"env": ["NVIDIA_VISIBLE_DEVICES=void"]}}]}')
+
+
+def test_a_card_with_its_cdi_device_is_ok(tmp_path):
+    (finding,) = d.check_cdi([NVML_CARD], "nvml", _cdi_setup(tmp_path, SPEC % NVML_CARD["uuid"]))
+    assert finding.level == d.OK and f"nvidia.com/gpu={NVML_CARD['uuid']}" in finding.message
+
+
+def test_a_real_card_without_a_cdi_spec_warns_with_the_command_to_run(tmp_path):
+    (finding,) = d.check_cdi([NVML_CARD], "nvml", _cdi_setup(tmp_path))
+    assert finding.level == d.WARN and "not its driver" in finding.message
+    assert finding.fix == "nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
+
+
+def test_a_chained_vendor_runtime_brings_the_driver(tmp_path):
+    (finding,) = d.check_cdi([NVML_CARD], "nvml",
+                             _cdi_setup(tmp_path, chain_without_cdi="nvidia-container-runtime"))
+    assert finding.level == d.OK and "nvidia-container-runtime" in finding.message
+
+
+def test_a_spec_that_lacks_the_card_fails_and_a_broken_one_is_named(tmp_path):
+    (finding,) = d.check_cdi([NVML_CARD], "nvml", _cdi_setup(tmp_path, SPEC % "7"))
+    assert finding.level == d.FAIL and "no CDI device for card 0" in finding.message
+    (tmp_path / "b").mkdir()
+    broken = d.check_cdi([NVML_CARD], "nvml", _cdi_setup(tmp_path / "b", '{"cdiVersion": "0.5.0", "kind": 3}'))
+    assert [f.level for f in broken] == [d.WARN, d.FAIL] and "nvidia.json" in broken[0].message
+
+
+def test_simulated_cards_use_the_simulators_libraries(tmp_path):
+    card = {**NVML_CARD, "device_paths": ["/dev/flexai-sim0"]}
+    (finding,) = d.check_cdi([card], "simulated", _cdi_setup(tmp_path))
+    assert finding.level == d.OK and "simulator" in finding.message
+
+
+def test_a_bad_runtime_config_is_one_failure(tmp_path):
+    config = tmp_path / "runtime.json"
+    config.write_text('{"sim_driver_mounts": "no"}')
+    (finding,) = d.check_cdi([NVML_CARD], "nvml", str(config))
+    assert finding.level == d.FAIL and "sim_driver_mounts" in finding.message

@@ -17,7 +17,7 @@ ALLOWED = {
     "devices": {"top", "devices"},
     "oci": {"top", "devices", "oci"},
     "daemon": {"top", "devices", "oci", "placement", "daemon"},
-    "engines": {"top", "devices", "engines"},
+    "engines": {"top", "devices", "oci", "engines"},  # doctor asks oci/driver.py where a card's driver comes from
     "install": {"install"},
     "dra": {"top", "devices", "oci", "dra"},
     "extender": {"top", "placement", "dra", "extender"},

@@ -10,7 +10,8 @@ replaces; `render_diff` shows it as a unified diff for `--dry-run`.
 A config file flexai cannot parse is never overwritten: `ConfigError` names the file and the
 parse error in one line.
 
-May import: the top-level modules (client, atomicfile) and devices/ (the library's paths).
+May import: the top-level modules (client, atomicfile), devices/ (the library's paths) and oci/
+(doctor asks oci/driver.py where each card's driver comes from, as flexai-runtime decides it).
 """
 
 from __future__ import annotations

@@ -127,18 +127,24 @@ def _command_line() -> str:
 @click.option("--hooks-dir", default=None, help="Podman's hooks folder (default: the ones this Podman reads).")
 @click.option("--podman-root", default="/", show_default=True,
               help="The folder that stands for / when finding Podman's files.")
+@click.option("--runtime-config", envvar="FLEXAI_RUNTIME_CONFIG", default="/etc/flexai/runtime.json",
+              show_default=True, help="flexai-runtime's config (cdi_spec_dirs, chain_without_cdi; env "
+                                      "FLEXAI_RUNTIME_CONFIG), for where each card's driver comes from.")
 def doctor(socket, engines, docker_config, containerd_config, containerd_dropin, podman_config, hooks_dir,
-           podman_root):
+           podman_root, runtime_config):
     """Check that this host can start sliced containers, and say what to fix.
 
     Engine configs (and whether the engine has read them since they changed), flexaid and its
-    socket's permissions, the preload library, the cgroup layout. Exits 1 when something fails.
+    socket's permissions, the preload library, the cgroup layout, and where each card's driver
+    comes from in a sliced container (its CDI device, or what is missing). Exits 1 when
+    something fails.
     """
     from . import doctor as doctor_mod
 
     podman_config = podman_config or podman.in_root(podman_root, podman.CONTAINERS_CONF)
     findings = doctor_mod.run(socket, docker_config, containerd_config, containerd_dropin, podman_config,
-                              hooks_dir, tuple(engines) or ENGINES, podman_root)
+                              hooks_dir, tuple(engines) or ENGINES, podman_root,
+                              runtime_config=runtime_config)
     for finding in findings:
         click.echo(finding.render())
     failed = [f for f in findings if f.level == doctor_mod.FAIL]

@@ -249,6 +249,58 @@ def check_library(lib_dir: str | None = None) -> list[Finding]:
                     "python -m flexai_hook.install.cbuild with flexai's python (or bash packaging/install.sh)")]
 
 
+def check_cdi(cards: list[dict], backend: str, runtime_config: str = "/etc/flexai/runtime.json") -> list[Finding]:
+    """Where each card's driver comes from in a sliced container, as flexai-runtime decides it
+    (oci/driver.py) from the CDI specs and the runtime config: a CDI device, the simulator's
+    libraries, a chained vendor runtime, or nothing (the container starts without the driver)."""
+    import json
+
+    from flexai_hook.oci import cdi, cdi_store, driver
+    from flexai_hook.reservation import Reservation
+
+    try:
+        with open(runtime_config) as f:
+            raw = json.load(f)
+        settings_raw = raw if isinstance(raw, dict) else {}
+    except FileNotFoundError:
+        settings_raw = {}
+    except (OSError, ValueError) as exc:
+        return [Finding(FAIL, "cdi", f"{runtime_config} cannot be read: {exc}", "fix or remove it")]
+    try:
+        settings = driver.settings_of(settings_raw)
+    except driver.DriverConfigError as exc:
+        return [Finding(FAIL, "cdi", f"{runtime_config}: {exc}")]
+    loaded = cdi_store.load(settings.cdi_spec_dirs)
+    out = [Finding(WARN, "cdi", str(err), "fix or remove that file") for err in loaded.errors]
+    real_runtime = str(settings_raw.get("runtime") or "")
+    for card in cards:
+        probe = Reservation(container_id="doctor", slice_id="", card_index=int(card.get("index", 0)),
+                            card_uuid=str(card.get("uuid", "")), card_name=str(card.get("name", "")),
+                            card_memory=int(card.get("memory", 0)), memory_bytes=0, compute=0, priority="normal",
+                            device_paths=tuple(card.get("device_paths", ())), slice_dir="", backend=backend)
+        topic = f"card {probe.card_index}"
+        try:
+            plan = driver.plan(probe, loaded.specs, loaded.errors, settings, real_runtime)
+        except cdi.CdiError as exc:
+            out.append(Finding(FAIL, topic, f"sliced containers on it do not start: {exc}"))
+            continue
+        if plan.cdi is not None:
+            out.append(Finding(OK, topic, f"driver from CDI device {plan.cdi.spec.kind}={plan.cdi.device.name} "
+                                          f"({plan.cdi.spec.path})"))
+        elif plan.sim_libraries:
+            out.append(Finding(OK, topic, "simulated: the simulator's driver libraries are mounted"))
+        elif plan.runtime:
+            out.append(Finding(OK, topic, f"no CDI spec; sliced containers run under {plan.runtime}, which adds "
+                                          "the driver (chain_without_cdi)"))
+        elif plan.notice:
+            fix = driver.NVIDIA_GENERATE if driver.vendor_of(probe) == "nvidia" else "see docs/cdi.md"
+            out.append(Finding(WARN, topic, "sliced containers get the card but not its driver: no CDI spec has "
+                                            f"it in {':'.join(settings.cdi_spec_dirs)}", fix))
+        else:
+            out.append(Finding(OK, topic, f"the real runtime {real_runtime} adds the driver"))
+    return out
+
+
 def cgroup_version(root: str = "/sys/fs/cgroup") -> str:
     """"v2", "hybrid" (v1 controllers plus a unified hierarchy) or "v1"."""
     if os.path.exists(os.path.join(root, "cgroup.controllers")):
@@ -430,10 +482,16 @@ def check_podman(config: str, hooks_dir: str | None = None, root: str = "/") -> 
 
 def run(socket: str, docker_config: str, containerd_config: str, containerd_dropin: str, podman_config: str,
         hooks_dir: str | None, engines: tuple[str, ...] = ("docker", "containerd", "podman"),
-        podman_root: str = "/", root: str = "/", proc: str = "/proc") -> list[Finding]:
+        podman_root: str = "/", root: str = "/", proc: str = "/proc",
+        runtime_config: str = "/etc/flexai/runtime.json") -> list[Finding]:
     """Every check; `root` stands for / when looking for systemd and init scripts, `proc` for
     /proc (tests pass their own)."""
     findings = check_commands() + check_daemon(socket, root) + check_library() + check_cgroups()
+    try:  # the driver each card gets: needs flexaid's cards (check_daemon reported its absence)
+        status = client.call({"op": "status"}, socket, timeout=5).get("status", {})
+        findings += check_cdi(status.get("cards", []), status.get("backend", ""), runtime_config)
+    except (client.DaemonUnavailable, client.DaemonRefused):
+        pass
     if "docker" in engines:
         findings += check_docker(docker_config, root, proc)
     if "containerd" in engines:
