@@ -10,7 +10,7 @@ total GPU request is 1.3 x the cluster's GPU capacity, place the pods one at a t
 (allowed models) constrain each pod; the typical workload FGD needs is the whole trace.
 
 Prints, per policy (random, best-fit, fgd, flexai; the stock Kubernetes DRA baselines
-dra-first-fit and dra-most-used-first; extender+most-used, see docs/placement.md "With
+dra-first-fit and dra-most-used-first; extender+first-fit and extender+most-used, see docs/placement.md "With
 Kubernetes DRA"), as means over the seeds (sections chosen with --sections):
   1. allocation at 100 % and 130 % arrived demand, and arrived demand at the first failure;
   2. the same with fractional requests rounded up to 10 % slices (100-milli steps);
@@ -61,11 +61,12 @@ from flexai_hook.placement import (  # noqa: E402
 DATA = REPO / ".." / "shared" / "data" / "openb"  # ../shared/data/openb from the repository root
 NODES_CSV = DATA / "openb_node_list_gpu_node.csv"
 PODS_CSV = DATA / "openb_pod_list_default.csv"
-# EXTENDER: kube-scheduler with a scheduler extender whose filter verb keeps only the node
-# choose_node(flexai) picks, then the stock allocator's first fit on that node's
-# ResourceSlice published most-used first (docs/placement.md, "With Kubernetes DRA").
-EXTENDER = "extender+most-used"
-POLICIES = ("random", "best-fit", "fgd", "flexai", "dra-first-fit", "dra-most-used-first", EXTENDER)
+# The extenders: kube-scheduler with a scheduler extender whose filter verb keeps only the node
+# choose_node(flexai) picks, then the stock allocator's first fit on that node's ResourceSlice,
+# its cards listed in index order (what `flexai dra` publishes and `flexai extender` assumes) or
+# most-used first (docs/placement.md, "With Kubernetes DRA").
+EXTENDERS = {"extender+first-fit": "dra-first-fit", "extender+most-used": "dra-most-used-first"}
+POLICIES = ("random", "best-fit", "fgd", "flexai", "dra-first-fit", "dra-most-used-first", *EXTENDERS)
 SECTIONS = ("arrivals", "rounded", "departures", "whole", "latency")
 PUBLISHED_130 = {"random": 87.5, "best-fit": 93.1, "fgd": 95.4}  # paper, 10 seeds, openb
 UNIT = 1 << 20  # bytes per thousandth of a card: every simulated card has 1000 * UNIT bytes
@@ -253,13 +254,13 @@ def decider(policy: str, workload: Workload, seed: int, timings: dict | None = N
     if policy == "random":
         rng = random.Random(seed)
         return lambda nodes, pod: random_choice(nodes, pod, rng)
-    if policy == EXTENDER:
+    if policy in EXTENDERS:
         def extender(nodes: Sequence[Node], pod: Pod) -> Choice | None:
             picked = choose_node(nodes, pod.demand, pod.cpu, "flexai", workload)
             if picked is None:
                 return None
             cards = next(n.cards for n in nodes if n.name == picked[0])
-            return picked[0], choose(cards, pod.demand, "dra-most-used-first", workload)
+            return picked[0], choose(cards, pod.demand, EXTENDERS[policy], workload)
         return extender
     calls = 0
 
