@@ -31,6 +31,7 @@ MODELS = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): "V1ValidatingAdmissionPolicy",
     ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): "V1ValidatingAdmissionPolicyBinding",
+    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"): "V1MutatingWebhookConfiguration",
 }
 
 
@@ -164,3 +165,56 @@ def test_the_scheduler_configuration_calls_the_extender_as_it_serves():
     assert {"list"} <= rules["resourceslices"] and {"get", "list"} <= rules["resourceclaims"]
     (subject,) = objs[("ClusterRoleBinding", "flexai-extender")]["subjects"]
     assert subject["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_the_webhook_configuration_reaches_the_admission_server_as_it_serves(tmp_path):
+    """The MutatingWebhookConfiguration names the Service, port and path the Deployment serves,
+    for the objects and version review.py reads, and cannot block a claim."""
+    from flexai_hook.admission import review
+
+    objs = objects()
+    (hook,) = objs[("MutatingWebhookConfiguration", "flexai-admission")]["webhooks"]
+    svc, deploy = objs[("Service", "flexai-admission")], objs[("Deployment", "flexai-admission")]
+    assert hook["admissionReviewVersions"] == [review.API_VERSION.split("/")[1]]
+    assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None" and hook["matchPolicy"] == "Equivalent"
+    (rule,) = hook["rules"]
+    assert rule["operations"] == ["CREATE"] and rule["apiVersions"] == ["v1"]
+    assert {r[:-1] for r in rule["resources"]} == {k.lower() for k in review.SPEC_AT}
+    ref = hook["clientConfig"]["service"]
+    assert (ref["name"], ref["namespace"], ref["port"]) == (svc["metadata"]["name"], svc["metadata"]["namespace"],
+                                                          svc["spec"]["ports"][0]["port"])
+    assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    spec = deploy["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"][:2] == ["flexai", "admission"]
+    assert container["command"][container["command"].index("--listen") + 1] == f":{container['ports'][0]['containerPort']}"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["tls"]
+    assert container["command"][container["command"].index("--cert") + 1].startswith(mount + "/")
+    (subject,) = objs[("ClusterRoleBinding", "flexai-admission")]["subjects"]
+    assert subject["name"] == spec["serviceAccountName"]
+    rules = {r["resources"][0]: set(r["verbs"]) for r in objs[("ClusterRole", "flexai-admission")]["rules"]}
+    assert rules == {"resourceslices": {"list"}}
+    # the path is the server's route: a real one answers 400 there for an empty body, 404 elsewhere
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from flexai_hook.admission import defaults
+    from flexai_hook.admission.server import Server, Sizes
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    srv = Server("127.0.0.1:0", Sizes(fixed=[defaults.Card(1 << 34, "nvidia")]), str(cert), str(key))
+    srv.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        for path, code in ((ref["path"], 400), ("/nowhere", 404)):
+            req = urllib.request.Request(f"https://{srv.address}{path}", data=b"", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30, context=context)
+            assert err.value.code == code, path
+    finally:
+        srv.stop()

@@ -21,7 +21,9 @@ ALLOWED = {
     "install": {"install"},
     "dra": {"top", "devices", "oci", "dra"},
     "extender": {"top", "placement", "dra", "extender"},
-    "cli": {"top", "devices", "oci", "placement", "daemon", "engines", "install", "dra", "extender", "cli"},
+    "admission": {"top", "dra", "admission"},
+    "cli": {"top", "devices", "oci", "placement", "daemon", "engines", "install", "dra", "extender", "admission",
+            "cli"},
 }
 
 
@@ -118,7 +120,7 @@ def test_every_module_is_in_a_room_with_rules():
     graph = imports(PACKAGE)
     rooms = {room(m, graph) for m in graph if m}
     assert rooms <= set(ALLOWED), f"rooms without rules in ALLOWED: {rooms - set(ALLOWED)}"
-    for name in ("oci", "daemon", "devices", "cli", "install", "placement", "engines", "extender"):
+    for name in ("oci", "daemon", "devices", "cli", "install", "placement", "engines", "extender", "admission"):
         doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
         assert doc and "import" in doc, f"flexai_hook/{name}/__init__.py must say what it owns and may import"
 
@@ -157,3 +159,11 @@ def test_the_extender_uses_only_dras_pure_parts_and_its_client():
     assert used <= EXTENDER_MAY_USE_OF_DRA, f"extender/ imports {sorted(used - EXTENDER_MAY_USE_OF_DRA)}"
     importers = {m for m, targets in graph.items() if any(t.startswith("extender") for t in targets)}
     assert {room(m, graph) for m in importers} <= {"extender", "cli"}, f"only cli/ may import extender/: {importers}"
+
+
+def test_the_admission_webhook_uses_only_dras_pure_parts_and_its_client():
+    graph = imports(PACKAGE)
+    used = {t for m, targets in graph.items() if m.startswith("admission") for t in targets if t.startswith("dra")}
+    assert used <= EXTENDER_MAY_USE_OF_DRA, f"admission/ imports {sorted(used - EXTENDER_MAY_USE_OF_DRA)}"
+    importers = {m for m, targets in graph.items() if any(t.startswith("admission") for t in targets)}
+    assert {room(m, graph) for m in importers} <= {"admission", "cli"}, f"only cli/ may import admission/: {importers}"

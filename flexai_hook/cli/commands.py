@@ -290,6 +290,55 @@ def extender(listen: str, policy: str, kube_api: str | None, token_file: str | N
     sys.exit(code)
 
 
+@main.command("admission")
+@click.option("--listen", default=":9443", show_default=True, metavar="HOST:PORT",
+              help="Where the API server reaches the webhook (HTTPS; the Service's targetPort).")
+@click.option("--cert", "cert_file", required=True, metavar="FILE",
+              help="The serving certificate (PEM), valid for the Service's DNS name.")
+@click.option("--key", "key_file", required=True, metavar="FILE", help="Its private key (PEM).")
+@click.option("--card-memory", "card_memory", default=None, metavar="SIZE[@VENDOR],...",
+              help="The cluster's card sizes, e.g. 80Gi@nvidia,64Gi@huawei, instead of listing the "
+                   "gpu.flexai.io ResourceSlices (no API server access needed).")
+@click.option("--kube-api", default=None, help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")
+@click.option("--token-file", default=None, help="Bearer token file for --kube-api.")
+@click.option("--ca-file", default=None, help="CA bundle for --kube-api.")
+@click.option("--relist-interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds between lists of the gpu.flexai.io ResourceSlices.")
+@click.option("--max-age", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="While listing fails, complete claims from the last sizes this many seconds, then let them "
+                   "through unchanged with a warning.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug lines.")
+def admission(listen: str, cert_file: str, key_file: str, card_memory: str | None, kube_api: str | None,
+              token_file: str | None, ca_file: str | None, relist_interval: float, max_age: float,
+              verbose: bool) -> None:
+    """Run the mutating admission webhook in the foreground until SIGTERM: a ResourceClaim (or
+    template) asking gpu.flexai.io for only memory or only compute gets the other in the same
+    share of the card, as FLEXAI_MEMORY / FLEXAI_COMPUTE alone do (docs/kubernetes.md,
+    "Claims that name one capacity")."""
+    import logging
+
+    from flexai_hook.admission import defaults, server
+    from flexai_hook.dra.apiserver import ApiError, ApiServer
+    from flexai_hook.dra.claim import ClaimError
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if card_memory:
+            try:
+                fixed = defaults.parse_cards(card_memory)
+            except ClaimError as exc:
+                raise click.ClickException(f"flexai admission: --card-memory: {exc}") from None
+            sizes = server.Sizes(fixed=fixed)
+        else:
+            api = ApiServer(kube_api, token_file, ca_file) if kube_api else ApiServer.in_cluster()
+            sizes = server.Sizes(api=api, interval=relist_interval, max_age=max_age)
+        code = server.run(server.Options(listen=listen, cert_file=cert_file, key_file=key_file), sizes)
+    except (ApiError, OSError, ValueError) as exc:
+        raise click.ClickException(f"flexai admission: {exc}") from None
+    sys.exit(code)
+
+
 main.add_command(install)
 main.add_command(uninstall)
 main.add_command(doctor)

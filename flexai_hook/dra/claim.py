@@ -21,6 +21,10 @@ DRIVER = "gpu.flexai.io"
 # ResourceSlice device names (DNS labels): "gpu-<card index>" (publish side: slices.py)
 DEVICE_PREFIX = "gpu-"
 MEMORY, COMPUTE = "memory", "compute"  # the capacity names each card declares
+# The DeviceClasses runtime-config/kubernetes/deviceclasses.yaml ships -> the vendor attribute
+# they select on (None: any card of the driver)
+CLASSES: dict[str, str | None] = {"gpu.flexai.io": None, "nvidia.gpu.flexai.io": "nvidia",
+                                  "ascend.npu.flexai.io": "huawei"}
 
 
 class ClaimError(ValueError):

@@ -5,9 +5,10 @@ back), each shared by many claims (allowMultipleAllocations) that consume parts 
 `memory` (bytes) and `compute` (percent, whole steps 1..100) capacities; the scheduler does
 the per-card arithmetic (consumable capacity, KEP-5075) and flexai enforces it.
 
-A capacity a claim does not name is consumed at its requestPolicy default, decided by the
-scheduler, which cannot express flexai's "follow the other part's share": the defaults here
-are the whole capacity, so a claim should name both (docs/kubernetes.md).
+A capacity a claim does not name is consumed at its requestPolicy default, one value for every
+claim, which cannot express flexai's "follow the other part's share": the defaults here are the
+whole capacity, and flexai's admission webhook (admission/defaults.py) writes the share into
+claims that name one capacity before the scheduler sees them (docs/kubernetes.md).
 Publishing it (create/update on card changes, delete at stop) is publish.py.
 """
 

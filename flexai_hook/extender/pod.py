@@ -13,15 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING
 
-from flexai_hook.dra.claim import COMPUTE, MEMORY, ClaimError, parse_quantity
+from flexai_hook.dra.claim import CLASSES, COMPUTE, MEMORY, ClaimError, parse_quantity
 from flexai_hook.dra.slices import MIB
 from flexai_hook.placement import Demand
 from flexai_hook.placement.model import MILLI
 
-# The DeviceClasses runtime-config/kubernetes/deviceclasses.yaml ships -> the vendor attribute
-# they select on (None: any card of the driver)
-CLASSES: dict[str, str | None] = {"gpu.flexai.io": None, "nvidia.gpu.flexai.io": "nvidia",
-                                  "ascend.npu.flexai.io": "huawei"}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@
 #
 #   tests/k8s/e2e.sh            # applies the manifests, checks, deletes the examples
 #   KEEP=1 tests/k8s/e2e.sh     # leaves the examples running
+#   ADMISSION=1 tests/k8s/e2e.sh  # also deploys the admission webhook (a self-signed
+#                                 # certificate made here; FLEXAI_ADMISSION_IMAGE names its image)
 #
 # Exit 0: the pods got their slices; 1: a check failed; 2: no kubectl or no cluster (one line).
 set -uo pipefail
@@ -78,5 +80,29 @@ a=$(kubectl exec shared-a -- cat /run/flexai/slice.conf)
 b=$(kubectl exec shared-b -- cat /run/flexai/slice.conf)
 [ "$a" = "$b" ] || fail "the two pods of one claim see different slices:\n$a\n---\n$b"
 grep -qx "memory_limit=$((4 << 30))" <<<"$a" || fail "the shared slice is not 4 GiB: $a"
+
+if [ "${ADMISSION:-0}" = 1 ]; then
+  step "admission webhook: a claim naming only memory gets the same share of compute"
+  tls=$(mktemp -d)
+  openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=flexai-admission.flexai-system.svc \
+    -addext "subjectAltName=DNS:flexai-admission.flexai-system.svc" \
+    -keyout "$tls/tls.key" -out "$tls/tls.crt" 2>/dev/null || fail "openssl could not make a certificate"
+  kubectl -n flexai-system create secret tls flexai-admission-tls --cert="$tls/tls.crt" --key="$tls/tls.key" \
+    --dry-run=client -o yaml | kubectl apply -f -
+  sed "s|image: flexai-admission:dev|image: ${FLEXAI_ADMISSION_IMAGE:-flexai-admission:dev}|" \
+    "$manifests/admission-webhook.yaml" | kubectl apply -f -
+  kubectl patch mutatingwebhookconfiguration flexai-admission --type=json \
+    -p "[{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"$(base64 -w0 "$tls/tls.crt")\"}]"
+  rm -rf "$tls"
+  kubectl -n flexai-system rollout status deployment/flexai-admission --timeout="$timeout" \
+    || fail "the admission webhook did not become ready"
+  kubectl apply -f "$manifests/examples/memory-only-claim.yaml"
+  kubectl wait --for=condition=Ready pod/memory-only --timeout="$timeout" || fail "pod memory-only is not Ready"
+  conf=$(kubectl exec memory-only -- cat /run/flexai/slice.conf)
+  card=$(sed -n 's/^card_memory=//p' <<<"$conf")
+  want=$(( (4 * 1024 * 1024 * 1024 * 100 + card - 1) / card ))
+  grep -qx "memory_limit=$((4 << 30))" <<<"$conf" || fail "pod memory-only's slice is not 4 GiB: $conf"
+  grep -qx "compute_limit=$want" <<<"$conf" || fail "pod memory-only's compute is not the card's share ($want %): $conf"
+fi
 
 step "PASS"

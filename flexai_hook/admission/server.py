@@ -1,0 +1,219 @@
+"""`flexai admission`: the mutating admission webhook over HTTPS (POST /mutate, GET /healthz)
+until SIGTERM/SIGINT.
+
+The card sizes come from the gpu.flexai.io ResourceSlices, listed again every `interval`
+seconds by a helper thread (the answers never wait for the API server), or from a fixed list
+(`--card-memory`). A list that fails keeps the last sizes for `max_age` seconds; after that,
+and before the first list, claims go through unchanged with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from flexai_hook.dra.apiserver import ApiError, ApiServer
+from flexai_hook.dra.claim import DRIVER
+
+from . import defaults, review
+
+log = logging.getLogger("flexai.admission")
+
+MAX_BODY = 3 << 20  # the API server's own limit on an object is ~1.5 MiB; a review holds it once or twice
+
+
+class Sizes:
+    """The cluster's flexai card sizes: fixed, or listed from the API server and kept fresh."""
+
+    def __init__(self, api: ApiServer | None = None, fixed: Sequence[defaults.Card] | None = None,
+                 interval: float = 30.0, max_age: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        if (api is None) == (fixed is None):
+            raise ValueError("card sizes come from the API server or from a fixed list, one of them")
+        self.api, self.interval, self.max_age, self.clock = api, interval, max_age, clock
+        self._cards: list[defaults.Card] | None = list(fixed) if fixed is not None else None
+        self._at = clock() if fixed is not None else None
+        self._error = "" if fixed is not None else "not listed yet"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        if self.api is None:
+            return
+        try:
+            slices = self.api.list_slices(field_selector=f"spec.driver={DRIVER}").get("items") or []
+        except ApiError as exc:
+            log.warning("cannot list %s ResourceSlices: %s", DRIVER, exc)
+            with self._lock:
+                self._error = str(exc)
+            return
+        cards = defaults.cards_of(slices)
+        with self._lock:
+            if cards != self._cards:
+                log.info("card sizes: %s", ", ".join(f"{c.memory} bytes ({c.vendor})" for c in cards) or "none")
+            self._cards, self._at, self._error = cards, self.clock(), ""
+
+    def current(self) -> tuple[list[defaults.Card] | None, str]:
+        """(the cards, "") or (None, why they are not known)."""
+        with self._lock:
+            if self._cards is None or self._at is None:
+                return None, self._error
+            if self._error and self.clock() - self._at > self.max_age:
+                return None, f"no list of ResourceSlices for {self.clock() - self._at:.0f}s: {self._error}"
+            return self._cards, ""
+
+    def start(self) -> None:
+        if self.api is None:
+            return
+        self._thread = threading.Thread(target=self._run, name="admission-relist", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class Server:
+    """HTTPS on `listen` ("HOST:PORT", ":PORT" for every address; port 0: any free one)."""
+
+    def __init__(self, listen: str, sizes: Sizes, cert_file: str, key_file: str):
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"listen address {listen!r} is not HOST:PORT (like :9443)")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the serving certificate {cert_file} / key {key_file}: {exc}") from None
+        self.sizes = sizes
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # the API server keeps connections alive
+            timeout = 30  # a client that connects and stalls (even in the TLS handshake) loses its thread
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path.rstrip("/") == "/healthz":
+                    cards, why = outer.sizes.current()
+                    if cards is None:
+                        return self._send(503, f"card sizes unknown: {why}\n", "text/plain")
+                    return self._send(200, "ok\n", "text/plain")
+                self._send(404, f"no {self.path}: POST /mutate, GET /healthz\n", "text/plain")
+
+            def do_POST(self):
+                if self.path.split("?")[0].rstrip("/") != "/mutate":
+                    return self._send(404, f"no {self.path}: POST /mutate\n", "text/plain")
+                try:
+                    length = int(self.headers.get("Content-Length") or -1)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY:
+                    return self._send(400, f"Content-Length must be 0..{MAX_BODY}: send an AdmissionReview\n",
+                                      "text/plain")
+                try:
+                    request = review.parse(self.rfile.read(length))
+                except review.ReviewError as exc:
+                    return self._send(400, str(exc) + "\n", "text/plain")
+                cards, why = outer.sizes.current()
+                try:
+                    out = review.answer(request, cards, why)
+                except Exception as exc:  # noqa: BLE001 - a bug must not block claims: allow unchanged
+                    log.exception("cannot complete %s", _name(request))
+                    out = review.answer(request, None, f"flexai admission internal error: {type(exc).__name__}")
+                if out["response"].get("patch"):
+                    log.info("completed %s %s", (request.get("kind") or {}).get("kind"), _name(request))
+                self._send(200, json.dumps(out), "application/json")
+
+            def _send(self, code: int, body: str, kind: str) -> None:
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class TLSServer(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def get_request(self):  # the handshake runs in the request's thread, not the accept loop
+                sock, addr = super().get_request()
+                return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+            def handle_error(self, request, client_address):  # one line, not a traceback per bad client
+                import sys
+
+                log.warning("connection from %s ended: %s", client_address[0] if client_address else "?",
+                            sys.exc_info()[1])
+
+        self.http = TLSServer((host or "0.0.0.0", int(port)), Handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        host, port = self.http.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.http.serve_forever, name="admission-https", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _name(request) -> str:
+    """namespace/name of the object under review (a template's claim may have only generateName)."""
+    meta = (request.get("object") or {}).get("metadata") or {}
+    return f"{request.get('namespace') or '-'}/{request.get('name') or meta.get('generateName') or '?'}"
+
+
+@dataclass(frozen=True)
+class Options:
+    listen: str
+    cert_file: str
+    key_file: str
+
+
+def run(options: Options, sizes: Sizes, ready: threading.Event | None = None) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    server = Server(options.listen, sizes, options.cert_file, options.key_file)  # bad address/cert: before serving
+    sizes.refresh()
+    server.start()
+    sizes.start()
+    log.info("serving the admission webhook on https://%s/mutate", server.address)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        sizes.stop()
+        log.info("stopped")
+    return 0
