@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import ssl
 import threading
 import time
@@ -21,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from flexai_hook.dra.apiserver import ApiError, ApiServer
 from flexai_hook.dra.claim import DRIVER
+from flexai_hook.foreground import HttpThread, Repeating, parse_listen, read_body, send, stop_on_signals, wait
 
 from . import defaults, review
 
@@ -41,8 +41,7 @@ class Sizes:
         self._at = clock() if fixed is not None else None
         self._error = "" if fixed is not None else "not listed yet"
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._relist = Repeating(self.refresh, interval, "admission-relist") if api is not None else None
 
     def refresh(self) -> None:
         if self.api is None:
@@ -70,28 +69,19 @@ class Sizes:
             return self._cards, ""
 
     def start(self) -> None:
-        if self.api is None:
-            return
-        self._thread = threading.Thread(target=self._run, name="admission-relist", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
+        if self._relist is not None:
+            self._relist.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._relist is not None:
+            self._relist.stop()
 
 
-class Server:
+class Server(HttpThread):
     """HTTPS on `listen` ("HOST:PORT", ":PORT" for every address; port 0: any free one)."""
 
     def __init__(self, listen: str, sizes: Sizes, cert_file: str, key_file: str):
-        host, sep, port = listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"listen address {listen!r} is not HOST:PORT (like :9443)")
+        host, port = parse_listen(listen)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -119,15 +109,11 @@ class Server:
             def do_POST(self):
                 if self.path.split("?")[0].rstrip("/") != "/mutate":
                     return self._send(404, f"no {self.path}: POST /mutate\n", "text/plain")
+                body = read_body(self, MAX_BODY, "an AdmissionReview")
+                if body is None:
+                    return
                 try:
-                    length = int(self.headers.get("Content-Length") or -1)
-                except ValueError:
-                    length = -1
-                if not 0 <= length <= MAX_BODY:
-                    return self._send(400, f"Content-Length must be 0..{MAX_BODY}: send an AdmissionReview\n",
-                                      "text/plain")
-                try:
-                    request = review.parse(self.rfile.read(length))
+                    request = review.parse(body)
                 except review.ReviewError as exc:
                     return self._send(400, str(exc) + "\n", "text/plain")
                 cards, why = outer.sizes.current()
@@ -141,12 +127,7 @@ class Server:
                 self._send(200, json.dumps(out), "application/json")
 
             def _send(self, code: int, body: str, kind: str) -> None:
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send(self, code, kind, body)
 
         class TLSServer(ThreadingHTTPServer):
             daemon_threads = True
@@ -161,23 +142,7 @@ class Server:
                 log.warning("connection from %s ended: %s", client_address[0] if client_address else "?",
                             sys.exc_info()[1])
 
-        self.http = TLSServer((host or "0.0.0.0", int(port)), Handler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def address(self) -> str:
-        host, port = self.http.server_address[:2]
-        return f"{host}:{port}"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.http.serve_forever, name="admission-https", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        super().__init__(TLSServer((host, port), Handler), "admission-https")
 
 
 def _name(request) -> str:
@@ -194,14 +159,7 @@ class Options:
 
 
 def run(options: Options, sizes: Sizes, ready: threading.Event | None = None) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
     server = Server(options.listen, sizes, options.cert_file, options.key_file)  # bad address/cert: before serving
     sizes.refresh()
     server.start()
@@ -210,8 +168,7 @@ def run(options: Options, sizes: Sizes, ready: threading.Event | None = None) ->
     if ready is not None:
         ready.set()
     try:
-        while not stop.wait(1.0):
-            pass
+        wait(stop)
     finally:
         server.stop()
         sizes.stop()

@@ -16,6 +16,14 @@ from flexai_hook.engines.cli import doctor, install, uninstall
 from . import status_view
 
 
+def _kube_api_options(f):
+    """--kube-api, --token-file, --ca-file: how the cluster commands reach the API server."""
+    f = click.option("--ca-file", default=None, help="CA bundle for --kube-api.")(f)
+    f = click.option("--token-file", default=None, help="Bearer token file for --kube-api.")(f)
+    return click.option("--kube-api", default=None,
+                        help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")(f)
+
+
 def _socket_option(f):
     return click.option(
         "--socket",
@@ -217,9 +225,7 @@ def library_path() -> None:
 @click.option("--cdi-dir", default="/var/run/cdi", show_default=True, help="Where claims' CDI specs are written.")
 @click.option("--node", envvar="NODE_NAME", default=None,
               help="This node's name, the pool its claims are allocated from (env NODE_NAME; default: any pool).")
-@click.option("--kube-api", default=None, help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")
-@click.option("--token-file", default=None, help="Bearer token file for --kube-api.")
-@click.option("--ca-file", default=None, help="CA bundle for --kube-api.")
+@_kube_api_options
 @click.option("--publish-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds between checks of flexaid's cards for the node's ResourceSlice (0: do not publish).")
 @click.option("--publish-backoff-max", type=click.FloatRange(min=0), default=60.0, show_default=True,
@@ -259,9 +265,7 @@ def dra(registry_dir: str, plugin_dir: str, cdi_dir: str, node: str | None, kube
               help="Where kube-scheduler reaches the extender (its urlPrefix).")
 @click.option("--policy", type=click.Choice(["flexai", "fgd", "best-fit"]), default="flexai", show_default=True,
               help="Placement policy filter and prioritize follow (docs/placement.md).")
-@click.option("--kube-api", default=None, help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")
-@click.option("--token-file", default=None, help="Bearer token file for --kube-api.")
-@click.option("--ca-file", default=None, help="CA bundle for --kube-api.")
+@_kube_api_options
 @click.option("--relist-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between lists of ResourceSlices and ResourceClaims.")
 @click.option("--max-age", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -298,10 +302,9 @@ def extender(listen: str, policy: str, kube_api: str | None, token_file: str | N
 @click.option("--key", "key_file", required=True, metavar="FILE", help="Its private key (PEM).")
 @click.option("--card-memory", "card_memory", default=None, metavar="SIZE[@VENDOR],...",
               help="The cluster's card sizes, e.g. 80Gi@nvidia,64Gi@huawei, instead of listing the "
-                   "gpu.flexai.io ResourceSlices (no API server access needed).")
-@click.option("--kube-api", default=None, help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST).")
-@click.option("--token-file", default=None, help="Bearer token file for --kube-api.")
-@click.option("--ca-file", default=None, help="CA bundle for --kube-api.")
+                   "gpu.flexai.io ResourceSlices (no API server access needed); a size without @VENDOR is a "
+                   "simulated card.")
+@_kube_api_options
 @click.option("--relist-interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between lists of the gpu.flexai.io ResourceSlices.")
 @click.option("--max-age", type=click.FloatRange(min=0), default=300.0, show_default=True,

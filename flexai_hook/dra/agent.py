@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from dataclasses import dataclass
 
 from flexai_hook import client
+from flexai_hook.foreground import stop_on_signals, wait
 
 from . import metrics
 from .apiserver import ApiServer
@@ -34,14 +34,7 @@ class Options:
 
 
 def run(options: Options, ready: threading.Event | None = None) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
     driver = Driver.with_api(options.cdi_dir, options.socket, options.api, pool=options.node, lib=options.lib)
     try:
         found = driver.recover()
@@ -99,8 +92,7 @@ def run(options: Options, ready: threading.Event | None = None) -> int:
     if ready is not None:
         ready.set()
     try:
-        while not stop.wait(1.0):  # wakes for signals on every Python
-            pass
+        wait(stop)
     finally:
         if http is not None:
             http.stop()

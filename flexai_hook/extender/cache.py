@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from flexai_hook.dra.apiserver import ApiError, ApiServer
 from flexai_hook.dra.claim import DRIVER
+from flexai_hook.foreground import Repeating
 
 from . import view as view_mod
 
@@ -34,8 +35,7 @@ class Cache:
         self._claims: dict[tuple[str, str], Mapping] = {}
         self._loaded_at: float | None = None
         self._error = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._relist = Repeating(self.refresh, interval, "extender-relist")
 
     def refresh(self) -> None:
         """One relist; on failure the last view is kept (until max_age) and the error recorded."""
@@ -75,14 +75,7 @@ class Cache:
             raise Unavailable(f"cannot read claim {namespace}/{name}: {exc}") from None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="extender-relist", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
+        self._relist.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._relist.stop()

@@ -9,7 +9,6 @@ fits, it is behind the scheduler's (a relist away): all nodes are kept, not the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from flexai_hook.placement import Demand, Workload, choose_node, rank_nodes

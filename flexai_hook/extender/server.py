@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from flexai_hook.foreground import HttpThread, parse_listen, read_body, send, stop_on_signals, wait
 from flexai_hook.placement import DEFAULT_POLICY, Workload
 
 from . import decide, pod as pod_mod, protocol
@@ -82,13 +82,11 @@ def _pod_name(pod) -> str:
     return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
 
 
-class Server:
+class Server(HttpThread):
     """The HTTP side; `listen` is "HOST:PORT" (":PORT" for every address, port 0: any free)."""
 
     def __init__(self, listen: str, extender: Extender):
-        host, sep, port = listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"listen address {listen!r} is not HOST:PORT (like :8888 or 127.0.0.1:8888)")
+        host, port = parse_listen(listen)
         outer = extender
         verbs = {"/filter": outer.filter, "/prioritize": outer.prioritize}
 
@@ -111,45 +109,22 @@ class Server:
                 verb = verbs.get(self.path.split("?")[0].rstrip("/"))
                 if verb is None:
                     return self._send(404, f"no verb {self.path}: POST /filter or /prioritize\n", "text/plain")
+                body = read_body(self, MAX_BODY, "ExtenderArgs as a JSON body")
+                if body is None:
+                    return
                 try:
-                    length = int(self.headers.get("Content-Length") or -1)
-                except ValueError:
-                    length = -1
-                if not 0 <= length <= MAX_BODY:
-                    return self._send(400, f"Content-Length must be 0..{MAX_BODY}: send ExtenderArgs as a JSON body\n",
-                                      "text/plain")
-                try:
-                    args = protocol.parse_args(self.rfile.read(length))
+                    args = protocol.parse_args(body)
                 except protocol.ProtocolError as exc:
                     return self._send(400, str(exc) + "\n", "text/plain")
                 self._send(200, json.dumps(verb(args)), "application/json")
 
             def _send(self, code: int, body: str, kind: str) -> None:
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send(self, code, kind, body)
 
-        ThreadingHTTPServer.daemon_threads = True
-        self.http = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-        self._thread: threading.Thread | None = None
+        class Threaded(ThreadingHTTPServer):
+            daemon_threads = True
 
-    @property
-    def address(self) -> str:
-        host, port = self.http.server_address[:2]
-        return f"{host}:{port}"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.http.serve_forever, name="extender-http", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        super().__init__(Threaded((host, port), Handler), "extender-http")
 
 
 @dataclass(frozen=True)
@@ -161,14 +136,7 @@ class Options:
 
 
 def run(options: Options, cache: Cache, ready: threading.Event | None = None) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
     server = Server(options.listen, Extender(cache, options.policy))  # a bad address fails before any call
     cache.refresh()  # a first view now; an API server down leaves filter answering Error
     server.start()
@@ -178,8 +146,7 @@ def run(options: Options, cache: Cache, ready: threading.Event | None = None) ->
     if ready is not None:
         ready.set()
     try:
-        while not stop.wait(1.0):  # wakes for signals on every Python
-            pass
+        wait(stop)
     finally:
         server.stop()
         cache.stop()
