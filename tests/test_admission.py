@@ -365,6 +365,26 @@ def test_garbage_gets_http_400_with_one_line(cluster, body):
     assert code == 400 and text.count("\n") == 1
 
 
+def test_a_body_over_the_limit_is_refused_without_being_read(cluster):
+    from flexai_hook.admission import server as server_mod
+
+    _, sizes, url, ca = cluster
+    sizes.refresh()
+    import http.client
+
+    host, port = url.removeprefix("https://").split(":")
+    conn = http.client.HTTPSConnection(host, int(port), timeout=30, context=ssl.create_default_context(cafile=ca))
+    try:  # the headers only: the server must answer without waiting for a body it will not read
+        conn.putrequest("POST", "/mutate")
+        conn.putheader("Content-Length", str(server_mod.MAX_BODY + 1))
+        conn.endheaders()
+        reply = conn.getresponse()
+        assert reply.status == 400 and reply.read().decode().startswith("Content-Length must be")
+    finally:
+        conn.close()
+    assert get(url + "/healthz", ca) == (200, "ok\n")
+
+
 def test_plain_http_and_a_stalled_client_do_not_stop_the_webhook(cluster):
     _, sizes, url, ca = cluster
     sizes.refresh()
