@@ -177,7 +177,7 @@ def plan_install(config: str = DAEMON_JSON, runtime_path: str | None = None, def
     old = read_text(config)
     new = install_text(old, runtime_path, default, config)
     plan = Plan("docker", "install", [Change(config, old, new)], restart=RESTART)
-    plan.notes.append(f"use it with `docker run --runtime=flexai -e FLEXAI_FRACTION=0.3 ...`"
+    plan.notes.append("use it with `docker run --runtime=flexai -e FLEXAI_FRACTION=0.3 ...`"
                       + ("; it is now dockerd's default runtime" if default else ""))
     entry = installed(new, config) or {}
     if entry.get(PREVIOUS_KEY):

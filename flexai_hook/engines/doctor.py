@@ -476,7 +476,7 @@ def check_podman(config: str, hooks_dir: str | None = None, root: str = "/") -> 
                                f"match flexai.io/ annotations"))
     if os.environ.get("CONTAINERS_CONF"):
         out.append(Finding(WARN, topic, f"CONTAINERS_CONF={os.environ['CONTAINERS_CONF']} makes podman read only "
-                           f"that file", f"add the flexai runtime there too (flexai install podman --config ...)"))
+                           f"that file", "add the flexai runtime there too (flexai install podman --config ...)"))
     return out
 
 
