@@ -39,32 +39,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import private_flexaid
 from flexai_hook.oci import bundle
-from flexai_hook import client
 
 BIN = Path(sys.executable).parent
 
 
 CARD_UUID = "GPU-f1e0a100-0000-4000-8000-0000000be4c0"
 CARD_DEVICE = "/dev/flexai-bench0"
+CARDS = [{"memory": "80GiB", "device": CARD_DEVICE, "uuid": CARD_UUID}]
 
 
 def start_daemon(tmp: Path) -> subprocess.Popen:
-    config = {
-        "socket": str(tmp / "flexaid.sock"), "socket_group": "root",
-        "state_dir": str(tmp / "state"), "slices_dir": str(tmp / "slices"), "backend": "simulated",
-        "simulated": {"cards": [{"memory": "80GiB", "device": CARD_DEVICE, "uuid": CARD_UUID}]},
-    }
-    (tmp / "flexaid.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([str(BIN / "flexaid"), "--config", str(tmp / "flexaid.json"), "--log-level", "warning"])
-    for _ in range(200):
-        try:
-            client.call({"op": "status"}, config["socket"], timeout=1)
-            return proc
-        except client.DaemonUnavailable:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("flexaid did not start")
+    return private_flexaid.start(tmp, CARDS, log_level="warning")[0]
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -222,17 +209,12 @@ def docker_bench(args, runc: str) -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(10)
+        private_flexaid.stop(daemon, CARDS)
         for line in open("/proc/self/mountinfo").read().splitlines():
             point = line.split()[4]
             if point.startswith(str(tmp)):
                 subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            os.unlink(CARD_DEVICE)
-        except FileNotFoundError:
-            pass
     return 0
 
 
@@ -291,13 +273,8 @@ def main() -> int:
             print(f"\nadded by flexai-runtime (median): pass-through {added['pass_through_added_ms']:+.1f} ms "
                   f"(target <= 15), sliced {added['sliced_added_ms']:+.1f} ms (target <= 40)")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(10)
+        private_flexaid.stop(daemon, CARDS)
         shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            os.unlink(CARD_DEVICE)
-        except FileNotFoundError:
-            pass
     return 0
 
 

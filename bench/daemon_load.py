@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,28 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from flexai_hook import client
+import private_flexaid
 
-BIN = Path(sys.executable).parent
+
+CARDS = [{"memory": "80GiB", "device": f"/dev/flexai-load{i}"} for i in range(8)]
 
 
 def start_daemon(tmp: Path, run: Path) -> tuple[subprocess.Popen, str]:
     """The ledger on disk (state_dir, fsync'd as in production), slice files on tmpfs (`run`,
     as /run/flexai/slices is)."""
-    cards = [{"memory": "80GiB", "device": f"/dev/flexai-load{i}"} for i in range(8)]
-    config = {"socket": str(tmp / "flexaid.sock"), "socket_group": "root", "state_dir": str(tmp / "state"),
-              "slices_dir": str(run / "slices"), "backend": "simulated", "simulated": {"cards": cards},
-              "reconcile": {"interval": 0}}
-    (tmp / "flexaid.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([str(BIN / "flexaid"), "--config", str(tmp / "flexaid.json"), "--log-level", "error"])
-    for _ in range(200):
-        try:
-            client.call({"op": "status"}, config["socket"], timeout=1)
-            return proc, config["socket"]
-        except client.DaemonUnavailable:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("flexaid did not start")
+    return private_flexaid.start(tmp, CARDS, slices_dir=run / "slices", reconcile={"interval": 0})
 
 
 def worker(args) -> tuple[int, list[float], float]:
@@ -150,15 +137,9 @@ def main() -> int:
         memory = {"reservations": done, "rss_mib_before": rss_before, "rss_mib_after": rss_mib(daemon.pid),
                   "seconds": mem_elapsed}
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+        private_flexaid.stop(daemon, CARDS)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(run, ignore_errors=True)
-        for i in range(8):
-            try:
-                os.unlink(f"/dev/flexai-load{i}")
-            except FileNotFoundError:
-                pass
     if args.json:
         print(json.dumps({"concurrency": results, "memory": memory}, indent=2))
         return 0

@@ -31,27 +31,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import dra_support as ds  # noqa: E402
+import private_flexaid  # noqa: E402
 from flexai_hook import client  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
 
+def described(cards: int) -> list[dict]:
+    return [{"memory": "80GiB", "device": f"/dev/flexai-drabench{i}"} for i in range(cards)]
+
+
 def start_flexaid(tmp: Path, cards: int) -> tuple[subprocess.Popen, str]:
-    described = [{"memory": "80GiB", "device": f"/dev/flexai-drabench{i}"} for i in range(cards)]
-    config = {"socket": str(tmp / "flexaid.sock"), "socket_group": "root", "state_dir": str(tmp / "state"),
-              "slices_dir": str(tmp / "slices"), "backend": "simulated", "simulated": {"cards": described},
-              "reconcile": {"interval": 0}}
-    (tmp / "flexaid.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([str(BIN / "flexaid"), "--config", str(tmp / "flexaid.json"), "--log-level", "error"])
-    for _ in range(200):
-        try:
-            client.call({"op": "status"}, config["socket"], timeout=1)
-            return proc, config["socket"]
-        except client.DaemonUnavailable:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise SystemExit("flexaid did not start")
+    return private_flexaid.start(tmp, described(cards), reconcile={"interval": 0})
 
 
 def pct(values: list[float], p: float) -> float:
@@ -101,8 +92,7 @@ def main() -> int:
                 kubelet.close()
             agent.stop()
             api.close()
-            flexaid.terminate()
-            flexaid.wait(10)
+            private_flexaid.stop(flexaid, described(args.cards))
     rows = {op: {"p50_ms": round(statistics.median(v), 2), "p99_ms": round(pct(v, 99), 2), "n": len(v)}
             for op, v in times.items()}
     if args.json:
@@ -153,8 +143,7 @@ def publish_bench(card_counts: list[int], rounds: int, as_json: bool) -> int:
                 body = len(json.dumps(next(iter(fake.slices.values()), None) or pub.desired()))
             finally:
                 fake.close()
-                flexaid.terminate()
-                flexaid.wait(10)
+                private_flexaid.stop(flexaid, described(cards))
         rows[cards] = {step: {"p50_ms": round(statistics.median(v), 2), "p99_ms": round(pct(v, 99), 2), "n": len(v)}
                        for step, v in times.items()}
         rows[cards]["slice_bytes"] = body
