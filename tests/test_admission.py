@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import jsonpatch
 import pytest
@@ -286,15 +288,18 @@ def test_a_body_that_is_not_a_review_is_one_line(body, said):
 
 # --- over HTTPS, as the API server calls it --------------------------------------------------
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[str, str]:
+def make_certificate(where, name: str = "flexai-admission.flexai-system.svc") -> tuple[str, str]:
     """A self-signed serving certificate for 127.0.0.1 (the caBundle of a real configuration)."""
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "tls.crt", where / "tls.key"
+    cert, key = where / f"{name}.crt", where / f"{name}.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=flexai-admission.flexai-system.svc", "-addext", "subjectAltName=IP:127.0.0.1",
+                    f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
     return str(cert), str(key)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def post(url: str, body: bytes, cafile: str) -> tuple[int, object]:
@@ -398,6 +403,51 @@ def test_plain_http_and_a_stalled_client_do_not_stop_the_webhook(cluster):
         assert get(url + "/healthz", ca) == (200, "ok\n")
     finally:
         stalled.close()
+
+
+def served_name(address: str, cafile: str) -> str:
+    """The CN of the certificate the server presents (verified against `cafile`)."""
+    host, port = address.split(":")
+    context = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection((host, int(port)), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(tmp_path):
+    """cert-manager rotates the Secret; the mounted files change under the running webhook."""
+    first, second = make_certificate(tmp_path, "first"), make_certificate(tmp_path, "second")
+    live = tmp_path / "live"
+    live.mkdir()
+    for src, name in zip(first, ("tls.crt", "tls.key")):
+        (live / name).write_bytes(Path(src).read_bytes())
+    server = Server("127.0.0.1:0", Sizes(fixed=[SIXTEEN]), str(live / "tls.crt"), str(live / "tls.key"))
+    server.start()
+    try:
+        assert served_name(server.address, first[0]) == "first"
+        (live / "tls.key").write_bytes(b"half a rotation")  # a pair that does not load: the old one stays
+        assert served_name(server.address, first[0]) == "first"
+        for src, name in zip(second, ("tls.crt", "tls.key")):  # as the kubelet swaps a Secret volume
+            (live / (name + ".new")).write_bytes(Path(src).read_bytes())
+            os.replace(live / (name + ".new"), live / name)
+        assert served_name(server.address, second[0]) == "second"
+    finally:
+        server.stop()
+
+
+def test_a_bug_in_completing_lets_the_claim_through_unchanged(cluster, monkeypatch):
+    _, sizes, url, ca = cluster
+    sizes.refresh()
+
+    def broken(*_args, **_kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(defaults, "fill", broken)
+    obj = claim_object(claim_spec({"memory": "4Gi"}))
+    code, reply = post(url + "/mutate", json.dumps(admission_review(obj)).encode(), ca)
+    assert code == 200 and reply["response"]["allowed"] is True and "patch" not in reply["response"]
+    assert reply["response"]["warnings"] == [
+        "gpu.flexai.io: flexai admission internal error: KeyError; the claim goes on as written"]
 
 
 # --- the command -------------------------------------------------------------------------------

@@ -74,6 +74,12 @@ def answer(request: Mapping, cards: Iterable[defaults.Card] | None, unknown: str
     return out
 
 
+def unchanged(uid: str, why: str) -> dict:
+    """An answer that allows the object as written and says why (a warning kubectl prints)."""
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "response": {"uid": uid, "allowed": True, "warnings": [f"{defaults.DRIVER}: {why}"]}}
+
+
 def _names_one_capacity(spec: Mapping) -> bool:
     """Whether any flexai request of `spec` names only one capacity (what the webhook completes)."""
     # one huge card of each vendor the classes select: every such request would be completed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -77,17 +78,46 @@ class Sizes:
             self._relist.stop()
 
 
+class ServingCertificate:
+    """The TLS context, with the certificate and key loaded again when their files change: a
+    Secret that cert-manager rotates is swapped in the mounted volume, and new connections
+    get the new certificate without a restart. Called from the accept thread only."""
+
+    def __init__(self, cert_file: str, key_file: str):
+        self.cert_file, self.key_file = cert_file, key_file
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp = self._stat()
+        try:
+            self.context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the serving certificate {cert_file} / key {key_file}: {exc}") from None
+
+    def _stat(self) -> tuple | None:
+        try:
+            return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, (self.cert_file, self.key_file)))
+        except OSError:
+            return None
+
+    def current(self) -> ssl.SSLContext:
+        stamp = self._stat()
+        if stamp is not None and stamp != self._stamp:
+            self._stamp = stamp  # tried once per change: a half-written pair is tried again when it changes
+            try:
+                self.context.load_cert_chain(self.cert_file, self.key_file)
+                log.info("serving certificate %s reloaded", self.cert_file)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("cannot reload the serving certificate %s / key %s (%s); serving the one loaded before",
+                            self.cert_file, self.key_file, exc)
+        return self.context
+
+
 class Server(HttpThread):
     """HTTPS on `listen` ("HOST:PORT", ":PORT" for every address; port 0: any free one)."""
 
     def __init__(self, listen: str, sizes: Sizes, cert_file: str, key_file: str):
         host, port = parse_listen(listen)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            context.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"cannot load the serving certificate {cert_file} / key {key_file}: {exc}") from None
+        certificate = ServingCertificate(cert_file, key_file)
         self.sizes = sizes
         outer = self
 
@@ -121,7 +151,8 @@ class Server(HttpThread):
                     out = review.answer(request, cards, why)
                 except Exception as exc:  # noqa: BLE001 - a bug must not block claims: allow unchanged
                     log.exception("cannot complete %s", _name(request))
-                    out = review.answer(request, None, f"flexai admission internal error: {type(exc).__name__}")
+                    out = review.unchanged(request["uid"], f"flexai admission internal error: {type(exc).__name__}; "
+                                                           f"the claim goes on as written")
                 if out["response"].get("patch"):
                     log.info("completed %s %s", (request.get("kind") or {}).get("kind"), _name(request))
                 self._send(200, json.dumps(out), "application/json")
@@ -134,7 +165,7 @@ class Server(HttpThread):
 
             def get_request(self):  # the handshake runs in the request's thread, not the accept loop
                 sock, addr = super().get_request()
-                return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+                return certificate.current().wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
             def handle_error(self, request, client_address):  # one line, not a traceback per bad client
                 import sys
