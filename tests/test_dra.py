@@ -582,7 +582,8 @@ def test_without_the_api_server_the_agent_serves_and_retries_publishing(own_node
         ref = new_claim({"api": api}, "late", [{"device": "gpu-0", "consumed": {"memory": "4Gi", "compute": "25"}}])
         assert peer.prepare(ref)[ref[2]].error == ""
         wait_for(lambda: SLICE in api.slices, "the ResourceSlice after the outage", a)
-        assert "ResourceSlice published again after" in a.log()
+        # the line follows the API server's answer: the slice can be stored before it is written
+        wait_for(lambda: "ResourceSlice published again after" in a.log(), "the agent's line saying so", a)
         api.down()
         assert peer.unprepare(ref)[ref[2]].error == ""  # unprepare needs no API server
         assert [s for s in daemon.slices() if s["container_id"].startswith("dra-")] == []
