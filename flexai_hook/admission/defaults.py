@@ -115,10 +115,12 @@ def _request(request: Mapping, cards: list[Card], classes: Mapping[str, str | No
     name = str(request.get("name", ""))
     if request.get("exactly") is not None:
         exact = request["exactly"]
-        alternatives = _alternatives(name, exact, cards, classes, with_admin=True)
+        alternatives = _alternatives(name, exact, cards, classes)
         if isinstance(alternatives, str):
             return request, [alternatives] if alternatives else []
-        if len(alternatives) == 1:  # one size of card: the missing capacity, in place
+        if len(alternatives) == 1:
+            # one size (or one large enough): the missing capacity in place; the allocator's
+            # capacity check keeps the request off cards too small for its memory
             return {**request, "exactly": {**exact, "capacity": alternatives[0][1]["capacity"]}}, []
         if len(alternatives) > MAX_SUBREQUESTS:
             return request, [_too_many(name, len(alternatives))]
@@ -128,18 +130,16 @@ def _request(request: Mapping, cards: list[Card], classes: Mapping[str, str | No
     subs_in = request.get("firstAvailable") or []
     subs_out, changed, warnings = [], False, []
     for sub in subs_in:
-        alternatives = _alternatives(f"{name}/{sub.get('name', '')}", sub, cards, classes, with_admin=False)
+        alternatives = _alternatives(f"{name}/{sub.get('name', '')}", sub, cards, classes)
         if isinstance(alternatives, str):
             warnings += [alternatives] if alternatives else []
             subs_out.append(sub)
             continue
         changed = True
-        body = {k: v for k, v in sub.items() if k != "name"}
         if len(alternatives) == 1:
             subs_out.append({**sub, "capacity": alternatives[0][1]["capacity"]})
         else:
-            subs_out += [{"name": _sub_name(str(sub.get("name", "")), alt), **{**body, **alt_body}}
-                         for alt, alt_body in alternatives]
+            subs_out += [{"name": _sub_name(str(sub.get("name", "")), alt), **body} for alt, body in alternatives]
     if not changed:
         return request, warnings
     if len(subs_out) > MAX_SUBREQUESTS:
@@ -147,8 +147,8 @@ def _request(request: Mapping, cards: list[Card], classes: Mapping[str, str | No
     return {**request, "firstAvailable": subs_out}, warnings
 
 
-def _alternatives(where: str, exact: Mapping, cards: list[Card], classes: Mapping[str, str | None],
-                  with_admin: bool) -> list[tuple[str, dict]] | str:
+def _alternatives(where: str, exact: Mapping, cards: list[Card],
+                  classes: Mapping[str, str | None]) -> list[tuple[str, dict]] | str:
     """The (subrequest name, request body) per card size for one exact request or subrequest;
     a string (a warning, or "" for nothing to say) when it is left as it is."""
     cls = exact.get("deviceClassName")
@@ -159,7 +159,7 @@ def _alternatives(where: str, exact: Mapping, cards: list[Card], classes: Mappin
     compute_key = _key(asked, COMPUTE)
     if (memory_key is None) == (compute_key is None):
         return ""  # both named, or neither (a whole card): nothing follows
-    if with_admin and exact.get("adminAccess"):
+    if exact.get("adminAccess"):
         return ""  # admin access consumes nothing
     try:
         memory = (int(parse_quantity(asked[memory_key]).to_integral_value(ROUND_CEILING))
