@@ -15,6 +15,7 @@ and the throughput of one unlimited slice with the library vs without (alternati
     python bench/compute_share.py                 # everything, CUDA and Ascend, ~4 min
     python bench/compute_share.py --quick         # fewer scenarios, shorter runs
     python bench/compute_share.py --driver acl    # only the Ascend (ACL) column
+    python bench/compute_share.py --pattern "4 threads closed" --driver cuda   # one client pattern
     python bench/compute_share.py --json          # machine-readable
     python bench/compute_share.py --baseline      # also each share scenario without libflexai
 
@@ -269,9 +270,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--patterns", action="store_true",
                     help="only the client-pattern scenarios (closed loops, bursts, mixes; issue 16)")
+    ap.add_argument("--pattern", action="append", choices=tuple(PATTERNS), metavar="NAME",
+                    help="with --patterns: only this pattern (repeatable; one of: "
+                         + ", ".join(PATTERNS) + ")")
     ap.add_argument("--driver", choices=(*DRIVERS, "both"), default="both",
                     help="the runtime the clients launch through: cuda, acl (Ascend) or both (default)")
     args = ap.parse_args()
+    if args.pattern:
+        args.patterns = True
     drivers = DRIVERS if args.driver == "both" else (args.driver,)
     seconds = args.seconds or (2.0 if args.quick else 4.0)
     warmup = min(1.0, seconds / 3)
@@ -280,7 +286,7 @@ def main() -> int:
                     "priority": [], "overhead": {}, "patterns": []}
     try:
         client = build(tmp)
-        for name in PATTERNS:
+        for name in args.pattern or PATTERNS:
             for shares in ((10, 90), (30, 70)):
                 for driver in drivers:
                     report["patterns"].append(pattern_scenario(tmp, client, driver, name, shares, seconds, warmup))
