@@ -11,7 +11,7 @@
 #define ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
 #define ADD(x, v) __atomic_add_fetch(&(x), (v), __ATOMIC_ACQ_REL)
 
-_Static_assert(sizeof(struct flexai_board_slot) == 128, "board slot is 128 bytes");
+_Static_assert(sizeof(struct flexai_board_slot) == 192, "board slot is 192 bytes");
 _Static_assert(sizeof(struct flexai_roster_entry) == 32, "roster entry is 32 bytes");
 _Static_assert(offsetof(struct flexai_roster, entry) == 64, "roster header is 64 bytes");
 _Static_assert(sizeof(struct flexai_roster) <= 4096, "roster fits a page");
@@ -235,11 +235,12 @@ struct others {
     int same_holder;     /* another slice of the same priority holds the turn */
     uint64_t same_hold_ns; /* the latest take among those */
     int same_index;      /* its roster index */
+    int holder;          /* a live holder to wait for: a higher one, else the latest same; -1 */
 };
 
 static struct others look(const struct flexai_board *b, uint32_t prio, uint64_t now)
 {
-    struct others o = {0, 0, 0, 0, -1};
+    struct others o = {0, 0, 0, 0, -1, -1};
     for (int i = 0; i < FLEXAI_BOARD_SLOTS; i++) {
         const struct flexai_board_slot *s = i == b->self ? NULL : flexai_board_slot_of(b, i);
         if (!s)
@@ -253,11 +254,14 @@ static struct others look(const struct flexai_board *b, uint32_t prio, uint64_t 
             continue;
         if (pr > prio) {
             o.higher_holder = 1;
+            o.holder = i;
         } else {
             uint64_t at = LD(s->hold_ns);
             if (!o.same_holder || at > o.same_hold_ns) {
                 o.same_hold_ns = at;
                 o.same_index = i;
+                if (!o.higher_holder)
+                    o.holder = i;
             }
             o.same_holder = 1;
         }
@@ -380,8 +384,84 @@ static void unwant(struct flexai_board *b)
 
 static struct flexai_ctl_decision decide(int action, uint64_t wait_ns, uint64_t cap)
 {
-    struct flexai_ctl_decision d = {action, wait_ns, cap};
+    struct flexai_ctl_decision d = {action, wait_ns, cap, NULL, 0, 0};
     return d;
+}
+
+/* The holder of `h` said the work it queued is the last of its turn (set since its take). */
+static int handing(const struct flexai_board_slot *h)
+{
+    uint64_t at = LD(h->handing_ns);
+    return at != 0 && at >= LD(h->hold_ns);
+}
+
+/* Waiting for live holder `h` (`grace`: how long it is waited for past its booked work): sleep
+ * on its `hold` word until it gives the turn back, and at the latest until it would count as
+ * gone (its beat and booked work over), so a holder that went idle is noticed as before. A
+ * poll per FLEXAI_CTL_POLL_NS would cost a waiting thread's CPU 20 000 wake-ups a second; on
+ * a host with few cores the waiters of a slice with many threads then delay the holder's own
+ * return from its synchronise, an idle gap on the card (issue 16).
+ *
+ * `best`: this slice is the best waiter, so it takes the turn when h gives it up; `due`: h
+ * gives it up when its booked work is over (it owes this slice the turn, or it rotates among
+ * the slice's own processes). The card idles from the end of h's work until the next holder
+ * launches, and a thread woken by h's release runs 10-150 us later on a small VM. So the best
+ * waiter sleeps only until shortly before h's work ends (looking again then), and when the
+ * turn is due it stays awake from FLEXAI_CTL_SPIN_EARLY_NS before the end until the change,
+ * yielding the CPU (bounded: until FLEXAI_CTL_SPIN_LATE_NS past the end and h's usual return). */
+static struct flexai_ctl_decision wait_for(struct flexai_ctl_proc *p, const struct flexai_board_slot *h,
+                                           uint64_t grace, int best, int due, uint64_t now)
+{
+    uint64_t v = LD(h->hold);
+    if (p->spun_on) { /* did the holder it stayed awake for give the turn up? */
+        p->spins_unused = v == p->spun_on ? p->spins_unused + 1 : 0;
+        p->spun_on = 0;
+    }
+    if (v == 0) /* given back already: look again at once */
+        return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS / 5, 0);
+    uint64_t beat = LD(h->beat_ns), until = LD(h->busy_until_ns);
+    uint64_t gone = beat + FLEXAI_CTL_STEAL_NS + 1;
+    if (until && until + grace >= gone)
+        gone = until + grace + 1;
+    uint64_t wait = gone > now ? gone - now : 0;
+    if (wait < FLEXAI_CTL_POLL_NS)
+        wait = FLEXAI_CTL_POLL_NS;
+    struct flexai_ctl_decision d = {FLEXAI_CTL_WAIT, wait, 0, &h->hold, v, 0};
+    if (best && until) {
+        uint64_t late = until + (grace < FLEXAI_CTL_RETURN_MAX_NS ? grace : FLEXAI_CTL_RETURN_MAX_NS) +
+                        FLEXAI_CTL_SPIN_LATE_NS;
+        if (until > now + FLEXAI_CTL_SPIN_EARLY_NS) {
+            if (until - FLEXAI_CTL_SPIN_EARLY_NS - now < d.wait_ns)
+                d.wait_ns = until - FLEXAI_CTL_SPIN_EARLY_NS - now; /* look again before its end */
+        } else if (due && now < late && p->spins_unused < FLEXAI_CTL_SPINS_UNUSED) {
+            d.spin = 1;
+            d.wait_ns = late - now;
+            p->spun_on = v;
+        } else if (now < until + FLEXAI_CTL_SPIN_LATE_NS) {
+            d.wait_ns = until + FLEXAI_CTL_SPIN_LATE_NS - now; /* look again when it launched next */
+        }
+    }
+    if (d.wait_ns > FLEXAI_CTL_WATCH_MAX_NS)
+        d.wait_ns = FLEXAI_CTL_WATCH_MAX_NS;
+    return d;
+}
+
+/* Device time of one more launch of this process, as its queued work is counted; 0: unknown. */
+static uint64_t one_launch_ns(const struct flexai_ctl_proc *p)
+{
+    return p->est_high_ns > p->est_launch_ns ? p->est_high_ns : p->est_launch_ns;
+}
+
+/* The holder says whether the launch it is let through is the last of its turn (it will give
+ * the turn up at its next gate call, once the launch is over): the slice next in turn then
+ * stays awake for the handover (handing). */
+static void last_of_turn(struct flexai_board_slot *s, int last, uint64_t now)
+{
+    uint64_t at = LDR(s->handing_ns), held = LDR(s->hold_ns);
+    if (last && at < held)
+        ST(s->handing_ns, now ? now : 1);
+    else if (!last && at >= held && at != 0)
+        ST(s->handing_ns, 0);
 }
 
 /* The holder must give the turn up but still has work: it drains, and meanwhile counts as
@@ -389,6 +469,7 @@ static struct flexai_ctl_decision decide(int action, uint64_t wait_ns, uint64_t 
 static struct flexai_ctl_decision yield(struct flexai_board *b, uint32_t prio, uint64_t now)
 {
     want(b, prio, now, 0);
+    last_of_turn(b->own, 1, now);
     return decide(FLEXAI_CTL_DRAIN, 0, 0);
 }
 
@@ -510,10 +591,16 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
         if (!o.waiting && LDR(s->want_ns) == 0)
             return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
         int best = pick_from(b, now, prio);
+        uint64_t next = one_launch_ns(p); /* the launch about to go */
         if (best < 0 || best == b->self) {
             /* another process of this slice waits: take turns with it, a quantum each */
-            if (best == b->self && LD(s->busy_ns) - LD(s->turn_busy0) >= FLEXAI_CTL_QUANTUM_NS)
+            uint64_t used = LD(s->busy_ns) - LD(s->turn_busy0);
+            if (best == b->self && used >= FLEXAI_CTL_QUANTUM_NS) {
+                p->rotated_ns = now ? now : 1;
                 return yield(b, prio, now);
+            }
+            last_of_turn(s, best == b->self && next &&
+                                used + flexai_ctl_inflight_ns(p) + next >= FLEXAI_CTL_QUANTUM_NS, now);
             return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
         }
         if (prio_at(b, best) > prio)
@@ -522,15 +609,40 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
          * included) passes the best waiter's by a quantum */
         uint32_t share = clamp_share(LDR(sh->limit_percent));
         uint64_t k = flexai_ctl_key_of(s, share) + flexai_ctl_inflight_ns(p) * 100 / share;
-        if (k > flexai_ctl_key_of(b->slot[best], share_at(b, best)) + FLEXAI_CTL_QUANTUM_NS)
+        uint64_t kb = flexai_ctl_key_of(b->slot[best], share_at(b, best)) + FLEXAI_CTL_QUANTUM_NS;
+        if (k > kb)
             return yield(b, prio, now);
+        last_of_turn(s, next && k + next * 100 / share > kb, now);
         return decide(FLEXAI_CTL_GO, 0, inflight_cap(b, p, prio, now));
     }
 
     /* Not the holder: wait for the turn. */
     want(b, prio, now, 1);
-    if (sibling || o.higher_holder || o.same_holder)
-        return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS, 0);
+    if (o.holder >= 0) {
+        /* the turn is due to this slice when the holder's key, its booked work counted,
+         * passed its own by a quantum: the test the holder makes before each launch, so it
+         * drains and gives the turn up when that work is over */
+        const struct flexai_board_slot *h = b->slot[o.holder];
+        int best = !o.higher_holder && pick_from(b, now, prio) == b->self;
+        uint64_t grace = grace_of(b, o.holder, prio), until = LD(h->busy_until_ns);
+        uint32_t hs = share_at(b, o.holder);
+        uint64_t hk = flexai_ctl_key_of(h, hs) + (until > now ? (until - now) * 100 / hs : 0);
+        int due = best && (handing(h) || flexai_ctl_key_of(s, share_at(b, b->self)) + FLEXAI_CTL_QUANTUM_NS < hk);
+        return wait_for(p, h, grace, best, due, now);
+    }
+    if (sibling) {
+        /* the holder of this slice rotates to another of its processes once the slice, the
+         * best waiter, has had a quantum of its turn (its queued work counted) */
+        int best = pick_from(b, now, prio) == b->self;
+        uint64_t until = LD(s->busy_until_ns), used = LD(s->busy_ns) - LD(s->turn_busy0);
+        int due = best && (handing(s) || used + (until > now ? until - now : 0) >= FLEXAI_CTL_QUANTUM_NS);
+        return wait_for(p, s, return_grace(s, 1), best, due, now);
+    }
+    if (p->rotated_ns && now >= p->rotated_ns && now - p->rotated_ns < FLEXAI_CTL_ROTATE_NS)
+        /* it gave the turn up for a process of its slice that waits (asleep on the word it
+         * just cleared, woken now): taking it back at once would starve that one */
+        return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS / 5, 0);
+    p->rotated_ns = 0;
     int best = pick_from(b, now, prio);
     if (best >= 0 && best != b->self)
         return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS, 0);

@@ -37,6 +37,13 @@
  * booked work over counts as not holding, and on its return gives the turn up to whoever took
  * it since (the later take wins). Nothing can be left held.
  *
+ * Waiting for the turn: a waiter sleeps on the holder's `hold` word (the decision's `watch`,
+ * a futex in the launch seam), which the holder's release changes and wakes; the slice next in
+ * turn stays awake for the handover instead (`spin`), from shortly before the holder's booked
+ * work ends, when the holder said that work is the last of its turn (`handing_ns`) or its key
+ * passed the waiter's. A handover then costs the card the time to see the word change, not a
+ * thread's wake-up (docs/compute.md, "Handovers").
+ *
  * Fast path: a slice alone on the card that holds the turn launches after a few relaxed loads
  * (roster generation, its hold, the others' want words as last seen) and a compare of its
  * generation: no syscall.
@@ -67,10 +74,23 @@
 #define FLEXAI_CTL_NO_CAP UINT64_MAX         /* inflight cap of a slice alone on the card */
 #define FLEXAI_CTL_ALONE_NS 100000000ULL     /* alone this long: the in-flight cap is lifted */
 #define FLEXAI_CTL_POLL_NS 50000ULL          /* how often a waiting slice looks again */
+#define FLEXAI_CTL_SPIN_EARLY_NS 200000ULL   /* the slice next in turn is awake this long before
+                                                the holder's booked work ends (a sleeping thread
+                                                wakes 10-150 us late on a small VM) */
+#define FLEXAI_CTL_SPIN_LATE_NS 50000ULL     /* ... and looks until this long after it (and the
+                                                holder's usual return) */
+#define FLEXAI_CTL_SPINS_UNUSED 3            /* ... at most this many times in a row in vain (a
+                                                wrong guess, or a holder forging its slot) */
+#define FLEXAI_CTL_WATCH_MAX_NS 1000000ULL   /* longest wait on a live holder's word (woken when it
+                                                gives the turn back; looks again at least this often) */
 #define FLEXAI_CTL_WAITER_LIVE_NS 20000000ULL /* a waiter not seen for this long is not waiting */
 #define FLEXAI_CTL_STEAL_NS 1000000ULL       /* an idle holder loses the turn after this */
 #define FLEXAI_CTL_RETURN_MAX_NS 1000000ULL  /* at most this long a holder whose work is over is
                                                 waited for, when it usually comes back that fast */
+#define FLEXAI_CTL_ROTATE_NS 1000000ULL     /* a process that gave the turn up to another process
+                                                of its slice leaves it to them this long (they
+                                                wake 10-150 us late; one that never comes costs it
+                                                once: the retake clears the slice's want) */
 #define FLEXAI_CTL_INTENT_LIVE_NS 2000000ULL /* an announced take older than this was abandoned */
 #define FLEXAI_CTL_PRIO_LIVE_NS 1000000000ULL /* another slice seen within: capped queue (1 launch below a higher one) */
 #define FLEXAI_CTL_DEAD_NS 10000000000ULL    /* a roster entry whose slot was not seen for this long may
@@ -98,7 +118,7 @@ struct flexai_roster {
 };
 
 /* One slice's own state on the board: written by that slice's processes only (its slot file
- * is read-only everywhere else), read by every slice on the card. 128 bytes. */
+ * is read-only everywhere else), read by every slice on the card. 192 bytes. */
 struct flexai_board_slot {
     uint64_t key;            /* the roster key of the slice that initialised it; 0: fresh */
     uint64_t vtime;          /* virtual time: sum of measured device ns * 100 / share */
@@ -117,6 +137,10 @@ struct flexai_board_slot {
     uint64_t handovers;      /* turns this slice took, for statistics */
     uint64_t return_ns;      /* how soon the slice usually launches again once its queued work
                                 is over (EWMA): a closed loop comes back within it */
+    uint64_t handing_ns;     /* set by the holder (>= hold_ns) when the work it has queued is the
+                                last of its turn: it gives the turn up when that work is over, so
+                                the slice next in turn stays awake for it */
+    uint64_t reserved[7];
 };
 
 /* One process's view of its card's board: private memory, pointing at the shared mappings.
@@ -149,6 +173,10 @@ struct flexai_ctl_proc {
     uint64_t held_turn;      /* the hold token this process took (unique per take); 0: none */
     uint64_t alone_since_ns; /* since when no other slice was seen on the board; 0: not alone */
     uint64_t return_seen;    /* the end of work whose return this process measured last */
+    uint64_t rotated_ns;     /* when this process gave the turn up for another of its slice's */
+    uint32_t spins_unused;   /* waits spent awake for a holder that did not give the turn up,
+                                in a row: after FLEXAI_CTL_SPINS_UNUSED it sleeps until woken */
+    uint64_t spun_on;        /* the hold token it last stayed awake for */
 };
 
 enum flexai_ctl_action {
@@ -162,6 +190,13 @@ struct flexai_ctl_decision {
     int action;              /* enum flexai_ctl_action */
     uint64_t wait_ns;        /* FLEXAI_CTL_WAIT: how long */
     uint64_t inflight_cap_ns; /* FLEXAI_CTL_GO: work this process may keep queued; 0: one launch */
+    /* FLEXAI_CTL_WAIT for a live holder: the holder's `hold` word as it read then. The wait
+     * ends early when the holder gives the turn back (flexai_ctl_release changes the word and
+     * the caller wakes its watchers: flexai_ctl_watch_word); NULL: wait wait_ns. */
+    const uint64_t *watch;
+    uint64_t watch_value;
+    int spin;                /* with watch: the turn comes to this slice when it changes, due
+                                within wait_ns: look without sleeping (yielding the CPU) */
 };
 
 /* Whether a process with this state may queue one more launch under `cap_ns`. */
@@ -204,7 +239,14 @@ void flexai_ctl_charge(struct flexai_board *b, struct flexai_compute *c, const s
  * for its queued work) estimated to end at `until_ns`; renews the slice's heartbeat. */
 void flexai_ctl_launched(struct flexai_board *b, struct flexai_ctl_proc *p, uint64_t launches,
                          uint64_t until_ns, uint64_t now);
-/* Gives the turn back after FLEXAI_CTL_DRAIN (this process's work has completed). */
+/* The 32-bit word a waiter sleeps on (a futex) for the 64-bit `hold` word `w`: its low half,
+ * which differs for every take (the token's low byte is never 0). */
+static inline const uint32_t *flexai_ctl_watch_word(const uint64_t *w)
+{
+    return (const uint32_t *)w + (__BYTE_ORDER__ == __ORDER_BIG_ENDIAN__);
+}
+/* Gives the turn back after FLEXAI_CTL_DRAIN (this process's work has completed); the caller
+ * then wakes the waiters sleeping on the slot's `hold` word (flexai_ctl_watch_word). */
 void flexai_ctl_release(struct flexai_board *b, struct flexai_ctl_proc *p, uint64_t now);
 /* Roster index of the waiting slice that should hold the turn next, or -1. */
 int flexai_ctl_pick(const struct flexai_board *b, uint64_t now);

@@ -23,7 +23,8 @@
  *           closed or saturating as the main thread starts) into the same buckets.
  * Prints one JSON object: launches, busy_ns (device time of the kernels launched), buckets
  * (busy ns by the time each launch returned, i.e. was enqueued, per bucket), latency figures,
- * wall_ns.
+ * wall_ns, thread_launches (per thread, the main one first), and the process's CPU time
+ * (cpu_ns) and voluntary context switches (sleeps) from getrusage.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef int CUresult;
@@ -383,6 +385,7 @@ int main(int argc, char **argv)
         side_end = (int)p_cuStreamEndCapture(side, &g2);
     }
     CK(acl ? a_aclrtSynchronizeStream(as) : p_cuStreamSynchronize(s), "final stream synchronize");
+    uint64_t main_launches = launches;
     for (int i = 1; i < threads; i++) {
         pthread_join(workers[i].tid, NULL);
         launches += workers[i].launches;
@@ -395,7 +398,15 @@ int main(int argc, char **argv)
            (unsigned long long)bucket_ns, (unsigned long long)dur[0]);
     for (size_t i = 0; i < nb; i++)
         printf("%s%llu", i ? ", " : "", (unsigned long long)bucket[i]);
-    printf("]");
+    printf("], \"thread_launches\": [%llu", (unsigned long long)main_launches);
+    for (int i = 1; i < threads; i++)
+        printf(", %llu", (unsigned long long)workers[i].launches);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("], \"cpu_ns\": %llu, \"voluntary_switches\": %ld",
+           (unsigned long long)((ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ULL +
+                                (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ULL),
+           ru.ru_nvcsw);
     if (side)
         printf(", \"side_capture_end\": %d", side_end);
     if (nlat) {

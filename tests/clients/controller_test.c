@@ -10,16 +10,19 @@
  * launch, and obeys.
  *
  * usage: controller_test [--duration MS] [--window A:B] [--change MS:SLICE:SHARE] [--no-controller]
+ *                        [--wake-us US (how soon a waiter sleeping on a holder's word runs once
+ *                        the turn is given back; default 10)]
  *                        [--pause MS:SLICE] [--resume MS:SLICE] SLICE...
  *   SLICE: comma-separated key=value: share=30 prio=low|normal|high mode=wc|hard
  *          k=50+1000 (kernel lengths in us, cycled) start=MS stop=MS
  *          closed=1 (one kernel at a time, latency measured) think=US host=NS (host cost/launch)
  *          burst=N (closed loop: N kernels, then wait for the last) switch=MS (from then on
  *          closed loop <-> saturating) slow=N:US (every Nth synchronize returns US late)
- *          forge=vtime|hold|hide (a tenant rewriting its own slot before every gate: virtual
+ *          forge=vtime|hold|hide|handing (a tenant rewriting its own slot before every gate: virtual
  *          time 0; a turn held forever with fresh beats and booked work; its key cleared)
  * Prints one JSON object: per slice its share of the busy card time and of wall time in the
- * window, launches, latency (closed loop); card utilisation; convergence time.
+ * window, launches, latency (closed loop), time spent waiting awake for a handover (spin_ms)
+ * and WAIT decisions (waits) over the whole run; card utilisation; convergence time.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -62,16 +65,23 @@ struct slice {
     uint64_t stream_tail;
     int cl_waiting;
     int draining;
+    const uint64_t *watch;      /* waiting on a holder's word (a futex): woken when it changes */
+    uint64_t watch_value;
+    int spin;                   /* ... looking at it without sleeping: runs at once */
+    uint64_t spin_since, spin_ns; /* time spent looking without sleeping */
+    uint64_t waits;             /* WAIT decisions: how often a waiting slice ran to look */
     uint64_t cl_issue, cl_end, cl_ready;
     double lat_sum, lat_max;
     uint64_t lat_n, launches;
     uint64_t bucket[MAXB];
 };
 
-enum { FORGE_NONE, FORGE_VTIME, FORGE_HOLD, FORGE_HIDE };
+enum { FORGE_NONE, FORGE_VTIME, FORGE_HOLD, FORGE_HIDE, FORGE_HANDING };
 
 static struct slice S[MAXS];
 static int NO_CONTROLLER;   /* --no-controller: every launch goes at once (the baseline) */
+static uint64_t WAKE_NS = 10 * US; /* --wake-us: a futex waiter runs this long after the change */
+static uint64_t wake_seed = 1;
 static int NS;
 static struct flexai_roster roster;               /* who is on the card */
 static struct flexai_board_slot slots[FLEXAI_BOARD_SLOTS]; /* each slice's own state */
@@ -126,6 +136,10 @@ static void launch(struct slice *s, uint64_t now)
 
 static void step(struct slice *s, uint64_t now)
 {
+    if (s->spin_since) {
+        s->spin_ns += now - s->spin_since;
+        s->spin_since = 0;
+    }
     observe(s, now);
     if (s->switch_at && now >= s->switch_at && !s->cl_waiting) {
         s->closed = !s->closed; /* the pattern changes mid-run */
@@ -163,17 +177,30 @@ static void step(struct slice *s, uint64_t now)
             o->busy_until_ns = now + 1000 * MS;
         } else if (s->forge == FORGE_HIDE)
             o->key = 0;
+        else if (s->forge == FORGE_HANDING)
+            o->handing_ns = now; /* "my turn ends with this launch", always */
     }
     struct flexai_ctl_decision d;
     if (NO_CONTROLLER)  /* the same clients without flexai: only the driver's queue bounds them */
-        d = (struct flexai_ctl_decision){FLEXAI_CTL_GO, 0, FLEXAI_CTL_NO_CAP};
+        d = (struct flexai_ctl_decision){FLEXAI_CTL_GO, 0, FLEXAI_CTL_NO_CAP, NULL, 0, 0};
     else if (s->draining)  /* told to drain: no new gate until this process's work completed */
-        d = (struct flexai_ctl_decision){FLEXAI_CTL_DRAIN, 0, 0};
+        d = (struct flexai_ctl_decision){FLEXAI_CTL_DRAIN, 0, 0, NULL, 0, 0};
     else
         d = flexai_ctl_gate(&s->view, s->cp, &s->cp->share, &s->p, now);
     s->draining = d.action == FLEXAI_CTL_DRAIN;
+    s->watch = NULL;
     if (d.action == FLEXAI_CTL_WAIT) {
-        s->next = now + (d.wait_ns ? d.wait_ns : 1);
+        /* a sleep ends a few us late, in no set order among threads (timer slack) */
+        wake_seed = wake_seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        s->next = now + (d.wait_ns ? d.wait_ns : 1) + (d.spin ? 0 : (wake_seed >> 33) % (3 * US));
+        if (d.watch) { /* until the holder gives the turn back (wake_watchers), at the latest then */
+            s->watch = d.watch;
+            s->watch_value = d.watch_value;
+            s->spin = d.spin;
+            if (d.spin)
+                s->spin_since = now;
+        }
+        s->waits++;
     } else if (d.action == FLEXAI_CTL_DRAIN) {
         if (s->tail < s->head) {
             /* polls its last event, showing signs of life on the board meanwhile */
@@ -261,7 +288,8 @@ static void parse_slice(struct slice *s, char *spec, int idx)
             s->switch_at = (uint64_t)atof(v) * MS;
         else if (!strcmp(kv, "forge"))
             s->forge = !strcmp(v, "vtime") ? FORGE_VTIME : !strcmp(v, "hold") ? FORGE_HOLD
-                     : !strcmp(v, "hide") ? FORGE_HIDE : (fprintf(stderr, "bad forge %s\n", v), exit(2), 0);
+                     : !strcmp(v, "hide") ? FORGE_HIDE : !strcmp(v, "handing") ? FORGE_HANDING
+                     : (fprintf(stderr, "bad forge %s\n", v), exit(2), 0);
         else if (!strcmp(kv, "same"))
             s->same = atoi(v);
         else {
@@ -293,6 +321,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--no-controller")) {
             NO_CONTROLLER = 1;
+        } else if (!strcmp(argv[i], "--wake-us") && i + 1 < argc) {
+            WAKE_NS = (uint64_t)(atof(argv[++i]) * US);
         } else if (!strcmp(argv[i], "--duration") && i + 1 < argc) {
             duration = (uint64_t)atof(argv[++i]) * MS;
         } else if (!strcmp(argv[i], "--window") && i + 1 < argc) {
@@ -359,6 +389,17 @@ int main(int argc, char **argv)
             s->p.last_generation = s->cp->share.generation;
         }
         step(s, now);
+        /* the futex: a waiter on a word that changed (a turn given back) runs shortly after */
+        for (int i = 0; i < NS; i++)
+            if (S[i].watch && *S[i].watch != S[i].watch_value) {
+                /* woken threads run in no set order: WAKE_NS, give or take half of it */
+                wake_seed = wake_seed * 6364136223846793005ULL + 1442695040888963407ULL;
+                uint64_t at = S[i].spin ? now + 1 * US + (wake_seed >> 33) % (4 * US)
+                                        : now + WAKE_NS / 2 + (wake_seed >> 33) % (WAKE_NS + 1);
+                if (S[i].next > at)
+                    S[i].next = at;
+                S[i].watch = NULL;
+            }
     }
 
     /* results */
@@ -412,11 +453,13 @@ int main(int argc, char **argv)
         struct slice *s = &S[i];
         printf("%s{\"target\": %u, \"priority\": %u, \"mode\": %u, \"share_busy\": %.3f, "
                "\"share_wall\": %.3f, \"launches\": %llu, \"lat_mean_us\": %.1f, "
-               "\"lat_max_us\": %.1f, \"lat_n\": %llu, \"measured_permille\": %d}",
+               "\"lat_max_us\": %.1f, \"lat_n\": %llu, \"measured_permille\": %d, "
+               "\"spin_ms\": %.3f, \"waits\": %llu}",
                i ? ", " : "", s->cp->share.limit_percent, s->prio, s->mode,
                total > 0 ? 100.0 * busy[i] / total : 0, 100.0 * busy[i] / wall,
                (unsigned long long)s->launches, s->lat_n ? s->lat_sum / (double)s->lat_n / US : 0,
-               s->lat_max / US, (unsigned long long)s->lat_n, flexai_ctl_measured_permille(s->cp));
+               s->lat_max / US, (unsigned long long)s->lat_n, flexai_ctl_measured_permille(s->cp),
+               (double)s->spin_ns / MS, (unsigned long long)s->waits);
     }
     printf("]}\n");
     return 0;
