@@ -67,7 +67,7 @@ class Slices:
             if s.get("mode"):
                 env["FLEXAI_COMPUTE_MODE"] = s["mode"]
             args = [self.client, "--driver", self.driver, "--kernel-us", s.get("kernel", "1000"),
-                    "--seconds", str(seconds),
+                    "--seconds", str(s.get("seconds", seconds)),
                     "--start-at", str(self.start_at), "--api", s.get("api", "launch"),
                     "--blocks", str(s.get("blocks", 1))]
             if s.get("closed"):
@@ -206,6 +206,19 @@ def test_lone_work_conserving_slice_gets_the_whole_card(slices):
     assert util > 95, util
 
 
+def test_a_slice_that_exits_holding_the_turn_leaves_the_card_to_the_other(slices):
+    """Work conservation with waiters asleep on the holder's word: a 90 % closed loop exits at
+    2 s (its turn held, no release, no wake-up); the 10 % slice asleep on that word must notice
+    the holder is gone (its beat and booked work over) and take the whole card."""
+    slices.start([{"share": 90, "kernel": "1000", "closed": True, "seconds": 2},
+                  {"share": 10, "kernel": "1000", "seconds": 4}], seconds=4)
+    results = slices.results()
+    got, _ = window_shares(results, 1.0, 2.0)
+    assert abs(got[0] - 90) <= TOL, got
+    _, util = window_shares(results[1:], 2.5, 4.0)
+    assert util > 95, util
+
+
 def test_high_priority_latency_beside_a_saturating_low_slice(slices, tmp_path, libs, compute_client, driver):  # noqa: F811
     high = {"share": 50, "kernel": "2000", "priority": "high", "closed": True, "think_us": 3000}
     slices.start([high], seconds=2)
@@ -277,7 +290,7 @@ def test_two_sliced_containers_share_the_card_30_70(libs, compute_client, runc, 
     for cid, fraction in (("share30", "0.3"), ("share70", "0.7")):
         bundle = dynamic_bundle(make_bundle, compute_client, ["/bin/flexai_client", "--driver", driver,
                                 "--kernel-us", "1000",
-                                "--seconds", str(seconds), "--start-at", str(start_at)],
+                                "--seconds", str(s.get("seconds", seconds)), "--start-at", str(start_at)],
                                 [f"FLEXAI_FRACTION={fraction}"])
         bundles[cid] = bundle
     results: dict[str, subprocess.CompletedProcess] = {}
