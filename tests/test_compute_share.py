@@ -340,7 +340,7 @@ def test_two_sliced_containers_share_the_card_30_70(libs, compute_client, runc, 
     for cid, fraction in (("share30", "0.3"), ("share70", "0.7")):
         bundle = dynamic_bundle(make_bundle, compute_client, ["/bin/flexai_client", "--driver", driver,
                                 "--kernel-us", "1000",
-                                "--seconds", str(s.get("seconds", seconds)), "--start-at", str(start_at)],
+                                "--seconds", str(seconds), "--start-at", str(start_at)],
                                 [f"FLEXAI_FRACTION={fraction}"])
         bundles[cid] = bundle
     results: dict[str, subprocess.CompletedProcess] = {}
