@@ -413,10 +413,12 @@ static struct flexai_ctl_decision wait_for(struct flexai_ctl_proc *p, const stru
                                            uint64_t grace, int best, int due, uint64_t now)
 {
     uint64_t v = LD(h->hold);
-    if (p->spun_on) { /* did the holder it stayed awake for give the turn up? */
-        p->spins_unused = v == p->spun_on ? p->spins_unused + 1 : 0;
-        p->spun_on = 0;
-    }
+    if (v != p->watched) /* a handover since the last wait: spinning is allowed again */
+        p->spins_unused = 0;
+    else if (p->spun) /* awake in vain: the holder it stayed awake for still holds */
+        p->spins_unused++;
+    p->spun = 0;
+    p->watched = v;
     if (v == 0) /* given back already: look again at once */
         return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS / 5, 0);
     uint64_t beat = LD(h->beat_ns), until = LD(h->busy_until_ns);
@@ -436,7 +438,7 @@ static struct flexai_ctl_decision wait_for(struct flexai_ctl_proc *p, const stru
         } else if (due && now < late && p->spins_unused < FLEXAI_CTL_SPINS_UNUSED) {
             d.spin = 1;
             d.wait_ns = late - now;
-            p->spun_on = v;
+            p->spun = 1;
         } else if (now < until + FLEXAI_CTL_SPIN_LATE_NS) {
             d.wait_ns = until + FLEXAI_CTL_SPIN_LATE_NS - now; /* look again when it launched next */
         }
