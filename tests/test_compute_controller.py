@@ -94,9 +94,10 @@ def test_queued_work_is_counted_at_the_longest_launch_and_learning_queues_two(tm
 
 def test_a_waiter_sleeps_on_the_holders_word_and_stays_awake_only_when_the_turn_is_due(tmp_path):
     """tests/clients/ctl_wait_test.c: asleep on the holder's word far from a handover, awake for
-    one that is due, awake in vain at most FLEXAI_CTL_SPINS_UNUSED times per holder's turn, and
-    allowed to stay awake again once a new turn began (a waiter that stayed asleep for good lost
-    every handover to its siblings: one thread of four got 243 launches to their ~1 700)."""
+    one that is due, awake in vain at most FLEXAI_CTL_SPINS_UNUSED times in a row (a holder
+    rewriting its token does not reset that), and allowed to stay awake again once its slice had
+    a turn (a waiter that stayed asleep for good lost every handover to its siblings: one thread
+    of four got 243 launches to their ~1 700)."""
     run_unit_checks(tmp_path, "ctl_wait_test")
 
 

@@ -409,16 +409,20 @@ static int handing(const struct flexai_board_slot *h)
  * waiter sleeps only until shortly before h's work ends (looking again then), and when the
  * turn is due it stays awake from FLEXAI_CTL_SPIN_EARLY_NS before the end until the change,
  * yielding the CPU (bounded: until FLEXAI_CTL_SPIN_LATE_NS past the end and h's usual return). */
-static struct flexai_ctl_decision wait_for(struct flexai_ctl_proc *p, const struct flexai_board_slot *h,
-                                           uint64_t grace, int best, int due, uint64_t now)
+static struct flexai_ctl_decision wait_for(struct flexai_ctl_proc *p, const struct flexai_board_slot *own,
+                                           const struct flexai_board_slot *h, uint64_t grace, int best,
+                                           int due, uint64_t now)
 {
-    uint64_t v = LD(h->hold);
-    if (v != p->watched) /* a handover since the last wait: spinning is allowed again */
+    /* the spin budget: a spin is in vain unless the slice took a turn since (counted in its own
+     * slot, which no other slice writes: a holder rewriting its token cannot reset it) */
+    uint64_t turns = LD(own->handovers);
+    if (turns != p->turns_seen)
         p->spins_unused = 0;
-    else if (p->spun) /* awake in vain: the holder it stayed awake for still holds */
+    else if (p->spun)
         p->spins_unused++;
     p->spun = 0;
-    p->watched = v;
+    p->turns_seen = turns;
+    uint64_t v = LD(h->hold);
     if (v == 0) /* given back already: look again at once */
         return decide(FLEXAI_CTL_WAIT, FLEXAI_CTL_POLL_NS / 5, 0);
     uint64_t beat = LD(h->beat_ns), until = LD(h->busy_until_ns);
@@ -630,7 +634,7 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
         uint32_t hs = share_at(b, o.holder);
         uint64_t hk = flexai_ctl_key_of(h, hs) + (until > now ? (until - now) * 100 / hs : 0);
         int due = best && (handing(h) || flexai_ctl_key_of(s, share_at(b, b->self)) + FLEXAI_CTL_QUANTUM_NS < hk);
-        return wait_for(p, h, grace, best, due, now);
+        return wait_for(p, s, h, grace, best, due, now);
     }
     if (sibling) {
         /* the holder of this slice rotates to another of its processes once the slice, the
@@ -638,7 +642,7 @@ struct flexai_ctl_decision flexai_ctl_gate(struct flexai_board *b, struct flexai
         int best = pick_from(b, now, prio) == b->self;
         uint64_t until = LD(s->busy_until_ns), used = LD(s->busy_ns) - LD(s->turn_busy0);
         int due = best && (handing(s) || used + (until > now ? until - now : 0) >= FLEXAI_CTL_QUANTUM_NS);
-        return wait_for(p, s, return_grace(s, 1), best, due, now);
+        return wait_for(p, s, s, return_grace(s, 1), best, due, now);
     }
     if (p->rotated_ns && now >= p->rotated_ns && now - p->rotated_ns < FLEXAI_CTL_ROTATE_NS)
         /* it gave the turn up for a process of its slice that waits (asleep on the word it

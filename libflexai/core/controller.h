@@ -174,11 +174,11 @@ struct flexai_ctl_proc {
     uint64_t alone_since_ns; /* since when no other slice was seen on the board; 0: not alone */
     uint64_t return_seen;    /* the end of work whose return this process measured last */
     uint64_t rotated_ns;     /* when this process gave the turn up for another of its slice's */
-    uint32_t spins_unused;   /* waits spent awake in vain for the holder `watched` (it did not
-                                give the turn up): after FLEXAI_CTL_SPINS_UNUSED it sleeps until
-                                woken, until that holder's turn ends */
+    uint32_t spins_unused;   /* waits spent awake in vain (the turn did not come to its slice)
+                                in a row: after FLEXAI_CTL_SPINS_UNUSED it sleeps until woken,
+                                until its slice takes a turn again */
     uint32_t spun;           /* the last wait was spent awake */
-    uint64_t watched;        /* the hold token it last waited for */
+    uint64_t turns_seen;     /* its slice's `handovers` (turns taken) at its last wait */
 };
 
 enum flexai_ctl_action {

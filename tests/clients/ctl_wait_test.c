@@ -1,6 +1,6 @@
 /* How a slice waits for the turn (libflexai/core/controller.c), as pure functions: asleep on the
  * holder's `hold` word, awake for the handover when the turn is due to it, and awake in vain at
- * most FLEXAI_CTL_SPINS_UNUSED times in a row per holder's turn. Prints "ok" or the first failed
+ * most FLEXAI_CTL_SPINS_UNUSED times in a row until its slice has had a turn. Prints "ok" or the first failed
  * check. Built and run by test_compute_controller.py. */
 #include <stdio.h>
 #include <string.h>
@@ -104,19 +104,12 @@ int main(void)
     d = gate(&wv, &region_w, &wp, t);
     CHECK(d.action == FLEXAI_CTL_WAIT && d.watch && !d.spin);
 
-    /* the holder's turn ends and a new one begins (a new token): the waiter may stay awake for
-     * the next handover again (it does not sleep through every later turn) */
-    flexai_ctl_release(&hv, &hp, t);
-    __atomic_store_n(&slots[wv.self].vtime, 0, __ATOMIC_RELEASE); /* let the holder be the best */
-    __atomic_store_n(&slots[hv.self].vtime, 0, __ATOMIC_RELEASE);
-    __atomic_store_n(&slots[wv.self].want_ns, 0, __ATOMIC_RELEASE);
-    d = gate(&hv, &region_h, &hp, t);
-    CHECK(d.action == FLEXAI_CTL_GO && hp.held_turn != 0);
-    until = t + ms;
+    /* a holder rewriting its token (its slot is its own to write) does not reset the budget */
+    __atomic_store_n(&slots[hv.self].hold, hp.held_turn + 256, __ATOMIC_RELEASE);
+    hp.held_turn += 256;
     holder_works(&hv, &hp, until, t);
-    t = until - 100 * us;
     d = gate(&wv, &region_w, &wp, t);
-    CHECK(d.action == FLEXAI_CTL_WAIT && d.watch_value == hp.held_turn && d.spin);
+    CHECK(d.action == FLEXAI_CTL_WAIT && d.watch_value == hp.held_turn && !d.spin);
 
     /* the holder gives the turn up: the word changes, which ends the wait (the launch seam
      * wakes the sleepers), and the waiter takes the turn at its next look */
@@ -126,6 +119,21 @@ int main(void)
     __atomic_store_n(&slots[hv.self].want_ns, 0, __ATOMIC_RELEASE); /* the holder goes idle */
     d = gate(&wv, &region_w, &wp, t + 1 * us);
     CHECK(d.action == FLEXAI_CTL_GO && wp.held_turn != 0);
+
+    /* its slice had a turn: at the next handover due to it, it may stay awake again (a waiter
+     * asleep for good lost every handover to its spinning siblings) */
+    t += 2 * ms;
+    flexai_ctl_release(&wv, &wp, t);
+    __atomic_store_n(&slots[wv.self].vtime, 0, __ATOMIC_RELEASE); /* the holder is the best now */
+    __atomic_store_n(&slots[hv.self].vtime, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&slots[wv.self].want_ns, 0, __ATOMIC_RELEASE);
+    d = gate(&hv, &region_h, &hp, t);
+    CHECK(d.action == FLEXAI_CTL_GO && hp.held_turn != 0);
+    until = t + ms;
+    holder_works(&hv, &hp, until, t);
+    t = until - 100 * us;
+    d = gate(&wv, &region_w, &wp, t);
+    CHECK(d.action == FLEXAI_CTL_WAIT && d.watch_value == hp.held_turn && d.spin);
     printf("ok\n");
     return 0;
 }
