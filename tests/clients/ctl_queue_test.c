@@ -4,14 +4,7 @@
 #include <string.h>
 
 #include "controller.h"
-
-#define CHECK(cond)                                                                           \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            printf("failed: %s (line %d)\n", #cond, __LINE__);                                \
-            return 1;                                                                         \
-        }                                                                                     \
-    } while (0)
+#include "unit_check.h"
 
 int main(void)
 {

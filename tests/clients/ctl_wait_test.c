@@ -6,14 +6,7 @@
 #include <string.h>
 
 #include "controller.h"
-
-#define CHECK(cond)                                                                           \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            printf("failed: %s (line %d)\n", #cond, __LINE__);                                \
-            return 1;                                                                         \
-        }                                                                                     \
-    } while (0)
+#include "unit_check.h"
 
 static struct flexai_roster roster;
 static struct flexai_board_slot slots[FLEXAI_BOARD_SLOTS];
